@@ -1,0 +1,3 @@
+from vppo.cli import main
+
+raise SystemExit(main())

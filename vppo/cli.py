@@ -1,0 +1,46 @@
+"""``vppo`` command line: one subcommand per stage, each living next to the code it drives.
+
+Subcommand modules are imported only when chosen, so ``vppo --help`` does not import torch. Each module
+exposes ``configure(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: name -> (module, one-line help). Order is the order of the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-tiny-model": ("vppo.testing.tiny_qwen", "write a tiny random-init Qwen2.5-VL checkpoint (offline)"),
+    "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),
+    "train": ("vppo.training.cli", "train a policy with a method preset (grpo, dapo, vppo, ablations)"),
+    "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),
+    "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
+    "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
+    "analyze": ("vppo.reporting.analysis", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
+    "tables": ("vppo.reporting.tables", "build the main, scaling and ablation tables next to the paper's"),
+}
+
+
+def _top_level_parser() -> argparse.ArgumentParser:
+    epilog = "commands:\n" + "\n".join(f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="vppo", description=__doc__.splitlines()[0], epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_level_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"vppo {name}", description=help_)
+    module.configure(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)

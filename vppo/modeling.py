@@ -1,0 +1,81 @@
+"""Loading Qwen2.5-VL policies and processors the same way on CPU machines, GPUs and the cluster.
+
+transformers 5 builds ``Qwen2_5_VLProcessor`` with a video processor that needs torchvision, which has no
+working CPU build on our machines. We only ever feed images, so :class:`ImageOnlyQwen2_5_VLProcessor`
+drops the video half; everything else (image token expansion, chat template, ``mm_token_type_ids``) is
+the upstream class's behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+#: Files a loadable checkpoint directory must contain (weights are checked separately: sharded or not).
+REQUIRED_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json")
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint directory is missing, partial or not a Qwen2.5-VL checkpoint."""
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without the video processor (so no torchvision is needed)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        out = super().save_pretrained(save_directory, **kwargs)
+        # Saved under the upstream class name so AutoProcessor (vLLM, lmms-eval) reloads it on GPU machines.
+        for name in ("processor_config.json", "preprocessor_config.json"):
+            path = Path(save_directory) / name
+            if path.exists():
+                data = json.loads(path.read_text())
+                if data.get("processor_class") == type(self).__name__:
+                    data["processor_class"] = "Qwen2_5_VLProcessor"
+                    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return out
+
+
+def verify_checkpoint_dir(path: str | Path) -> Path:
+    """Raise :class:`CheckpointError` naming the missing piece unless ``path`` is a complete HF checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: no such directory")
+    missing = [name for name in REQUIRED_CHECKPOINT_FILES if not (path / name).is_file()]
+    weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
+    if not weights:
+        missing.append("*.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        missing += sorted(s for s in shards if not (path / s).is_file())
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: incomplete, missing {', '.join(missing)}")
+    return path
+
+
+def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Image-only Qwen2.5-VL processor from a checkpoint directory; pixel bounds override the saved ones."""
+    path = verify_checkpoint_dir(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    if min_pixels is not None or max_pixels is not None:
+        size = dict(image_processor.size)
+        size["shortest_edge"] = min_pixels or size["shortest_edge"]
+        size["longest_edge"] = max_pixels or size["longest_edge"]
+        image_processor.size = size
+    chat_template = getattr(tokenizer, "chat_template", None)
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+
+
+def load_policy(path: str | Path, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"):
+    """The Qwen2.5-VL causal model (vision tower included) from a checkpoint directory."""
+    path = verify_checkpoint_dir(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    return model.to(device)

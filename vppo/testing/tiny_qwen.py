@@ -1,0 +1,190 @@
+"""Build a tiny, random-init Qwen2.5-VL checkpoint offline (real architecture, real processor, ChatML).
+
+The directory it writes loads with :func:`vppo.modeling.load_policy` / :func:`vppo.modeling.load_processor`
+and with ``AutoModelForImageTextToText``; every stage of the harness (training, conversion, evaluation,
+the Snakemake DAG) runs on it on a CPU in seconds. Everything is derived from ``seed``: two builds with the
+same seed are byte-identical in weights and tokenizer.
+
+CLI: ``vppo make-tiny-model OUT_DIR [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from vppo.modeling import ImageOnlyQwen2_5_VLProcessor
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# Qwen2.5-VL's ChatML: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|> in place.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+#: Image bounds of the tiny processor: at most 16 merged vision tokens per image keeps CPU runs fast.
+TINY_MIN_PIXELS = 28 * 28 * 4
+TINY_MAX_PIXELS = 28 * 28 * 16
+
+
+def _training_corpus(seed: int, n_lines: int = 3000) -> list[str]:
+    """Generated text covering what the harness feeds the model: questions, reasoning, boxed answers."""
+    rng = random.Random(seed)
+    words = (
+        "how many red blue green squares circles triangles are in the image what is the area angle length "
+        "of side find value choose correct option answer question solve given figure shown below total "
+        "count sum product ratio degrees units think reasoning process internal monologue enclosed within "
+        "tags then provide your final boxed therefore so the is of a an and or"
+    ).split()
+    lines = []
+    for _ in range(n_lines):
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 14)))
+        number = rng.choice([str(rng.randint(0, 999)), f"{rng.randint(1, 9)}/{rng.randint(2, 9)}",
+                             f"{rng.randint(0, 99)}.{rng.randint(0, 9)}", rng.choice("ABCDE")])
+        lines.append(f"<think> {sentence} </think> \\boxed{{{number}}} ({rng.choice('ABCDE')}) = + - * ^ \\frac{{1}}{{2}}")
+    return lines
+
+
+def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on generated text, carrying Qwen's special tokens and ChatML."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_corpus(seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=32768,
+        padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2) -> Qwen2_5_VLConfig:
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    num_heads = 4
+    head_dim = hidden_size // num_heads
+    half = head_dim // 2  # mrope sections (temporal, height, width) must sum to head_dim / 2
+    mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision_config = dict(
+        depth=vision_depth,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=hidden_size,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        fullatt_block_indexes=[vision_depth - 1],
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def build_generation_config(tokenizer) -> GenerationConfig:
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # A random-init model samples special tokens; a sampled <|image_pad|> breaks the next forward pass.
+    suppressed = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS if t != "<|im_end|>"]
+    return GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,
+        eos_token_id=[im_end],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        suppress_tokens=suppressed,
+    )
+
+
+def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
+    """Write a complete tiny Qwen2.5-VL checkpoint (weights, config, tokenizer, processor) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(seed)
+    config = build_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = build_generation_config(tokenizer)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
+        patch_size=14, temporal_patch_size=2, merge_size=2,
+    )
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "vppo_tiny.json").write_text(json.dumps({"builder": "vppo.testing.tiny_qwen", "seed": seed,
+                                                         "hidden_size": hidden_size, "num_layers": num_layers}) + "\n")
+    return out_dir
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = build_tiny_qwen(args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    print(f"tiny Qwen2.5-VL written to {path}")
+    return 0
