@@ -1,0 +1,19 @@
+"""Shared fixtures: one tiny offline Qwen2.5-VL per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A freshly built tiny random-init Qwen2.5-VL checkpoint directory (seed 0)."""
+    from vppo.testing.tiny_qwen import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen") / "model", seed=0)

@@ -1,0 +1,40 @@
+"""``vppo prepare-data {train,eval} --source ... --out DIR``: build or fetch data into the local layout."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+#: kind -> (module, function); each function takes (source, out, **options) and returns the output Path.
+PREPARERS = {
+    "train": ("vppo.data.train_data", "prepare_train_data"),
+    "eval": ("vppo.data.eval_data", "prepare_eval_data"),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=list(PREPARERS), help="which data set to prepare")
+    parser.add_argument("--source", required=True,
+                        help="train: synthetic | hub | a local directory; eval: fixtures | hub | a local directory")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (the local layout)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="preparer option, e.g. n_rows=64, seed=0, repo=chamber111/VPPO-Eval")
+
+
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"vppo prepare-data: --option {pair!r} is not KEY=VALUE")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    module_name, function_name = PREPARERS[args.kind]
+    prepare = getattr(importlib.import_module(module_name), function_name)
+    out = prepare(args.source, args.out, **_parse_options(args.option))
+    print(f"{args.kind} data ready in {out}")
+    return 0
