@@ -42,7 +42,7 @@ def patch_blacken(image: Image.Image, rng: np.random.Generator, patch_size: int 
     # Expand the patch grid to pixels, cropping the partial edge patches.
     pixel_mask = np.repeat(np.repeat(grid, patch_size, axis=0), patch_size, axis=1)[:height, :width]
     pixels[pixel_mask] = 0
-    return Image.fromarray(pixels, mode="RGB")
+    return Image.fromarray(pixels)
 
 
 def grey_fill(image: Image.Image, rng: np.random.Generator, value: int = 128) -> Image.Image:
@@ -55,7 +55,7 @@ def gaussian_noise(image: Image.Image, rng: np.random.Generator, std: float = 18
     """Additive Gaussian pixel noise of standard deviation ``std`` (0-255 scale), clipped to [0, 255]."""
     pixels = _as_rgb_array(image).astype(np.float32)
     noisy = pixels + rng.normal(0.0, std, size=pixels.shape).astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
 
 
 def gaussian_blur(image: Image.Image, rng: np.random.Generator, radius: float = 6.0) -> Image.Image:
