@@ -14,12 +14,13 @@ Run ``python -m vppo.algorithm_checks`` to print the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 
 import torch
 
-from vppo.algorithm import get_method, grpo_advantages, policy_loss, vppo_weights
+from vppo.algorithm import MethodPreset, get_method, grpo_advantages, policy_loss, vppo_weights
 
 
 def _toy_batch(gen: torch.Generator, theta: torch.Tensor, n_groups: int, group_size: int, max_len: int):
@@ -43,7 +44,7 @@ def _flat_grad(loss: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def measure_gradient_variance_ratio(
-    method: str = "vppo",
+    method: str | MethodPreset = "vppo",
     replicates: int = 400,
     vocab: int = 32,
     n_groups: int = 4,
@@ -58,7 +59,7 @@ def measure_gradient_variance_ratio(
     Returns measured ratio, prediction, k (kept fraction of valid tokens), E[alpha^2] over kept tokens and
     the ratio's standard error from a paired delta-method estimate.
     """
-    preset = get_method(method)
+    preset = method if isinstance(method, MethodPreset) else get_method(method)
     gen = torch.Generator().manual_seed(seed)
     theta = (torch.randn(vocab, generator=gen) * 0.5).requires_grad_(True)
     grads_base, grads_method, kept, valid, alpha_sq_kept = [], [], 0.0, 0.0, 0.0
@@ -88,7 +89,7 @@ def measure_gradient_variance_ratio(
     k = kept / valid
     e_alpha_sq = alpha_sq_kept / kept
     return {
-        "method": method, "replicates": replicates, "measured_ratio": ratio, "stderr": stderr,
+        "method": preset.name, "beta_min": preset.beta_min, "replicates": replicates, "measured_ratio": ratio, "stderr": stderr,
         "k": k, "E_alpha_sq": e_alpha_sq, "predicted_ratio": k * e_alpha_sq,
         "relative_gap": ratio / (k * e_alpha_sq) - 1.0,
     }
@@ -100,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicates", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for method in args.methods.split(","):
+    methods: list = args.methods.split(",")
+    # A wide TAS range (beta_min 0.3) so E[alpha^2] visibly departs from 1.
+    methods.append(dataclasses.replace(get_method("vppo"), name="vppo_beta0.3", beta_min=0.3))
+    for method in methods:
         print(json.dumps(measure_gradient_variance_ratio(method, args.replicates, seed=args.seed)))
     return 0
 
