@@ -1,0 +1,248 @@
+"""Training data in the local layout: ``train.jsonl`` + ``images/`` + ``manifest.json``.
+
+Layout (contract): one row per line ``{"id", "problem", "answer", "images": ["images/<file>", ...]}``; the
+problem holds one ``<image>`` placeholder per image; ``manifest.json`` holds ``{rows, sha256, source}``.
+
+Sources (:data:`SOURCES`):
+- ``synthetic``: counting questions on generated pictures ("how many red squares?"), answerable only by
+  looking at the image; deterministic (same seed -> byte-identical files).
+- ``hub``: the paper's set (``chamber111/VPPO_ViRL39K_train``) through ``datasets.load_dataset``; the
+  row conversion :func:`record_from_hub_row` is a pure function, tested on an in-memory ``datasets.Dataset``.
+- a local directory already in the layout: validated (every row, every image) and copied.
+
+:func:`load_train_dataset` turns a layout directory into the ``datasets.Dataset`` TRL's GRPOTrainer consumes
+(conversational ``prompt`` = problem + blank line + the PROTOCOL instruction, ``images``, ``answer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION
+
+HUB_REPO = "chamber111/VPPO_ViRL39K_train"
+ROWS_FILE, IMAGES_DIR, MANIFEST_FILE = "train.jsonl", "images", "manifest.json"
+
+
+class TrainDataError(ValueError):
+    """A training row or image is unusable; the message names the file, row and field."""
+
+
+# ------------------------------------------------------------------ synthetic counting pictures
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
+
+
+def synthetic_example(index: int, seed: int, size: int = 56) -> tuple[dict, Image.Image]:
+    """One counting question and its picture, a pure function of (index, seed).
+
+    The picture holds 1-4 squares of the asked colour among 0-3 distractors of another colour, so the
+    answer cannot be guessed from the text.
+    """
+    rng = np.random.default_rng([seed, index])
+    colour, other = rng.choice(sorted(COLOURS), size=2, replace=False)
+    n_target, n_other = int(rng.integers(1, 5)), int(rng.integers(0, 4))
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    cell = size // 4  # a 4x4 grid of cells, each square in its own cell so squares never overlap
+    cells = rng.permutation(16)[: n_target + n_other]
+    for k, c in enumerate(cells):
+        x, y = int(c % 4) * cell, int(c // 4) * cell
+        fill = COLOURS[colour if k < n_target else other]
+        draw.rectangle([x + 2, y + 2, x + cell - 3, y + cell - 3], fill=fill)
+    row = {"id": f"synthetic-{seed}-{index:05d}",
+           "problem": f"{IMAGE_PLACEHOLDER}How many {colour} squares are in the picture?",
+           "answer": str(n_target)}
+    return row, image
+
+
+# ------------------------------------------------------------------ hub rows (pure conversion)
+
+def _image_from_hub(value: Any, where: str) -> Image.Image:
+    """A PIL image from what ``datasets`` gives for an image cell (PIL, {"bytes","path"} dict, or bytes)."""
+    try:
+        if isinstance(value, Image.Image):
+            return value.convert("RGB")
+        if isinstance(value, dict) and value.get("bytes"):
+            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+        if isinstance(value, dict) and value.get("path"):
+            return Image.open(value["path"]).convert("RGB")
+        if isinstance(value, (bytes, bytearray)):
+            return Image.open(io.BytesIO(value)).convert("RGB")
+    except Exception as exc:  # PIL raises several types for corrupt data
+        raise TrainDataError(f"{where}: field 'images': unreadable image ({exc})") from exc
+    raise TrainDataError(f"{where}: field 'images': missing or unsupported image value {type(value).__name__}")
+
+
+def record_from_hub_row(row: dict, index: int, source: str = HUB_REPO) -> tuple[dict, list[Image.Image]]:
+    """Convert one hub row {problem, answer, images} to (layout row without image paths, PIL images)."""
+    where = f"{source} row {index}"
+    problem, answer = row.get("problem"), row.get("answer")
+    if not isinstance(problem, str) or not problem.strip():
+        raise TrainDataError(f"{where}: field 'problem' is missing or empty")
+    if answer is None or not str(answer).strip():
+        raise TrainDataError(f"{where}: field 'answer' is missing or empty")
+    raw_images = row.get("images")
+    if raw_images is None or (isinstance(raw_images, list) and not raw_images):
+        raise TrainDataError(f"{where}: field 'images' is missing or empty")
+    raw_images = raw_images if isinstance(raw_images, list) else [raw_images]
+    images = [_image_from_hub(v, where) for v in raw_images]
+    n_placeholders = problem.count(IMAGE_PLACEHOLDER)
+    if n_placeholders == 0:  # ViRL39K convention: images precede the question
+        problem = IMAGE_PLACEHOLDER * len(images) + problem
+    elif n_placeholders != len(images):
+        raise TrainDataError(f"{where}: field 'problem' has {n_placeholders} {IMAGE_PLACEHOLDER} but "
+                             f"{len(images)} images")
+    return {"id": str(row.get("id", f"row-{index:06d}")), "problem": problem, "answer": str(answer).strip()}, images
+
+
+# ------------------------------------------------------------------ writing and validating the layout
+
+def _sha256_dir(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def write_layout(examples: Iterable[tuple[dict, list[Image.Image]]], out: str | Path, source: str) -> Path:
+    """Write rows + PNG images + manifest into ``out`` atomically (temp dir, then rename)."""
+    out = Path(out)
+    if (out / MANIFEST_FILE).is_file():
+        raise FileExistsError(f"{out}: training data already prepared (manifest.json exists); remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    (tmp / IMAGES_DIR).mkdir()
+    lines = []
+    for row, images in examples:
+        paths = []
+        for k, image in enumerate(images):
+            rel = f"{IMAGES_DIR}/{row['id']}-{k}.png"
+            image.save(tmp / rel, format="PNG", optimize=False)  # no timestamps in PNG: byte-stable
+            paths.append(rel)
+        lines.append(json.dumps({**row, "images": paths}, sort_keys=True, ensure_ascii=False))
+    (tmp / ROWS_FILE).write_text("\n".join(lines) + "\n")
+    manifest = {"rows": len(lines), "sha256": _sha256_dir(tmp), "source": source}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def read_layout(data_dir: str | Path) -> list[dict]:
+    """Validated rows of a layout directory; images are opened (and closed) to prove they are readable."""
+    data_dir = Path(data_dir)
+    rows_path = data_dir / ROWS_FILE
+    if not rows_path.is_file():
+        raise TrainDataError(f"{rows_path}: missing (not a training data directory)")
+    rows = []
+    for line_no, line in enumerate(rows_path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{rows_path} line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainDataError(f"{where}: not JSON ({exc})") from exc
+        for field in ("id", "problem", "answer", "images"):
+            if field not in row or row[field] in (None, "", []):
+                raise TrainDataError(f"{where}: field {field!r} is missing or empty")
+        for rel in row["images"]:
+            path = data_dir / rel
+            if not path.is_file():
+                raise TrainDataError(f"{where}: field 'images': file {path} does not exist")
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as exc:
+                raise TrainDataError(f"{where}: field 'images': file {path} is not a readable image ({exc})") from exc
+        rows.append(row)
+    if not rows:
+        raise TrainDataError(f"{rows_path}: no rows")
+    return rows
+
+
+# ------------------------------------------------------------------ sources
+
+def _synthetic(out: Path, n_rows: int = 64, seed: int = 0, **_: Any) -> Path:
+    return write_layout((( r, [im]) for r, im in (synthetic_example(i, seed) for i in range(int(n_rows)))),
+                        out, source=f"synthetic(seed={seed},n_rows={n_rows})")
+
+
+def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | None = None, **_: Any) -> Path:
+    import datasets  # cluster path: needs the hub (HF_HUB_OFFLINE must be unset)
+
+    dataset = datasets.load_dataset(repo, split=split)
+    return convert_dataset(dataset, out, source=repo, n_rows=n_rows)
+
+
+def convert_dataset(dataset, out: str | Path, source: str, n_rows: int | None = None) -> Path:
+    """Write any iterable of hub-style rows (e.g. a ``datasets.Dataset``) into the layout."""
+    limit = len(dataset) if n_rows is None else min(int(n_rows), len(dataset))
+    examples = (record_from_hub_row(dataset[i], i, source) for i in range(limit))
+    return write_layout(examples, out, source=source)
+
+
+def _local(src: Path, out: Path, **_: Any) -> Path:
+    rows = read_layout(src)
+    examples = []
+    for row in rows:
+        images = [Image.open(src / rel).convert("RGB") for rel in row["images"]]
+        examples.append(({k: v for k, v in row.items() if k != "images"}, images))
+    return write_layout(examples, out, source=str(src))
+
+
+SOURCES: dict[str, Callable[..., Path]] = {"synthetic": _synthetic, "hub": _hub}
+
+
+def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:
+    """Build the layout in ``out`` from ``source`` ("synthetic" | "hub" | a local layout directory)."""
+    out = Path(out)
+    if source in SOURCES:
+        return SOURCES[source](out, **options)
+    if Path(source).is_dir():
+        return _local(Path(source), out, **options)
+    raise TrainDataError(f"training data source {source!r}: not one of {sorted(SOURCES)} nor a directory")
+
+
+# ------------------------------------------------------------------ what the trainer reads
+
+def training_prompt(problem: str) -> str:
+    """The problem text without image placeholders, a blank line, then the PROTOCOL instruction suffix."""
+    return problem.replace(IMAGE_PLACEHOLDER, "").strip() + "\n\n" + REASONING_INSTRUCTION
+
+
+def load_train_dataset(data_dir: str | Path):
+    """A ``datasets.Dataset`` for TRL: ``prompt`` (one user turn), ``images`` (PIL list), ``answer``, ``id``.
+
+    Images are placed before the text (TRL inserts image parts ahead of string content), the layout's
+    convention for a problem that starts with its ``<image>``.
+    """
+    import datasets
+
+    data_dir = Path(data_dir)
+    rows = read_layout(data_dir)
+    columns: dict[str, list] = {"id": [], "prompt": [], "images": [], "answer": []}
+    for row in rows:
+        columns["id"].append(row["id"])
+        columns["prompt"].append([{"role": "user", "content": training_prompt(row["problem"])}])
+        columns["images"].append([Image.open(data_dir / rel).convert("RGB") for rel in row["images"]])
+        columns["answer"].append(str(row["answer"]))
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "images": datasets.Sequence(datasets.Image()),
+        "answer": datasets.Value("string"),
+    })
+    return datasets.Dataset.from_dict(columns, features=features)
