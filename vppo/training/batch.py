@@ -1,0 +1,86 @@
+"""Row selection and concatenation of TRL rollout batches (the dicts ``_generate_and_score_completions`` returns).
+
+Dynamic sampling keeps some prompt groups of a rollout and tops the batch up with groups from further
+rollouts, so rollout dicts of different widths must be merged. Widths: prompt tensors [B, P] are
+left-padded, completion tensors [B, C] right-padded, ``mm_token_type_ids`` [B, P + C] is both (split at P).
+Vision tensors are handled per row through TRL's ``split_pixel_values_by_grid`` (lists of per-row tensors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+#: per-row scalars / vectors that need no padding
+ROW_KEYS = ("advantages",)
+#: keys that are not per-row and are recomputed after a merge
+GLOBAL_KEYS = ("num_items_in_batch",)
+
+
+def _completion_keys(batch: dict[str, Any]) -> list[str]:
+    width = batch["completion_ids"].shape[1]
+    return [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() == 2 and k not in PROMPT_KEYS
+            and k != "mm_token_type_ids" and v.shape[1] == width]
+
+
+def _pad_to(t: torch.Tensor, width: int, side: str, value: float = 0) -> torch.Tensor:
+    extra = width - t.shape[1]
+    if extra <= 0:
+        return t
+    return F.pad(t, (extra, 0) if side == "left" else (0, extra), value=value)
+
+
+def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The rollout dict restricted to ``rows`` (in that order); vision tensors follow their rows."""
+    split = split_pixel_values_by_grid(batch)
+    out: dict[str, Any] = {}
+    index = torch.tensor(rows, dtype=torch.long)
+    n = batch["prompt_ids"].shape[0]
+    for key, value in split.items():
+        if key in GLOBAL_KEYS:
+            continue
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+            out[key] = value.index_select(0, index.to(value.device))
+        elif isinstance(value, list) and len(value) == n:
+            out[key] = [value[i] for i in rows]
+        else:
+            out[key] = value
+    return unsplit_pixel_values_by_grid(out)
+
+
+def concat_rollouts(batches: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Concatenate rollout dicts row-wise, padding prompts on the left and completions on the right."""
+    if len(batches) == 1:
+        return {k: v for k, v in batches[0].items() if k not in GLOBAL_KEYS}
+    split = [split_pixel_values_by_grid(b) for b in batches]
+    p_width = max(b["prompt_ids"].shape[1] for b in batches)
+    c_width = max(b["completion_ids"].shape[1] for b in batches)
+    completion_keys = _completion_keys(batches[0])
+    out: dict[str, Any] = {}
+    for key in split[0]:
+        if key in GLOBAL_KEYS:
+            continue
+        values = [b[key] for b in split]
+        if key in PROMPT_KEYS:
+            pad = pad_token_id if key == "prompt_ids" else 0
+            out[key] = torch.cat([_pad_to(v, p_width, "left", pad) for v in values])
+        elif key == "mm_token_type_ids":
+            parts = []
+            for b, v in zip(batches, values):
+                p = b["prompt_ids"].shape[1]
+                parts.append(torch.cat([_pad_to(v[:, :p], p_width, "left"), _pad_to(v[:, p:], c_width, "right")], 1))
+            out[key] = torch.cat(parts)
+        elif key in completion_keys:
+            pad = pad_token_id if key == "completion_ids" else 0
+            out[key] = torch.cat([_pad_to(v, c_width, "right", pad) for v in values])
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.cat(values)
+        elif isinstance(values[0], list):
+            out[key] = [x for v in values for x in v]
+        else:
+            out[key] = values[0]
+    return unsplit_pixel_values_by_grid(out)

@@ -1,0 +1,251 @@
+"""Training recipes: YAML files in ``vppo/training/recipes/`` (smoke, 7b, 32b), validated and mapped to TRL.
+
+A recipe is the schedule and the hardware layout; the method (grpo, dapo, vppo, ablations) is a separate
+preset from :func:`vppo.algorithm.get_method` and supplies clip ranges, TGF/TAS settings and filtering.
+
+Mapping to ``trl.GRPOConfig`` (:func:`grpo_config_kwargs`), with W = num_nodes * max(gpus_per_node, 1):
+
+==========================  ==============================================================================
+recipe key                  GRPOConfig field(s)
+==========================  ==============================================================================
+rollout_batch_prompts       generation_batch_size = rollout_batch_prompts * num_generations
+update_batch_prompts        gradient_accumulation_steps = update * n / (W * micro_batch_responses)
+micro_batch_responses       per_device_train_batch_size (responses per forward/backward chunk)
+num_generations             num_generations
+learning_rate, weight_decay learning_rate, weight_decay (AdamW: optim="adamw_torch"), lr_scheduler "constant"
+warmup_ratio, max_grad_norm warmup_steps (0 when the ratio is 0), max_grad_norm
+max_completion_length       max_completion_length (+ vllm_max_model_length = prompt + completion)
+temperature, top_p          temperature, top_p (top_k disabled)
+entropy_coef                NOT TRL's entropy_coef (a bonus on full entropy): our loss adds
+                            coef * mean(-logp) through vppo.algorithm.policy_loss (PROTOCOL 4)
+method clip_low/clip_high   epsilon / epsilon_high (also used by our loss); loss_type "dapo" (token-mean)
+(no reference model)        beta = 0.0
+save_steps, logging_steps   save_steps, logging_steps (save_strategy "steps")
+use_vllm, vllm_mode         use_vllm, vllm_mode ("colocate" or "server")
+bf16, gradient_checkpointing  bf16, gradient_checkpointing
+==========================  ==============================================================================
+
+Not expressible in GRPOConfig, handled by us: ``max_prompt_length`` (TRL 1.16 has no prompt limit: rows
+whose encoded prompt is longer are dropped when the data is loaded, and counted); dynamic sampling and
+``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (processor bounds, set when
+the processor is loaded); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
+``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+DISTRIBUTED_BACKENDS = ("none", "deepspeed_zero3", "fsdp")
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is invalid; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    num_train_epochs: float
+    max_steps: int | None
+    rollout_batch_prompts: int
+    num_generations: int
+    update_batch_prompts: int
+    micro_batch_responses: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    max_prompt_length: int
+    max_completion_length: int
+    temperature: float
+    top_p: float
+    entropy_coef: float | None
+    dynamic_sampling_max_rounds: int
+    save_steps: int
+    logging_steps: int
+    bf16: bool
+    gradient_checkpointing: bool
+    use_vllm: bool
+    vllm_mode: str
+    min_pixels: int | None
+    max_pixels: int | None
+    num_nodes: int
+    gpus_per_node: int
+    distributed: str
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * max(self.gpus_per_node, 1)
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.rollout_batch_prompts // self.update_batch_prompts
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.update_batch_prompts * self.num_generations // (self.world_size * self.micro_batch_responses)
+
+    @property
+    def steps_per_generation(self) -> int:
+        return self.rollout_batch_prompts * self.num_generations // (self.world_size * self.micro_batch_responses)
+
+
+RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
+_TYPES = {f.name: f.type for f in fields(Recipe)}
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Check/convert one value against the dataclass annotation (str form, from __future__ annotations)."""
+    kind = _TYPES[key]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise RecipeError(f"{where}: key {key!r} may not be null")
+    base = kind.split("|")[0].strip()
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                return value.lower() == "true"
+            return bool(value)
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        return {"float": float, "str": str}[base](value)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: key {key!r}: {value!r} is not a valid {base}") from exc
+
+
+def validate(recipe: Recipe, where: str) -> Recipe:
+    """Cross-field checks: batch sizes divide, save points fall on rollout boundaries."""
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise RecipeError(f"{where}: {message}")
+
+    need(recipe.distributed in DISTRIBUTED_BACKENDS, f"key 'distributed' must be one of {DISTRIBUTED_BACKENDS}")
+    need(recipe.vllm_mode in ("colocate", "server"), "key 'vllm_mode' must be 'colocate' or 'server'")
+    need(recipe.rollout_batch_prompts % recipe.update_batch_prompts == 0,
+         "rollout_batch_prompts must be a multiple of update_batch_prompts")
+    per_rank_update = recipe.update_batch_prompts * recipe.num_generations
+    need(per_rank_update % (recipe.world_size * recipe.micro_batch_responses) == 0,
+         f"update_batch_prompts * num_generations ({per_rank_update}) must divide into "
+         f"{recipe.world_size} ranks x micro_batch_responses {recipe.micro_batch_responses}")
+    local_rollout = recipe.rollout_batch_prompts * recipe.num_generations // recipe.world_size
+    need(recipe.rollout_batch_prompts * recipe.num_generations % recipe.world_size == 0
+         and local_rollout % recipe.num_generations == 0,
+         "each rank's share of the rollout batch must hold whole groups (dynamic sampling filters per rank)")
+    need(recipe.save_steps % recipe.updates_per_rollout == 0,
+         f"save_steps must be a multiple of the {recipe.updates_per_rollout} updates per rollout "
+         "(a checkpoint inside a rollout could not resume exactly)")
+    need(recipe.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds must be >= 1")
+    return recipe
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict with YAML-typed values (so 1e-6, true, null work)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
+    unknown = sorted(set(data) - set(RECIPE_KEYS))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RECIPE_KEYS)}")
+    missing = sorted(set(RECIPE_KEYS) - set(data))
+    if missing:
+        raise RecipeError(f"{where}: missing key(s) {', '.join(missing)}")
+    values = {key: _coerce(key, data[key], where) for key in RECIPE_KEYS}
+    return validate(Recipe(name=name, **values), where)
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Recipe:
+    """A recipe by name (``smoke``, ``7b``, ``32b``) or YAML path, with ``overrides`` applied and validated."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+        raise RecipeError(f"recipe {name_or_path!r}: no file {path} (known recipes: {', '.join(known)})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: top level must be a mapping")
+    where = str(path)
+    if overrides:
+        unknown = sorted(set(overrides) - set(RECIPE_KEYS))
+        if unknown:
+            raise RecipeError(f"--set: unknown recipe key(s) {', '.join(unknown)} (recipe {path})")
+        data = {**data, **overrides}
+        where = f"{path} with --set {sorted(overrides)}"
+    return recipe_from_mapping(path.stem, data, where)
+
+
+def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int) -> dict[str, Any]:
+    """Keyword arguments for ``trl.GRPOConfig`` (see the module docstring for the mapping)."""
+    warmup_steps = 0 if recipe.warmup_ratio == 0 else None
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps if recipe.max_steps is not None else -1,
+        per_device_train_batch_size=recipe.micro_batch_responses,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        generation_batch_size=recipe.rollout_batch_prompts * recipe.num_generations,
+        num_generations=recipe.num_generations,
+        num_iterations=1,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        optim="adamw_torch",
+        lr_scheduler_type="constant" if recipe.warmup_ratio == 0 else "constant_with_warmup",
+        max_grad_norm=recipe.max_grad_norm,
+        max_completion_length=recipe.max_completion_length,
+        temperature=recipe.temperature,
+        top_p=recipe.top_p,
+        top_k=0,
+        beta=0.0,
+        epsilon=preset.clip_low,
+        epsilon_high=preset.clip_high,
+        loss_type="dapo",
+        scale_rewards="group",
+        entropy_coef=0.0,
+        mask_truncated_completions=False,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        logging_steps=recipe.logging_steps,
+        bf16=recipe.bf16,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        use_vllm=recipe.use_vllm,
+        vllm_mode=recipe.vllm_mode,
+        vllm_max_model_length=recipe.max_prompt_length + recipe.max_completion_length,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        log_completions=False,
+        disable_tqdm=False,
+        use_cpu=recipe.gpus_per_node == 0,
+    )
+    if warmup_steps is not None:
+        kwargs["warmup_steps"] = warmup_steps
+    else:
+        kwargs["warmup_ratio"] = recipe.warmup_ratio
+    return kwargs
+
+
+def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
+    """A validated copy of ``recipe`` with ``changes`` (used by tests and the bench)."""
+    return validate(replace(recipe, **changes), f"recipe {recipe.name} with {sorted(changes)}")
