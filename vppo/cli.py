@@ -13,6 +13,7 @@ import sys
 #: name -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("vppo.testing.tiny_qwen", "write a tiny random-init Qwen2.5-VL checkpoint (offline)"),
+    "fetch-model": ("vppo.data.models", "put a base or released checkpoint (tiny, local dir, hub id) in place"),
     "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),
     "train": ("vppo.training.cli", "train a policy with a method preset (grpo, dapo, vppo, ablations)"),
     "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),

@@ -1,0 +1,145 @@
+"""The Snakemake DAG (issue 5): lint, dry-runs of every preset, single-cell targets, config errors.
+
+Snakemake is called by subprocess (its Python API changed within 9.x). Dry-runs use `--profile slurm` as a
+user types it; the CI machine has no conda, so those dry-runs switch software deployment to env-modules
+(no `envmodules:` directive exists, so nothing is deployed) instead of the profile's conda.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM = ["--profile", "slurm", "--sdm", "env-modules"]
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def planned_jobs(output: str) -> list[dict]:
+    """Jobs of a dry-run: rule, wildcards and resources of each `rule NAME:` block."""
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        head = re.match(r"rule (\w+):", block)
+        if not head:
+            continue
+        job = {"rule": head.group(1), "wildcards": {}, "resources": {}}
+        for key in ("wildcards", "resources"):
+            line = re.search(rf"^\s+{key}: (.*)$", block, re.MULTILINE)
+            if line:
+                job[key] = dict(pair.split("=", 1) for pair in line.group(1).split(", "))
+        jobs.append(job)
+    return jobs
+
+
+def dry_run(*args: str) -> list[dict]:
+    done = snakemake("--dry-run", "--cores", "all", *args)
+    return planned_jobs(done.stdout + done.stderr)
+
+
+def rule_counts(jobs: list[dict]) -> Counter:
+    return Counter(job["rule"] for job in jobs)
+
+
+def config_of(preset: str) -> dict:
+    return yaml.safe_load((ROOT / "workflow" / "config" / f"{preset}.yaml").read_text())
+
+
+def test_lint_is_clean():
+    done = snakemake("--lint", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Lints for" not in done.stdout + done.stderr
+
+
+def test_default_dry_run_trains_converts_and_evaluates_every_method():
+    config = config_of("default")
+    spec = config["models"]["tiny"]
+    trained = [m for m in spec["methods"] if m != "base"]
+    counts = rule_counts(dry_run())
+    assert counts["train"] == counts["convert"] == len(trained)
+    assert counts["eval_benchmarks"] == len(spec["methods"])  # grouped: one job per (model, method)
+    assert counts["table"] == 3 and counts["figures"] == 1 and counts["report"] == 1
+    assert counts["analyze_dependency"] == len(config["analysis"]["methods"])
+
+
+def test_paper_dry_run_under_the_slurm_profile_resolves_every_job_with_resources():
+    config = config_of("paper")
+    jobs = dry_run(*SLURM, "--config", "preset=paper")
+    counts = rule_counts(jobs)
+    n_bench = len(config["benchmarks"])
+    cells = sum(len(spec["methods"]) for spec in config["models"].values())
+    trained = sum(len([m for m in spec["methods"] if m != "base"]) for spec in config["models"].values())
+    assert counts["eval_benchmark"] == cells * n_bench == (9 + 3) * 8
+    assert counts["train"] == counts["convert"] == trained == 8 + 3
+    assert counts["fetch_base_model"] == 2 and counts["table"] == 3
+
+    train = {job["wildcards"]["model"]: job["resources"] for job in jobs if job["rule"] == "train"}
+    assert train["qwen2.5-vl-7b"]["nodes"] == "1" and train["qwen2.5-vl-7b"]["gres"] == "gpu:8"
+    assert "mpi" not in train["qwen2.5-vl-7b"]  # one node: the plugin's own srun runs the launcher
+    big = train["qwen2.5-vl-32b"]
+    assert (big["nodes"], big["gres"], big["mpi"], big["tasks"]) == ("4", "gpu:8", "srun", "4")
+    assert big["tasks_per_gpu"] == "0" and big["cpus_per_task"] == "64"  # never capped by --cores all
+    evals = {(job["wildcards"]["model"], job["resources"]["gpu"]) for job in jobs if job["rule"] == "eval_benchmark"}
+    assert evals == {("qwen2.5-vl-7b", "1"), ("qwen2.5-vl-32b", "4")}
+
+
+def test_released_dry_run_evaluates_published_checkpoints_without_training():
+    counts = rule_counts(dry_run(*SLURM, "--config", "preset=released"))
+    assert counts["train"] == 0 and counts["convert"] == 0 and counts["prepare_train_data"] == 0
+    assert counts["fetch_released_model"] == 2
+    assert counts["eval_benchmark"] == 3 * 8  # 7B base + 7B VPPO + 32B VPPO
+
+
+def test_single_cell_target_schedules_only_its_own_chain():
+    jobs = dry_run(*SLURM, "--config", "preset=paper", "--", "results/eval/qwen2.5-vl-7b/vppo/geo3k.json")
+    assert rule_counts(jobs) == Counter({"fetch_base_model": 1, "prepare_train_data": 1, "prepare_eval_data": 1,
+                                         "train": 1, "convert": 1, "eval_benchmark": 1})
+    assert {job["wildcards"]["method"] for job in jobs if "method" in job["wildcards"]} == {"vppo"}
+    base_cell = dry_run(*SLURM, "--config", "preset=paper", "--", "results/eval/qwen2.5-vl-7b/base/mmk12.json")
+    assert rule_counts(base_cell) == Counter({"fetch_base_model": 1, "prepare_eval_data": 1, "eval_benchmark": 1})
+
+
+def test_slurm_profile_is_found_by_its_bare_name():
+    done = snakemake("--dry-run", "--cores", "all", *SLURM, "--config", "preset=released")
+    assert "Using profile slurm" in done.stdout + done.stderr
+
+
+def test_config_typo_stops_the_run_naming_the_key(tmp_path):
+    text = (ROOT / "workflow" / "config" / "default.yaml").read_text().replace("  backend: hf", "  backnd: hf")
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(text)
+    done = snakemake("--dry-run", "--cores", "1", "--configfile", str(bad), check=False)
+    assert done.returncode != 0
+    assert "'backnd' was unexpected" in done.stdout + done.stderr
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    done = snakemake("--dry-run", "--cores", "1", "--config", "preset=papr", check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "config preset 'papr'" in output and "'paper'" in output
+
+
+def test_check_target_without_candidate_says_what_is_missing():
+    done = snakemake("--dry-run", "--cores", "1", "results/check/mine.md", check=False)
+    assert done.returncode != 0
+    assert "needs --config candidate=" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("preset", ["default", "paper", "released"])
+def test_every_table_names_configured_methods(preset):
+    config = config_of(preset)
+    for name, table in config["tables"].items():
+        assert set(table["methods"]) <= set(config["models"][table["model"]]["methods"]), name

@@ -1,0 +1,59 @@
+"""``vppo fetch-model SOURCE OUT``: put a base or released checkpoint into the local layout.
+
+SOURCE is ``tiny`` (the offline test model, built by :mod:`vppo.testing.tiny_qwen`), an existing local
+directory (copied), or a Hugging Face hub id (downloaded; needs network, so it runs on the submit host).
+The result is checked with :func:`vppo.modeling.verify_checkpoint_dir` so a partial download fails here,
+not hours later in a training job. The copy is written to a temporary sibling and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def fetch_model(source: str, out: str | Path, revision: str | None = None, seed: int = 0) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: already exists and is not empty; remove it to fetch {source!r} again")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if source == "tiny":
+            from vppo.testing.tiny_qwen import build_tiny_qwen
+
+            build_tiny_qwen(tmp, seed=seed)
+        elif Path(source).is_dir():
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+        elif Path(source).exists():
+            raise NotADirectoryError(f"model source {source}: is a file, expected a checkpoint directory")
+        else:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo_id=source, revision=revision, local_dir=str(tmp))
+        from vppo.modeling import verify_checkpoint_dir
+
+        verify_checkpoint_dir(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="tiny | a local checkpoint directory | a hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
+    parser.add_argument("out", type=Path, help="directory to create")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = fetch_model(args.source, args.out, args.revision, args.seed)
+    print(f"model {args.source} ready in {path}")
+    return 0

@@ -1,0 +1,297 @@
+# Configuration (preset selection + JSON-schema validation), wildcard constraints, input functions and
+# per-rule resources shared by every stage.
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from snakemake.settings.types import DeploymentMethod
+from snakemake.utils import update_config, validate
+
+CONFIG_DIR = Path(workflow.basedir) / "workflow" / "config"
+SCHEMA = "../schemas/config.schema.yaml"
+# Rules name their software environment: the driver (Snakemake, pandas, matplotlib) for CPU stages and the
+# cluster's pinned GPU environment (the root environment.yml, one copy) for data, training, evaluation and
+# analysis. Paths are relative to this rules folder.
+DRIVER_ENV = "../envs/driver.yml"
+GPU_ENV = "../../environment.yml"
+# Every rule runs `workflow/scripts/vppo COMMAND ...` (python -m vppo with this checkout importable).
+# Outside conda that is the interpreter running Snakemake (the venv the README installs into); inside the
+# rule's conda env it is that env's python3.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    os.environ.setdefault("VPPO_PYTHON", sys.executable)
+
+
+def select_preset(config):
+    """``--config preset=NAME`` swaps the default file for workflow/config/NAME.yaml (CLI --config on top).
+
+    With ``--configfile`` the given file is the configuration and the preset key is only checked."""
+    wanted = config.get("preset", "default")
+    if workflow.overwrite_configfiles or wanted == "default":
+        return config
+    path = CONFIG_DIR / f"{wanted}.yaml"
+    if not path.exists():
+        choices = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"config preset {wanted!r}: no file {path} (choose from {choices})")
+    chosen = yaml.safe_load(path.read_text())
+    update_config(chosen, workflow.config_settings.overwrite_config or {})
+    return chosen
+
+
+def check_cross_references(config):
+    """What the schema cannot say: tables, analysis and released checkpoints name configured cells."""
+    problems = []
+    models = config["models"]
+    for name, spec in models.items():
+        for method in spec.get("released", {}):
+            if method not in spec["methods"]:
+                problems.append(f"models.{name}.released.{method}: not in models.{name}.methods")
+    for table, spec in config.get("tables", {}).items():
+        if spec["model"] not in models:
+            problems.append(f"tables.{table}.model: {spec['model']!r} is not a key of models")
+            continue
+        missing = [m for m in spec["methods"] if m not in models[spec["model"]]["methods"]]
+        if missing:
+            problems.append(f"tables.{table}.methods: {missing} not in models.{spec['model']}.methods")
+    analysis = config.get("analysis")
+    if analysis:
+        if analysis["model"] not in models:
+            problems.append(f"analysis.model: {analysis['model']!r} is not a key of models")
+        else:
+            missing = [m for m in analysis["methods"] if m not in models[analysis["model"]]["methods"]]
+            if missing:
+                problems.append(f"analysis.methods: {missing} not in models.{analysis['model']}.methods")
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+_selected = select_preset(config)
+if _selected is not config:
+    config.clear()
+    config.update(_selected)
+validate(config, SCHEMA)
+check_cross_references(config)
+
+MODELS = config["models"]
+BENCHMARKS = config["benchmarks"]
+ALL_METHODS = sorted({m for spec in MODELS.values() for m in spec["methods"]})
+
+
+def _alternatives(keys):
+    return "|".join(re.escape(k) for k in keys)
+
+
+wildcard_constraints:
+    model=_alternatives(MODELS),
+    method=_alternatives(ALL_METHODS),
+    benchmark=_alternatives(BENCHMARKS),
+    name=r"[A-Za-z0-9._-]+",
+
+
+# ---------------------------------------------------------------------------------------------- cells
+def eval_cells():
+    """(model, method, benchmark) of every configured table cell."""
+    return [(model, method, bench) for model, spec in MODELS.items()
+            for method in spec["methods"] for bench in BENCHMARKS]
+
+
+def eval_json(model, method, benchmark):
+    return f"results/eval/{model}/{method}/{benchmark}.json"
+
+
+def trained_methods(model):
+    """Methods of a model that the workflow trains (not base, not a released checkpoint)."""
+    spec = MODELS[model]
+    return [m for m in spec["methods"] if m != "base" and m not in spec.get("released", {})]
+
+
+def base_model_dir(wildcards):
+    return f"resources/models/{wildcards.model}/base"
+
+
+def checkpoint_dir(wildcards):
+    """The checkpoint a cell evaluates: the base model, a released checkpoint, or our converted training."""
+    if wildcards.method == "base":
+        return base_model_dir(wildcards)
+    if wildcards.method in MODELS[wildcards.model].get("released", {}):
+        return f"resources/models/{wildcards.model}/released_{wildcards.method}"
+    return f"results/checkpoints/{wildcards.model}/{wildcards.method}"
+
+
+def training_runs():
+    """Output folders of every training job (training_log.jsonl inside each)."""
+    return [f"results/train/{model}/{method}" for model in MODELS for method in trained_methods(model)]
+
+
+def analysis_targets():
+    analysis = config.get("analysis")
+    if not analysis:
+        return []
+    return [f"results/analysis/{analysis['model']}/{method}.json" for method in analysis["methods"]]
+
+
+def all_targets():
+    tables = [f"results/tables/{name}.{ext}" for name in config.get("tables", {}) for ext in ("md", "csv", "tex")]
+    return tables + ["results/figures", "results/report.html"]
+
+
+# ------------------------------------------------------------------------------------------ resources
+def _env_partition(kind):
+    """SLURM partition from VPPO_SLURM_{GPU,CPU}_PARTITION, else VPPO_SLURM_PARTITION, else the cluster's default."""
+    value = os.environ.get(f"VPPO_SLURM_{kind}_PARTITION") or os.environ.get("VPPO_SLURM_PARTITION")
+    return {"slurm_partition": value} if value else {}
+
+
+def _env_account():
+    value = os.environ.get("VPPO_SLURM_ACCOUNT")
+    return {"slurm_account": value} if value else {}
+
+
+def slurm_placement(kind):
+    """Account and partition resources for a CPU or GPU rule (empty when the environment does not set them)."""
+    return {**_env_account(), **_env_partition(kind)}
+
+
+def train_spec(wildcards):
+    return MODELS[wildcards.model].get("train_resources", {})
+
+
+def eval_spec(wildcards):
+    return MODELS[wildcards.model].get("eval_resources", {})
+
+
+def analysis_spec(wildcards=None):
+    return config.get("analysis", {}).get("resources") or CPU
+
+
+def check_spec(wildcards=None):
+    return config.get("check_resources") or CPU
+
+
+def convert_spec(wildcards):
+    """Gathering sharded weights needs host memory of a few times the model size: sized per model."""
+    return MODELS[wildcards.model].get("convert_resources", CPU)
+
+
+def gres(gpus):
+    """Per-node GPU request, or None (the resource is then absent) for CPU jobs."""
+    return f"gpu:{gpus}" if gpus else None
+
+
+def grown_runtime(spec):
+    """Runtime from ``spec(wildcards)``; retries of preempted or timed-out jobs get more time (up to 3x)."""
+    return lambda wildcards, attempt: spec(wildcards).get("runtime", 60) * min(attempt, 3)
+
+
+CPU = config.get("cpu_resources", {})
+
+
+def recipe_file(name):
+    return Path(workflow.basedir) / "vppo" / "training" / "recipes" / f"{name}.yaml"
+
+
+def file_digest(path):
+    """Short sha256 of a file's bytes, for params that must rerun a job when the file changes."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def cli_pairs(flag, mapping):
+    """{'n_rows': 3} -> "--option n_rows=3" (shell-quoted values)."""
+    import shlex
+
+    return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in (mapping or {}).items())
+
+
+# --------------------------------------------------------------------------------------------- train
+def train_launch_command(wildcards):
+    """`vppo train` directly (CPU, or one node where accelerate is not needed) or the multi-node launcher."""
+    spec = train_spec(wildcards)
+    if MODELS[wildcards.model].get("launcher", "direct") == "direct":
+        return "workflow/scripts/vppo train"
+    return (f"bash workflow/scripts/launch_train.sh --nodes {spec.get('nodes', 1)} "
+            f"--gpus-per-node {spec.get('gpus_per_node', 0)} --")
+
+
+def train_options():
+    options = []
+    if config["train"].get("max_steps"):
+        options.append(f"--max-steps {config['train']['max_steps']}")
+    options.append(cli_pairs("--set", config["train"].get("set")))
+    return " ".join(o for o in options if o)
+
+
+def is_multi_node(wildcards):
+    return train_spec(wildcards).get("nodes", 1) > 1
+
+
+# ---------------------------------------------------------------------------------------------- eval
+EVAL = config["eval"]
+
+
+def eval_options(wildcards):
+    options = [
+        f"--backend {EVAL['backend']}",
+        f"--samples {EVAL['samples']}",
+        f"--max-new-tokens {EVAL['max_new_tokens']}",
+        f"--seed {EVAL['seed']}",
+        f"--model-label {wildcards.model}",
+        f"--method-label {wildcards.method}",
+    ]
+    if EVAL.get("limit"):
+        options.append(f"--limit {EVAL['limit']}")
+    gpus = eval_spec(wildcards).get("gpus", 0)
+    if EVAL["backend"] == "vllm" and gpus:
+        options.append(f"--tensor-parallel-size {gpus}")
+    return " ".join(options)
+
+
+def gpu_job_resources(spec):
+    """SLURM resources of a one-node job sized by ``spec(wildcards)`` (gpus, cpus, mem_mb, runtime)."""
+    return dict(
+        **slurm_placement("GPU"),
+        gpu=lambda wildcards: spec(wildcards).get("gpus", 0) or None,
+        cpus_per_task=lambda wildcards: spec(wildcards).get("cpus", 1),
+        mem_mb=lambda wildcards: spec(wildcards).get("mem_mb", 4000),
+        runtime=grown_runtime(spec),
+    )
+
+
+def analysis_options(wildcards):
+    analysis = config["analysis"]
+    return (f"--n-prompts {analysis['n_prompts']} --samples {analysis['samples']} "
+            f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']} "
+            f"--model-label {wildcards.model} --method-label {wildcards.method}")
+
+
+# -------------------------------------------------------------------------------------------- tables
+def table_inputs(wildcards):
+    spec = config["tables"][wildcards.table]
+    return [eval_json(spec["model"], method, bench) for method in spec["methods"] for bench in BENCHMARKS]
+
+
+def cpu_job_resources():
+    return dict(
+        **slurm_placement("CPU"),
+        cpus_per_task=CPU.get("cpus", 1),
+        mem_mb=CPU.get("mem_mb", 4000),
+        runtime=CPU.get("runtime", 60),
+    )
+
+
+def required_config(key, wildcards):
+    """A --config value the regression-check rule cannot do without."""
+    if not config.get(key):
+        raise ValueError(f"results/check/{wildcards.name}.md needs --config {key}=... "
+                         "(candidate: a checkpoint or results directory; reference: a results directory "
+                         "or paper:<model>/<method>)")
+    return config[key]
+
+
+def check_options(wildcards):
+    options = (f"--backend {EVAL['backend']} --samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} "
+               f"--seed {EVAL['seed']}")
+    return options + (f" --limit {EVAL['limit']}" if EVAL.get("limit") else "")

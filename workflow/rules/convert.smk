@@ -1,0 +1,24 @@
+# Stage 3: whatever the trainer saved (HF directory or sharded DeepSpeed/FSDP state) -> a standalone
+# Hugging Face checkpoint with tokenizer and processor, verified by reloading and comparing logits.
+
+
+rule convert:
+    input:
+        trained="results/train/{model}/{method}",
+        base=base_model_dir,
+    output:
+        directory("results/checkpoints/{model}/{method}"),
+    log:
+        "logs/convert/{model}/{method}.log",
+    benchmark:
+        "logs/benchmarks/convert/{model}/{method}.tsv"
+    conda:
+        GPU_ENV
+    threads: lambda wildcards: convert_spec(wildcards).get("cpus", 1)
+    resources:
+        **slurm_placement("CPU"),
+        cpus_per_task=lambda wildcards: convert_spec(wildcards).get("cpus", 1),
+        mem_mb=lambda wildcards: convert_spec(wildcards).get("mem_mb", 4000),
+        runtime=lambda wildcards: convert_spec(wildcards).get("runtime", 60),
+    shell:
+        "workflow/scripts/vppo convert {input.trained}/final --out {output} --base {input.base} > {log} 2>&1"

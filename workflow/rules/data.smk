@@ -1,0 +1,75 @@
+# Stage 1: training data, evaluation data and base / released models. Downloads run on the submit host
+# (localrules): compute nodes often have no internet.
+
+
+localrules:
+    prepare_train_data,
+    prepare_eval_data,
+    fetch_base_model,
+    fetch_released_model,
+
+
+rule prepare_train_data:
+    output:
+        directory("resources/data/train"),
+    params:
+        source=config["data"]["train"]["source"],
+        options=cli_pairs("--option", config["data"]["train"].get("options")),
+    log:
+        "logs/data/train.log",
+    benchmark:
+        "logs/benchmarks/data/train.tsv"
+    conda:
+        GPU_ENV
+    threads: 1
+    shell:
+        "workflow/scripts/vppo prepare-data train --source {params.source} --out {output} {params.options} > {log} 2>&1"
+
+
+rule prepare_eval_data:
+    output:
+        directory("resources/data/eval"),
+    params:
+        source=config["data"]["eval"]["source"],
+        options=cli_pairs("--option", config["data"]["eval"].get("options")),
+    log:
+        "logs/data/eval.log",
+    benchmark:
+        "logs/benchmarks/data/eval.tsv"
+    conda:
+        GPU_ENV
+    threads: 1
+    shell:
+        "workflow/scripts/vppo prepare-data eval --source {params.source} --out {output} {params.options} > {log} 2>&1"
+
+
+rule fetch_base_model:
+    output:
+        directory("resources/models/{model}/base"),
+    params:
+        source=lambda wildcards: MODELS[wildcards.model]["base"],
+    log:
+        "logs/models/{model}/base.log",
+    benchmark:
+        "logs/benchmarks/models/{model}/base.tsv"
+    conda:
+        GPU_ENV
+    threads: 1
+    shell:
+        "workflow/scripts/vppo fetch-model {params.source:q} {output} > {log} 2>&1"
+
+
+rule fetch_released_model:
+    output:
+        directory("resources/models/{model}/released_{method}"),
+    params:
+        source=lambda wildcards: MODELS[wildcards.model]["released"][wildcards.method],
+    log:
+        "logs/models/{model}/released_{method}.log",
+    benchmark:
+        "logs/benchmarks/models/{model}/released_{method}.tsv"
+    conda:
+        GPU_ENV
+    threads: 1
+    shell:
+        "workflow/scripts/vppo fetch-model {params.source:q} {output} > {log} 2>&1"

@@ -1,0 +1,79 @@
+# Stage 4: avg@k evaluation through lmms-eval. One table cell = results/eval/{model}/{method}/{benchmark}.json
+# (+ its per-sample log). `eval.group_benchmarks: true` (the smoke default) evaluates all configured
+# benchmarks of a (model, method) in one job to save per-process start-up on CPU; the cluster presets use
+# one job per cell, so `snakemake results/eval/<model>/<method>/<benchmark>.json` computes exactly that cell.
+
+
+if EVAL.get("group_benchmarks", False):
+
+    rule eval_benchmarks:
+        input:
+            checkpoint=checkpoint_dir,
+            data="resources/data/eval",
+        output:
+            results=expand("results/eval/{{model}}/{{method}}/{benchmark}.json", benchmark=BENCHMARKS),
+            samples=expand("results/eval/{{model}}/{{method}}/{benchmark}.samples.jsonl", benchmark=BENCHMARKS),
+        params:
+            benchmarks=",".join(BENCHMARKS),
+            out="results/eval/{model}/{method}",
+            options=eval_options,
+        log:
+            "logs/eval/{model}/{method}.log",
+        benchmark:
+            "logs/benchmarks/eval/{model}/{method}.tsv"
+        conda:
+            GPU_ENV
+        threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
+        retries: EVAL["retries"]
+        resources:
+            **gpu_job_resources(eval_spec),
+        shell:
+            "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
+            "--out {params.out} {params.options} > {log} 2>&1"
+
+else:
+
+    rule eval_benchmark:
+        input:
+            checkpoint=checkpoint_dir,
+            data="resources/data/eval",
+        output:
+            result="results/eval/{model}/{method}/{benchmark}.json",
+            samples="results/eval/{model}/{method}/{benchmark}.samples.jsonl",
+        params:
+            out="results/eval/{model}/{method}",
+            options=eval_options,
+        log:
+            "logs/eval/{model}/{method}/{benchmark}.log",
+        benchmark:
+            "logs/benchmarks/eval/{model}/{method}/{benchmark}.tsv"
+        conda:
+            GPU_ENV
+        threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
+        retries: EVAL["retries"]
+        resources:
+            **gpu_job_resources(eval_spec),
+        shell:
+            "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
+            "--out {params.out} {params.options} > {log} 2>&1"
+
+
+rule analyze_dependency:
+    input:
+        checkpoint=checkpoint_dir,
+        data="resources/data/eval",
+    output:
+        "results/analysis/{model}/{method}.json",
+    params:
+        options=analysis_options,
+    log:
+        "logs/analysis/{model}/{method}.log",
+    benchmark:
+        "logs/benchmarks/analysis/{model}/{method}.tsv"
+    conda:
+        GPU_ENV
+    threads: lambda wildcards: analysis_spec(wildcards).get("cpus", 1)
+    resources:
+        **gpu_job_resources(analysis_spec),
+    shell:
+        "workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"

@@ -1,0 +1,105 @@
+# Stage 5: the paper's tables next to our cells, the figures, one report page, and regression checks.
+# CPU-only, in the driver environment (pandas, matplotlib); `vppo check` evaluates, so it runs on a GPU.
+
+
+rule table:
+    input:
+        table_inputs,
+        reference=ancient("results/reference"),
+    output:
+        md="results/tables/{table}.md",
+        csv="results/tables/{table}.csv",
+        tex="results/tables/{table}.tex",
+    wildcard_constraints:
+        table="main|scaling|ablation",
+    params:
+        spec=lambda wildcards: config["tables"][wildcards.table],
+        methods=lambda wildcards: ",".join(config["tables"][wildcards.table]["methods"]),
+        benchmarks=",".join(BENCHMARKS),
+        label=config["label"],
+    log:
+        "logs/tables/{table}.log",
+    benchmark:
+        "logs/benchmarks/tables/{table}.tsv"
+    conda:
+        DRIVER_ENV
+    threads: 1
+    resources:
+        **cpu_job_resources(),
+    shell:
+        "workflow/scripts/vppo tables --table {wildcards.table} --model {params.spec[model]} "
+        "--paper-model {params.spec[paper_model]} --methods {params.methods} --benchmarks {params.benchmarks} "
+        "--eval-root results/eval --reference-dir {input.reference} --out results/tables/{wildcards.table} "
+        "--label {params.label:q} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        training=training_runs(),
+        analysis=analysis_targets(),
+        cells=[eval_json(*cell) for cell in eval_cells()],
+    output:
+        directory("results/figures"),
+    params:
+        label=config["label"],
+    log:
+        "logs/figures.log",
+    benchmark:
+        "logs/benchmarks/figures.tsv"
+    conda:
+        DRIVER_ENV
+    threads: 1
+    resources:
+        **cpu_job_resources(),
+    shell:
+        "workflow/scripts/vppo figures --train-root results/train --eval-root results/eval "
+        "--analysis-root results/analysis --out {output} --label {params.label:q} > {log} 2>&1"
+
+
+rule report:
+    input:
+        tables=expand("results/tables/{table}.{ext}", table=list(config["tables"]), ext=["md", "csv", "tex"]),
+        figures="results/figures",
+    output:
+        "results/report.html",
+    params:
+        label=config["label"],
+    log:
+        "logs/report.log",
+    conda:
+        DRIVER_ENV
+    threads: 1
+    resources:
+        **cpu_job_resources(),
+    shell:
+        "workflow/scripts/vppo report --tables results/tables --figures {input.figures} --eval-root results/eval "
+        "--cost-root logs/benchmarks --label {params.label:q} --out {output} > {log} 2>&1"
+
+
+rule check:
+    """`snakemake results/check/NAME.md --config candidate=PATH reference=REF`: wraps `vppo check`.
+
+    The job fails when the candidate regresses; its table is then kept in logs/check/NAME.log."""
+    input:
+        data="resources/data/eval",
+    output:
+        "results/check/{name}.md",
+    params:
+        candidate=lambda wildcards: required_config("candidate", wildcards),
+        reference=lambda wildcards: required_config("reference", wildcards),
+        benchmarks=",".join(BENCHMARKS),
+        eval_out="results/check/{name}/eval",
+        options=check_options,
+    log:
+        "logs/check/{name}.log",
+    benchmark:
+        "logs/benchmarks/check/{name}.tsv"
+    conda:
+        GPU_ENV
+    threads: lambda wildcards: check_spec(wildcards).get("cpus", 1)
+    resources:
+        **gpu_job_resources(check_spec),
+    shell:
+        "workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
+        "--benchmarks {params.benchmarks} --eval-out {params.eval_out} {params.options} "
+        "--report {output} 2>&1 | tee {log}"

@@ -1,0 +1,44 @@
+# Stage 2: RL training of one (model, method) cell.
+#
+# Resumable state lives in work/train/{model}/{method} (NOT a declared output: Snakemake deletes declared
+# outputs before a job starts and after it fails). A retried or resubmitted job resumes from the last
+# checkpoint there; the declared output is written only when training has finished.
+
+
+rule train:
+    input:
+        model=base_model_dir,
+        data="resources/data/train",
+    output:
+        directory("results/train/{model}/{method}"),
+    params:
+        launch=train_launch_command,
+        recipe=lambda wildcards: MODELS[wildcards.model]["recipe"],
+        # Editing a recipe file reruns the cells trained with it (imported code is no rerun trigger).
+        recipe_sha=lambda wildcards: file_digest(recipe_file(MODELS[wildcards.model]["recipe"])),
+        work="work/train/{model}/{method}",
+        seed=config["train"]["seed"],
+        options=train_options(),
+    log:
+        "logs/train/{model}/{method}.log",
+    benchmark:
+        "logs/benchmarks/train/{model}/{method}.tsv"
+    conda:
+        GPU_ENV
+    threads: lambda wildcards: train_spec(wildcards).get("cpus", 1)
+    retries: config["train"]["retries"]
+    resources:
+        **slurm_placement("GPU"),
+        nodes=lambda wildcards: train_spec(wildcards).get("nodes", 1),
+        gres=lambda wildcards: gres(train_spec(wildcards).get("gpus_per_node", 0)),
+        cpus_per_task=lambda wildcards: train_spec(wildcards).get("cpus", 1),
+        mem_mb=lambda wildcards: train_spec(wildcards).get("mem_mb", 4000),
+        runtime=grown_runtime(train_spec),
+        # Several nodes: the job script itself fans out one launcher per node (SNAKEMAKE.md, "payload").
+        mpi=lambda wildcards: "srun" if is_multi_node(wildcards) else None,
+        tasks=lambda wildcards: train_spec(wildcards)["nodes"] if is_multi_node(wildcards) else None,
+        tasks_per_gpu=0,
+    shell:
+        "mkdir -p {params.work} && {params.launch} --model {input.model} --data {input.data} "
+        "--recipe {params.recipe} --method {wildcards.method} --work-dir {params.work} --out {output} "
+        "--seed {params.seed} {params.options} > {log} 2>&1"
