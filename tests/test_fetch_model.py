@@ -1,0 +1,46 @@
+"""`vppo fetch-model`: base and released checkpoints land complete or not at all."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from vppo.data.models import fetch_model
+from vppo.modeling import CheckpointError, verify_checkpoint_dir
+
+
+def test_tiny_source_builds_the_offline_model(tmp_path):
+    out = fetch_model("tiny", tmp_path / "models" / "base")
+    assert verify_checkpoint_dir(out) == out
+
+
+def test_local_directory_is_copied_and_verified(tmp_path, tiny_model_dir):
+    out = fetch_model(str(tiny_model_dir), tmp_path / "copy")
+    assert (out / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_partial_checkpoint_is_refused_and_leaves_nothing_behind(tmp_path, tiny_model_dir):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, partial)
+    (partial / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing \*\.safetensors"):
+        fetch_model(str(partial), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_existing_output_is_never_overwritten(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("finished work")
+    with pytest.raises(FileExistsError, match="already exists"):
+        fetch_model(str(tiny_model_dir), out)
+    assert (out / "keep.txt").read_text() == "finished work"
+
+
+def test_a_file_is_not_a_model_source(tmp_path):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"0")
+    with pytest.raises(NotADirectoryError, match="weights.bin"):
+        fetch_model(str(source), tmp_path / "out")
