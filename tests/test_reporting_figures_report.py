@@ -179,3 +179,13 @@ def test_report_cost_section(report):
                            section).group(0)
     assert "1:00:00" in train_vppo and "8.000" in train_vppo
     assert "GPU count unknown for 1 of 5" in section
+
+
+def test_report_can_link_figures_instead(run_dir, figures_dir, tmp_path):
+    out = tmp_path / "site" / "report.html"
+    assert vppo_main(["report", "--tables", str(run_dir / "no-tables"), "--figures", str(figures_dir), "--eval-root",
+                      str(run_dir / "eval"), "--out", str(out), "--link-figures"]) == 0
+    page = out.read_text()
+    assert "base64" not in page and "No tables." in page
+    links = re.findall(r'<img alt="[^"]+" src="([^"]+)"', page)
+    assert len(links) == 4 and all((out.parent / link).resolve().is_file() for link in links)

@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES  # noqa: E402
 from vppo.reporting.results_io import (PaperReference, ResultsError, analysis_file, load_analysis,  # noqa: E402
@@ -38,6 +39,7 @@ CURVE_PANELS = (("reward", "reward (mean per step)"), ("accuracy", "accuracy (me
 #: Paper tables searched, in order, for a method's paper value in the bar chart.
 PAPER_TABLES = ("main", "ablation", "scaling")
 DPI = 110
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def _method_order(methods) -> list[str]:
@@ -73,7 +75,8 @@ def training_figure(logs: dict, model: str, label: str, out: Path) -> None:
             if key not in frame or frame[key].isna().all():
                 continue
             color = f"C{index % 10}"
-            ax.plot(frame["step"], frame[key], label=method, color=color, linewidth=1.6)
+            ax.plot(frame["step"], frame[key], label=method, color=color, linewidth=1.6,
+                    linestyle=LINESTYLES[index % len(LINESTYLES)])  # equal curves (e.g. kept fraction 1) stay visible
             if key == "alpha_mean" and {"alpha_min", "alpha_max"} <= set(frame) and frame["alpha_min"].notna().any():
                 ax.fill_between(frame["step"], frame["alpha_min"], frame["alpha_max"], color=color, alpha=0.15)
             drawn += 1
@@ -101,6 +104,9 @@ def dependency_figure(analysis: dict, model: str, method: str, label: str, out: 
         fractions = np.asarray(hist["counts"]) / token["n_tokens"]
         left.bar(edges[:-1], fractions, width=np.diff(edges), align="edge", color="C0", edgecolor="white")
         left.set_xscale("log")
+        used = np.nonzero(fractions)[0]
+        left.set_xlim(edges[used[0]] / 1.5, edges[used[-1] + 1] * 1.5)  # the empty log range says nothing
+        left.set_ylim(0, fractions.max() * 1.45)  # head room for the notes box
         left.set_xlabel(f"token vision dependency ({analysis['estimator']}, log scale)")
         left.set_ylabel("fraction of response tokens")
         share = token.get("mass_share_top", {}).get("0.4")
@@ -124,6 +130,7 @@ def dependency_figure(analysis: dict, model: str, method: str, label: str, out: 
         right.plot(values, np.zeros(len(values)), "|", color="k", markersize=12, label="responses")
         right.set_xlabel("mean token dependency of a response")
         right.set_ylabel("responses")
+        right.yaxis.set_major_locator(MaxNLocator(integer=True))
         right.legend(fontsize=8)
         right.grid(alpha=0.3)
     else:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from vppo.reporting import cost as cost_mod
 from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json, write_text
-from vppo.reporting.tables import COLUMNS, LEGEND, describe
+from vppo.reporting.tables import COLUMNS, LEGEND, TABLES, describe
 
 MISSING = "—"
 STYLE = """
@@ -208,6 +208,10 @@ def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_ma
     tables_dir = Path(tables_dir) if tables_dir else None
     table_files = sorted(tables_dir.glob("*.csv")) if tables_dir and tables_dir.is_dir() else []
     tables = [read_table_csv(p) for p in table_files]
+    order = sorted(range(len(tables)), key=lambda i: (  # the paper's order: main, scaling, ablation
+        TABLES.index(tables[i]["table"].iloc[0]) if len(tables[i]) and tables[i]["table"].iloc[0] in TABLES
+        else len(TABLES), table_files[i].name))
+    tables, table_files = [tables[i] for i in order], [table_files[i] for i in order]
     cells = load_eval_frame(eval_root)  # a missing root is an empty frame
     labels = [label] if label else sorted({t["label"].iloc[0] for t in tables if len(t) and t["label"].iloc[0]})
     sections = ["<h1>vppo-repro: results report</h1>"]
