@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
     "analyze": ("vppo.reporting.analysis", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
     "tables": ("vppo.reporting.tables", "build the main, scaling and ablation tables next to the paper's"),
+    "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),
+    "report": ("vppo.reporting.report", "one self-contained HTML page: tables, figures, provenance, cost"),
 }
 
 

@@ -1,0 +1,75 @@
+"""`vppo analyze` on the tiny model: the data of the paper's two motivating figures (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vppo.cli import main as vppo_main
+from vppo.data.eval_data import write_fixtures
+from vppo.reporting.analysis import summarize
+from vppo.reporting.results_io import load_analysis
+
+
+def _finite(value) -> bool:
+    """Every number in a JSON tree is finite (None is allowed: 'not defined', never NaN)."""
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def test_summary_by_hand():
+    summary = summarize([[0.0, 1.0], [2.0, 3.0, 4.0]], bins=4)
+    token, traj = summary["token_dependency"], summary["trajectory_mean_dependency"]
+    assert token["n_tokens"] == 5 and token["mean"] == pytest.approx(2.0)
+    assert token["quantiles"]["0.5"] == pytest.approx(2.0)
+    assert token["fraction_above"]["1.0"] == pytest.approx(3 / 5)
+    assert token["mass_share_top"]["0.4"] == pytest.approx((4 + 3) / 10)  # ceil(0.4 * 5) = 2 tokens
+    assert token["mass_share_top"]["0.1"] == pytest.approx(4 / 10)
+    assert token["histogram"]["edges"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert token["histogram"]["counts"] == [1, 1, 1, 2]
+    assert token["log_histogram"]["below_min"] == 1 and sum(token["log_histogram"]["counts"]) == 4
+    assert traj["values"] == [0.5, 3.0] and traj["coefficient_of_variation"] == pytest.approx(1.25 / 1.75)
+    empty = summarize([[]])
+    assert empty["token_dependency"]["n_tokens"] == 0 and empty["trajectory_mean_dependency"]["values"] == []
+    assert _finite(empty)
+    with pytest.raises(ValueError, match="non-finite"):
+        summarize([[float("nan")]])
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    return write_fixtures(tmp_path_factory.mktemp("eval-data"), n_rows=2)
+
+
+@pytest.mark.parametrize("estimator", ["k3", "kl"])
+def test_analyze_tiny_model_writes_valid_finite_json(tiny_model_dir, eval_data, tmp_path, estimator):
+    out = tmp_path / "analysis" / "tiny" / "vppo.json"
+    code = vppo_main(["analyze", str(tiny_model_dir), "--data", str(eval_data), "--out", str(out), "--n-prompts", "3",
+                      "--samples", "2", "--max-new-tokens", "12", "--benchmarks", "mathverse,geo3k",
+                      "--model-label", "tiny", "--method-label", "vppo", "--estimator", estimator])
+    assert code == 0
+    data = load_analysis(out)  # the schema the figures read
+    assert _finite(data)
+    token, traj = data["token_dependency"], data["trajectory_mean_dependency"]
+    assert [(t["benchmark"], t["row_id"]) for t in data["trajectories"][::2]] == [
+        ("mathverse", "mathverse-0000"), ("geo3k", "geo3k-0000"), ("mathverse", "mathverse-0001")]
+    assert len(traj["values"]) == token["n_trajectories"] == 6
+    assert token["n_tokens"] == sum(t["n_tokens"] for t in data["trajectories"]) > 6
+    assert sum(token["histogram"]["counts"]) == token["n_tokens"]
+    assert sum(token["log_histogram"]["counts"]) + token["log_histogram"]["below_min"] == token["n_tokens"]
+    assert token["min"] >= 0 and token["max"] > 0  # the masked image changes the log-probs
+    assert (data["model"], data["method"], data["estimator"], data["seed"]) == ("tiny", "vppo", estimator, 0)
+    assert data["masking"] == {"params": {"p": 0.5, "patch_size": 14}, "strategy": "patch"}
+    assert len(data["checkpoint_sha256"]) == 64 and set(data["data"]["sha256"]) == {"mathverse", "geo3k"}
+    assert data["sampling"]["n"] == 2 and data["sampling"]["max_new_tokens"] == 12
+    assert json.loads(out.read_text()) == data
+
+
+def test_analyze_names_a_missing_checkpoint(tmp_path, eval_data, capsys):
+    code = vppo_main(["analyze", str(tmp_path / "absent"), "--data", str(eval_data), "--out", str(tmp_path / "a.json")])
+    assert code == 2 and "absent" in capsys.readouterr().err and not (tmp_path / "a.json").exists()

@@ -1,0 +1,266 @@
+"""``vppo analyze``: token vision-dependency statistics of a checkpoint (the paper's two motivating figures).
+
+For a few evaluation prompts, sample responses with plain transformers, score every response token with
+the real image and with a masked copy (``vppo.masking``, patch blackening by default), and turn the
+log-prob pair into a dependency per token (``vppo.algorithm.token_vision_dependency``: k3 by default, the
+full-vocabulary KL with ``--estimator kl``). The JSON (schema ``vppo.analysis/1``) holds:
+
+- ``token_dependency``: the distribution over all response tokens (linear and log-spaced histograms,
+  quantiles, fraction of tokens above thresholds, share of the total dependency carried by the top
+  10% / 40% of tokens): the paper's claim that most tokens depend little on the image and a few a lot;
+- ``trajectory_mean_dependency``: each response's mean token dependency (list, histogram, spread): the
+  claim that responses differ in how much they rely on the image;
+- provenance: checkpoint and its weights' sha256, data and its manifest checksums, prompts used,
+  sampling parameters, masking, estimator, seed, versions, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID, write_json
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+THRESHOLDS = (0.001, 0.01, 0.1, 1.0)
+TOP_SHARES = (0.1, 0.4)
+LOG_MIN = 1e-6
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> dict:
+    counts, _ = np.histogram(values, bins=edges)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def _linear_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    top = float(values.max()) if values.size and values.max() > 0 else 1.0
+    return np.linspace(0.0, top, bins + 1)
+
+
+def _stats(values: np.ndarray) -> dict:
+    if not values.size:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def summarize(per_trajectory: list[list[float]], bins: int = 40) -> dict:
+    """The two distributions from each trajectory's per-token dependencies (finite, >= 0)."""
+    arrays = [np.asarray(t, dtype=np.float64) for t in per_trajectory]
+    tokens = np.concatenate(arrays) if arrays else np.zeros(0)
+    if not np.isfinite(tokens).all():
+        raise ValueError("token dependencies contain non-finite values")
+    means = np.asarray([a.mean() for a in arrays if a.size], dtype=np.float64)
+    ordered = np.sort(tokens)[::-1]
+    total = float(ordered.sum())
+    top = max(float(tokens.max()) if tokens.size else 0.0, LOG_MIN * 10)
+    log_edges = np.logspace(np.log10(LOG_MIN), np.log10(top), bins + 1)
+    log_edges[0], log_edges[-1] = LOG_MIN, top  # exact ends: 10**log10(x) may round below x and drop the max
+    token_dependency = {
+        "n_tokens": int(tokens.size), "n_trajectories": len(arrays), **_stats(tokens),
+        "quantiles": {str(q): (float(np.quantile(tokens, q)) if tokens.size else None) for q in QUANTILES},
+        "fraction_above": {str(t): (float((tokens > t).mean()) if tokens.size else None) for t in THRESHOLDS},
+        "mass_share_top": {str(s): (float(ordered[:max(1, int(np.ceil(s * tokens.size)))].sum() / total)
+                                    if total > 0 else None) for s in TOP_SHARES},
+        "histogram": _histogram(tokens, _linear_edges(tokens, bins)),
+        "log_histogram": {**_histogram(tokens, log_edges), "below_min": int((tokens < LOG_MIN).sum()),
+                          "min_edge": LOG_MIN},
+    }
+    mean_stats = _stats(means)
+    spread = (mean_stats["std"] / mean_stats["mean"]) if means.size and mean_stats["mean"] > 0 else None
+    trajectory = {"values": [float(m) for m in means], **mean_stats, "coefficient_of_variation": spread,
+                  "histogram": _histogram(means, _linear_edges(means, min(bins, 20)))}
+    return {"token_dependency": token_dependency, "trajectory_mean_dependency": trajectory}
+
+
+def weights_sha256(checkpoint: Path) -> str:
+    """sha256 over the checkpoint's weight files (name and content), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(list(checkpoint.glob("*.safetensors")) + list(checkpoint.glob("pytorch_model*.bin"))):
+        digest.update(path.name.encode())
+        file_digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                file_digest.update(chunk)
+        digest.update(file_digest.digest())
+    return digest.hexdigest()
+
+
+def pick_rows(data_dir: Path, benchmark_keys: list[str], n_prompts: int) -> list[tuple[str, object]]:
+    """Usable rows taken round-robin over the benchmarks, in file order: (benchmark, EvalRow)."""
+    from vppo.data.eval_data import scan_benchmark
+
+    queues = {key: list(scan_benchmark(data_dir, key).rows) for key in benchmark_keys}
+    picked: list[tuple[str, object]] = []
+    while len(picked) < n_prompts and any(queues.values()):
+        for key in benchmark_keys:
+            if queues[key] and len(picked) < n_prompts:
+                picked.append((key, queues[key].pop(0)))
+    return picked
+
+
+def _response_logits(model, batch):
+    """Full-vocabulary logits at every response position: [B, T, V] (for the "kl" estimator)."""
+    outputs = model(**batch.inputs, use_cache=False)
+    t = batch.response_ids.shape[1]
+    return outputs.logits[:, -t - 1:-1, :]
+
+
+def dependency_for_prompt(model, processor, prompt_text: str, images: list, args, rng: np.random.Generator):
+    """Sample ``args.samples`` responses to one prompt; return per-response valid-token dependencies."""
+    import torch
+    from PIL import Image
+
+    from vppo.algorithm import token_vision_dependency
+    from vppo.evaluation.protocol import prepare_image
+    from vppo.masking import mask_image
+    from vppo.rollout import encode_prompts, join_prompt_and_response, repeat_prompt_batch, response_logprobs, split_generation
+
+    device = next(model.parameters()).device
+    pictures = []
+    for path in images:
+        with Image.open(path) as img:
+            pictures.append(prepare_image(img))
+    masked = [mask_image(p, args.mask_strategy, rng=rng) for p in pictures]
+    prompt = encode_prompts(processor, [prompt_text], [pictures])
+    masked_prompt = encode_prompts(processor, [prompt_text], [masked])
+    tok = processor.tokenizer
+    eos = model.generation_config.eos_token_id
+    eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+                      tok.convert_tokens_to_ids("<|im_end|>")})
+    with torch.no_grad():
+        sequences = model.generate(**{k: v.to(device) for k, v in prompt.items()}, do_sample=True,
+                                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                   max_new_tokens=args.max_new_tokens, num_return_sequences=args.samples,
+                                   pad_token_id=tok.pad_token_id)
+        ids, mask = split_generation(sequences.cpu(), prompt["input_ids"].shape[1], eos_ids, tok.pad_token_id)
+        batches = [join_prompt_and_response(repeat_prompt_batch(p, args.samples), ids, mask)
+                   for p in (prompt, masked_prompt)]
+        for batch in batches:
+            batch.inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+            batch.response_ids, batch.response_mask = batch.response_ids.to(device), batch.response_mask.to(device)
+        if args.estimator == "kl":
+            real, blind = (_response_logits(model, b) for b in batches)
+        else:
+            real, blind = (response_logprobs(model, b) for b in batches)
+        dep = token_vision_dependency(real, blind, batches[0].response_mask, estimator=args.estimator).cpu()
+    valid = mask.bool()
+    return [dep[i][valid[i]].tolist() for i in range(dep.shape[0])]
+
+
+def _data_provenance(data_dir: Path, keys: list[str]) -> dict:
+    """Per-benchmark checksums: the manifest's (``vppo prepare-data``), else the benchmark file's own sha256."""
+    from vppo.data.eval_data import benchmark_file, read_manifest
+
+    manifest = (read_manifest(data_dir) or {}).get("benchmarks", {})
+    sums = {k: manifest.get(k, {}).get("sha256") for k in keys}
+    source = "manifest" if all(sums.values()) else "benchmark file"
+    if source != "manifest":
+        sums = {k: hashlib.sha256(benchmark_file(data_dir, k).read_bytes()).hexdigest() for k in keys}
+    return {"path": str(data_dir), "sha256": sums, "sha256_source": source}
+
+
+def _strategy_defaults(strategy: str) -> dict:
+    """The keyword defaults the masking strategy runs with (e.g. patch_size=14, p=0.5 for "patch")."""
+    import inspect
+
+    from vppo.masking import MASKING_STRATEGIES
+
+    parameters = inspect.signature(MASKING_STRATEGIES[strategy]).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    import vppo
+
+    return {"vppo": getattr(vppo, "__version__", None), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def analyze(args: argparse.Namespace) -> dict:
+    import torch
+
+    from vppo.catalog import resolve_benchmarks
+    from vppo.modeling import load_policy, load_processor, verify_checkpoint_dir
+
+    start = time.time()
+    checkpoint = verify_checkpoint_dir(args.checkpoint)
+    data_dir = Path(args.data)
+    keys = [b.key for b in resolve_benchmarks(args.benchmarks)]
+    rows = pick_rows(data_dir, keys, args.n_prompts)
+    if not rows:
+        raise ValueError(f"{data_dir}: no usable rows in benchmarks {', '.join(keys)}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_policy(checkpoint, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device).eval()
+    processor = load_processor(checkpoint)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    per_trajectory, trajectories = [], []
+    for bench, row in rows:
+        for sample, deps in enumerate(dependency_for_prompt(model, processor, row.prompt, row.images, args, rng)):
+            per_trajectory.append(deps)
+            trajectories.append({"benchmark": bench, "row_id": row.row_id, "sample": sample, "n_tokens": len(deps),
+                                 "mean_dependency": float(np.mean(deps)) if deps else None})
+    summary = summarize(per_trajectory, bins=args.bins)
+    return {
+        "schema": ANALYSIS_SCHEMA_ID,
+        "model": args.model_label or checkpoint.resolve().parent.name,
+        "method": args.method_label or checkpoint.resolve().name,
+        "estimator": args.estimator, **summary, "trajectories": trajectories,
+        "masking": {"strategy": args.mask_strategy, "params": _strategy_defaults(args.mask_strategy)},
+        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                     "max_new_tokens": args.max_new_tokens, "n": args.samples},
+        "seed": args.seed, "n_prompts": len(rows), "benchmarks": keys, "device": device,
+        "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha256(checkpoint),
+        "data": _data_provenance(data_dir, sorted({b for b, _ in rows})),
+        "versions": _versions(), "wall_time_s": round(time.time() - start, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="HF checkpoint directory")
+    parser.add_argument("--data", required=True, help="evaluation data directory (VPPO-Eval layout)")
+    parser.add_argument("--out", required=True, help="output JSON path")
+    parser.add_argument("--n-prompts", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=2, help="responses per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--benchmarks", default="all")
+    parser.add_argument("--model-label", default=None, help="default: the checkpoint's parent folder name")
+    parser.add_argument("--method-label", default=None, help="default: the checkpoint folder name")
+    parser.add_argument("--estimator", choices=["k3", "kl"], default="k3",
+                        help="k3 on the sampled token (the official code) or full-vocabulary KL (the paper)")
+    parser.add_argument("--mask-strategy", default="patch", choices=["patch", "grey", "noise", "blur"])
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--bins", type=int, default=40)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vppo.data.eval_data import EvalDataError
+    from vppo.modeling import CheckpointError
+
+    if args.n_prompts < 1 or args.samples < 1 or args.max_new_tokens < 1:
+        print("vppo analyze: --n-prompts, --samples and --max-new-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = analyze(args)
+    except (CheckpointError, EvalDataError, ValueError) as exc:
+        print(f"vppo analyze: {exc}", file=sys.stderr)
+        return 2
+    write_json(args.out, result)
+    td = result["token_dependency"]
+    print(f"vppo analyze: {td['n_tokens']} tokens in {td['n_trajectories']} responses; median dependency "
+          f"{td['quantiles']['0.5']}, top-40% share {td['mass_share_top']['0.4']}; wrote {args.out}")
+    return 0

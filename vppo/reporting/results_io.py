@@ -1,0 +1,297 @@
+"""Loading every input of the reporting stage, validated, in one place.
+
+- Evaluation results ``<eval-root>/<model>/<method>/<benchmark>.json`` (schema ``vppo.eval/1``, written by
+  ``vppo eval``) -> one :class:`pandas.DataFrame` row per cell (:func:`load_eval_frame`).
+- The paper's numbers ``<reference-dir>/paper_<table>_<size>.csv`` -> :class:`PaperReference`.
+- Training logs ``<train-root>/<model>/<method>/training_log.jsonl`` (:func:`load_training_log`).
+- Dependency analyses ``<analysis-root>/<model>/<method>.json`` (schema ``vppo.analysis/1``).
+
+A missing file is a missing cell (``None``/absent row), never a zero. A file that exists but is malformed
+raises :class:`ResultsError` naming the file and the field: a wrong number must not slip into a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import pandas as pd
+
+from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES
+
+EVAL_SCHEMA_ID = "vppo.eval/1"
+ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
+
+
+class ResultsError(ValueError):
+    """An input of the reporting stage is malformed; the message names the file and the field."""
+
+
+_NUMBER = {"type": "number"}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+
+#: The contract of ``vppo eval`` result files (helper_context "Contracts"). Extra fields are allowed.
+EVAL_JSON_SCHEMA: dict = {
+    "type": "object",
+    "required": ["schema", "model", "method", "benchmark", "metric", "k", "accuracy", "stderr", "n_questions",
+                 "n_samples", "backend", "versions", "sampling", "seed", "checkpoint", "checkpoint_sha256",
+                 "data", "wall_time_s"],
+    "properties": {
+        "schema": {"const": EVAL_SCHEMA_ID},
+        "model": _STR, "method": _STR, "benchmark": _STR, "task": _STR, "metric": _STR,
+        "k": {"type": "integer", "minimum": 1},
+        "accuracy": {"type": "number", "minimum": 0, "maximum": 100},
+        "stderr": {"type": "number", "minimum": 0},
+        "n_questions": {"type": "integer", "minimum": 0}, "n_samples": {"type": "integer", "minimum": 0},
+        "bad_rows": _INT, "bad_row_details": {"type": "array"},
+        "backend": {"enum": ["hf", "vllm"]},
+        "versions": {"type": "object", "required": ["vppo", "torch", "transformers"]},
+        "sampling": {"type": "object", "required": ["temperature", "top_p", "top_k", "max_new_tokens", "n"]},
+        "seed": _INT, "limit": {"type": ["integer", "null"]},
+        "checkpoint": _STR, "checkpoint_sha256": _STR,
+        "data": {"type": "object", "required": ["path", "sha256"]},
+        "wall_time_s": {"type": "number", "minimum": 0}, "samples_file": _STR, "created": _STR,
+    },
+}
+
+_HISTOGRAM = {"type": "object", "required": ["edges", "counts"],
+              "properties": {"edges": {"type": "array", "items": _NUMBER}, "counts": {"type": "array", "items": _INT}}}
+
+#: What ``vppo analyze`` writes (the fields the figures read).
+ANALYSIS_JSON_SCHEMA: dict = {
+    "type": "object",
+    "required": ["schema", "model", "method", "estimator", "token_dependency", "trajectory_mean_dependency"],
+    "properties": {
+        "schema": {"const": ANALYSIS_SCHEMA_ID},
+        "model": _STR, "method": _STR, "estimator": {"enum": ["k3", "kl"]},
+        "token_dependency": {"type": "object", "required": ["n_tokens", "histogram", "log_histogram", "quantiles"],
+                             "properties": {"n_tokens": _INT, "histogram": _HISTOGRAM, "log_histogram": _HISTOGRAM}},
+        "trajectory_mean_dependency": {"type": "object", "required": ["values", "histogram"],
+                                       "properties": {"values": {"type": "array", "items": _NUMBER},
+                                                      "histogram": _HISTOGRAM}},
+    },
+}
+
+
+def _field_errors(instance: Any, schema: dict) -> list[str]:
+    """'field: problem' strings for every schema violation (missing fields named one by one)."""
+    problems = []
+    for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "required" and isinstance(err.instance, dict):
+            for name in err.validator_value:
+                if name not in err.instance:
+                    problems.append(f"field '{where + '.' if where else ''}{name}': missing")
+        else:
+            problems.append(f"field '{where or '<root>'}': {err.message}")
+    return list(dict.fromkeys(problems))  # jsonschema reports a 'required' failure once per missing name
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+
+
+def validate(instance: Any, schema: dict, path: Path) -> None:
+    problems = _field_errors(instance, schema)
+    if problems:
+        raise ResultsError(f"{path}: " + "; ".join(problems))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Sorted keys, indent 2, written atomically (temp file in the same folder, then rename)."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- eval results
+
+#: Columns of the per-cell frame, in order. ``ours``/``stderr`` are percent.
+CELL_COLUMNS = ["model", "method", "benchmark", "ours", "stderr", "n_questions", "n_samples", "k", "metric",
+                "backend", "seed", "limit", "bad_rows", "sampling", "versions", "checkpoint", "checkpoint_sha256",
+                "data_path", "data_sha256", "wall_time_s", "created", "model_label", "method_label", "eval_file"]
+
+
+def eval_file(eval_root: str | Path, model: str, method: str, benchmark: str) -> Path:
+    return Path(eval_root) / model / method / f"{benchmark}.json"
+
+
+def load_eval_json(path: str | Path) -> dict:
+    """One validated result file; the file name must agree with its ``benchmark`` field."""
+    path = Path(path)
+    data = read_json(path)
+    validate(data, EVAL_JSON_SCHEMA, path)
+    if data["benchmark"] != path.stem:
+        raise ResultsError(f"{path}: field 'benchmark' is {data['benchmark']!r} but the file name says {path.stem!r}")
+    if data["benchmark"] not in BENCHMARK_BY_KEY:
+        raise ResultsError(f"{path}: field 'benchmark': unknown key {data['benchmark']!r}")
+    for name in ("accuracy", "stderr"):
+        if not math.isfinite(data[name]):
+            raise ResultsError(f"{path}: field '{name}': not finite")
+    return data
+
+
+def cell_record(data: dict, model: str, method: str, path: Path) -> dict:
+    """The frame row of one result file; ``model``/``method`` are the path keys (labels kept apart)."""
+    return {
+        "model": model, "method": method, "benchmark": data["benchmark"], "ours": float(data["accuracy"]),
+        "stderr": float(data["stderr"]), "n_questions": data["n_questions"], "n_samples": data["n_samples"],
+        "k": data["k"], "metric": data["metric"], "backend": data["backend"], "seed": data["seed"],
+        "limit": data.get("limit"), "bad_rows": data.get("bad_rows"),
+        "sampling": json.dumps(data["sampling"], sort_keys=True), "versions": json.dumps(data["versions"], sort_keys=True),
+        "checkpoint": data["checkpoint"], "checkpoint_sha256": data["checkpoint_sha256"],
+        "data_path": data["data"]["path"], "data_sha256": data["data"]["sha256"],
+        "wall_time_s": float(data["wall_time_s"]), "created": data.get("created"),
+        "model_label": data["model"], "method_label": data["method"], "eval_file": str(path),
+    }
+
+
+def load_eval_frame(eval_root: str | Path, models: Iterable[str] | None = None, methods: Iterable[str] | None = None,
+                    benchmarks: Iterable[str] | None = None) -> pd.DataFrame:
+    """Every present result file under ``eval_root`` (optionally restricted), one row per cell.
+
+    Absent files are simply absent rows (the tables show them as missing); malformed ones raise.
+    """
+    root = Path(eval_root)
+    bench_keys = list(benchmarks) if benchmarks is not None else [b.key for b in BENCHMARKS]
+    model_keys = list(models) if models is not None else _subdirs(root)
+    rows = []
+    for model in model_keys:
+        method_keys = list(methods) if methods is not None else _subdirs(root / model)
+        for method in method_keys:
+            for bench in bench_keys:
+                path = eval_file(root, model, method, bench)
+                if path.is_file():
+                    rows.append(cell_record(load_eval_json(path), model, method, path))
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def _subdirs(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+
+
+# --------------------------------------------------------------------------------------- paper reference
+
+@dataclass(frozen=True)
+class PaperReference:
+    """The paper's numbers: ``values[(table, paper_model_label, paper_method, column)] = percent``.
+
+    ``table`` is ``main``/``scaling``/``ablation`` (from ``paper_<table>_<size>.csv``), ``column`` a paper
+    header (``MathVerse`` ... ``Avg``). ``sources`` maps (table, model label) to the CSV it came from.
+    """
+
+    values: dict[tuple[str, str, str, str], float]
+    sources: dict[tuple[str, str], str]
+
+    def value(self, table: str, model_key: str, method_key: str, column: str) -> float | None:
+        model = MODEL_PAPER_NAMES.get(model_key, model_key)
+        method = METHOD_PAPER_NAMES.get(method_key)
+        if method is None:  # keep-ratio sweeps and other non-paper rows
+            return None
+        return self.values.get((table, model, method, column))
+
+    def source(self, table: str, model_key: str) -> str | None:
+        return self.sources.get((table, MODEL_PAPER_NAMES.get(model_key, model_key)))
+
+
+def load_reference(reference_dir: str | Path) -> PaperReference:
+    """Read every ``paper_<table>_*.csv`` (columns: model, method|setting, paper headers...)."""
+    root = Path(reference_dir)
+    files = sorted(root.glob("paper_*.csv"))
+    if not files:
+        raise ResultsError(f"{root}: no paper_<table>_<size>.csv files (the paper's numbers)")
+    values: dict[tuple[str, str, str, str], float] = {}
+    sources: dict[tuple[str, str], str] = {}
+    for path in files:
+        table = path.stem.split("_")[1]
+        frame = pd.read_csv(path)
+        row_key = "method" if "method" in frame.columns else "setting"
+        for needed in ("model", row_key):
+            if needed not in frame.columns:
+                raise ResultsError(f"{path}: field '{needed}': missing column")
+        for record in frame.to_dict("records"):
+            sources[(table, record["model"])] = str(path)
+            for column, value in record.items():
+                if column in ("model", row_key) or pd.isna(value):
+                    continue
+                try:
+                    values[(table, record["model"], record[row_key], column)] = float(value)
+                except (TypeError, ValueError):
+                    raise ResultsError(f"{path}: field '{column}' of row {record[row_key]!r}: not a number") from None
+    return PaperReference(values, sources)
+
+
+# ----------------------------------------------------------------------------------- training, analysis
+
+TRAINING_CURVE_KEYS = ("reward", "accuracy", "kept_token_fraction", "alpha_mean", "alpha_min", "alpha_max")
+
+
+def training_log_file(train_root: str | Path, model: str, method: str) -> Path:
+    return Path(train_root) / model / method / "training_log.jsonl"
+
+
+def load_training_log(path: str | Path) -> pd.DataFrame:
+    """One row per logged step; ``step`` required on every line, curve keys as floats (null -> NaN)."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{path}: line {number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+            raise ResultsError(f"{path}: line {number}: field 'step': missing or not a number")
+        for key in TRAINING_CURVE_KEYS:
+            value = record.get(key)
+            if value is not None and not isinstance(value, (int, float)):
+                raise ResultsError(f"{path}: line {number}: field '{key}': {value!r} is not a number or null")
+        records.append(record)
+    frame = pd.DataFrame(records)
+    for key in ("step", *TRAINING_CURVE_KEYS):
+        frame[key] = pd.to_numeric(frame[key], errors="coerce") if key in frame else float("nan")
+    return frame.sort_values("step", kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def analysis_file(analysis_root: str | Path, model: str, method: str) -> Path:
+    return Path(analysis_root) / model / f"{method}.json"
+
+
+def load_analysis(path: str | Path) -> dict:
+    path = Path(path)
+    data = read_json(path)
+    validate(data, ANALYSIS_JSON_SCHEMA, path)
+    for part in ("histogram", "log_histogram"):
+        hist = data["token_dependency"][part]
+        if len(hist["edges"]) != len(hist["counts"]) + 1:
+            raise ResultsError(f"{path}: field 'token_dependency.{part}': needs len(edges) == len(counts) + 1")
+    return data
