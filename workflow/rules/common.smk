@@ -295,3 +295,22 @@ def check_options(wildcards):
     options = (f"--backend {EVAL['backend']} --samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} "
                f"--seed {EVAL['seed']}")
     return options + (f" --limit {EVAL['limit']}" if EVAL.get("limit") else "")
+
+
+def paper_model_pairs():
+    """`--paper-model MODEL=PAPER` for every configured model a table compares with a paper model."""
+    pairs = {spec["model"]: spec["paper_model"] for spec in config["tables"].values()}
+    return " ".join(f"--paper-model {model}={paper}" for model, paper in sorted(pairs.items()))
+
+
+def gpus_per_job():
+    """GPUs held by each stage's jobs per model, for GPU-hours in the report (keys as `vppo report` reads them)."""
+    import json
+
+    mapping = {"*": 0}
+    for model, spec in MODELS.items():
+        train = spec.get("train_resources", {})
+        mapping[f"train/{model}"] = train.get("nodes", 1) * train.get("gpus_per_node", 0)
+        mapping[f"eval/{model}"] = spec.get("eval_resources", {}).get("gpus", 0)
+        mapping[f"analysis/{model}"] = analysis_spec().get("gpus", 0)
+    return json.dumps(mapping, sort_keys=True)

@@ -42,6 +42,8 @@ rule figures:
         directory("results/figures"),
     params:
         label=config["label"],
+        models=",".join(MODELS),
+        paper_models=paper_model_pairs(),
     log:
         "logs/figures.log",
     benchmark:
@@ -53,7 +55,8 @@ rule figures:
         **cpu_job_resources(),
     shell:
         "workflow/scripts/vppo figures --train-root results/train --eval-root results/eval "
-        "--analysis-root results/analysis --out {output} --label {params.label:q} > {log} 2>&1"
+        "--analysis-root results/analysis --reference-dir results/reference --models {params.models} "
+        "{params.paper_models} --out {output} --label {params.label:q} > {log} 2>&1"
 
 
 rule report:
@@ -64,6 +67,7 @@ rule report:
         "results/report.html",
     params:
         label=config["label"],
+        gpus=gpus_per_job(),
     log:
         "logs/report.log",
     conda:
@@ -73,7 +77,8 @@ rule report:
         **cpu_job_resources(),
     shell:
         "workflow/scripts/vppo report --tables results/tables --figures {input.figures} --eval-root results/eval "
-        "--cost-root logs/benchmarks --label {params.label:q} --out {output} > {log} 2>&1"
+        "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} --out {output} "
+        "> {log} 2>&1"
 
 
 rule check:
