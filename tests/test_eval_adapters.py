@@ -144,3 +144,28 @@ def test_hf_adapter_draws_k_samples_per_question(tiny_model_dir, tmp_path):
     assert [r.text for r in model.generate_until(requests)] == [r.text for r in first]  # seeded per call
     model.clean()  # lmms-eval calls this after every evaluation: the model must survive it
     assert model.model is not None
+
+
+def test_entry_point_payload_is_what_lmms_eval_loads():
+    """pyproject's lmms_eval.models entry point, loaded the way lmms-eval loads it (without reinstalling)."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from lmms_eval.models import MODEL_REGISTRY_V2, get_model
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (target,) = project["project"]["entry-points"]["lmms_eval.models"].values()
+    module, _, attr = target.partition(":")
+    payload = getattr(importlib.import_module(module), attr)
+    registry = ModelRegistryV2()
+    for manifest in registry._coerce_payload_to_manifests(payload):
+        registry.register_manifest(manifest)
+    assert {"vppo_hf", "vppo_vllm"} <= set(registry.list_model_names())
+
+    from vppo.evaluation.registry import register
+
+    register()
+    assert get_model("vppo_hf").__name__ == "VPPOHFModel" and get_model("vppo_vllm").__name__ == "VPPOVLLMModel"
+    assert MODEL_REGISTRY_V2.resolve("vppo_vllm").model_type == "chat"
