@@ -37,7 +37,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace, checkpoint: Path, out: Path):
     from vppo.evaluation.runner import EvalRequest
 
-    return EvalRequest(checkpoint=checkpoint, data=args.data, benchmarks=resolve_benchmarks(args.benchmarks), out=out,
+    try:
+        benchmarks = resolve_benchmarks(args.benchmarks)
+    except ValueError as exc:
+        raise SystemExit(f"--benchmarks: {exc}") from None
+    return EvalRequest(checkpoint=checkpoint, data=args.data, benchmarks=benchmarks, out=out,
                        backend=args.backend, samples=args.samples, max_new_tokens=args.max_new_tokens,
                        limit=args.limit, seed=args.seed, model_label=args.model_label, method_label=args.method_label,
                        batch_size=args.batch_size, tensor_parallel_size=args.tensor_parallel_size,
@@ -47,8 +51,17 @@ def request_from_args(args: argparse.Namespace, checkpoint: Path, out: Path):
 def run(args: argparse.Namespace) -> int:
     from vppo.evaluation.runner import run_eval
 
+    from vppo.data.eval_data import EvalDataError
+    from vppo.evaluation.runner import ProtocolError
+    from vppo.evaluation.tasklib import TaskDataError
+    from vppo.modeling import CheckpointError
+
     started = time.perf_counter()
-    results = run_eval(request_from_args(args, args.checkpoint, args.out))
+    try:
+        results = run_eval(request_from_args(args, args.checkpoint, args.out))
+    except (CheckpointError, EvalDataError, ProtocolError, TaskDataError) as exc:
+        print(f"vppo eval: {exc}")
+        return 2
     print(f"{'benchmark':<12} {'avg@k':>7} {'stderr':>7} {'n':>6} {'bad':>4}")
     for key, r in results.items():
         print(f"{key:<12} {r['accuracy']:7.2f} {r['stderr']:7.2f} {r['n_questions']:6d} {r['bad_rows']:4d}")

@@ -80,7 +80,12 @@ class VPPOVLLMModel(lmms):
         max_pixels = min(int(self.processor.image_processor.size["longest_edge"]), MAX_PIXELS_CAP)
         if engine is None:
             import torch
-            from vllm import LLM
+
+            try:
+                from vllm import LLM
+            except ImportError as exc:
+                raise ImportError("the vllm backend needs vLLM, a cluster-only dependency (pip install 'vppo[cluster]'); "
+                                  "on CPU machines use --backend hf") from exc
 
             if tensor_parallel_size in (None, "", "auto", 0):
                 tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
