@@ -103,3 +103,18 @@ def test_missing_data_variable_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv(tasklib.DATA_ENV, str(tmp_path))
     with pytest.raises(tasklib.TaskDataError, match="geo3k.json"):
         tasklib.data_files("geo3k")
+
+
+def test_duplicate_and_null_ids_are_reported_not_merged(tmp_path):
+    import json
+
+    from vppo.data.eval_data import scan_benchmark
+
+    root = write_fixtures(tmp_path, n_rows=3, benchmarks=[b for b in BENCHMARKS if b.key == "geo3k"])
+    rows = json.loads((root / "geo3k.json").read_text())
+    rows[2]["id"] = rows[0]["id"]
+    rows.append({**rows[1], "id": None})
+    (root / "geo3k.json").write_text(json.dumps(rows))
+    scan = scan_benchmark(root, "geo3k")
+    assert [r.row_id for r in scan.rows] == ["geo3k-0000", "geo3k-0001", "3"]
+    assert [b.reason for b in scan.bad] == ["duplicate id 'geo3k-0000' (first at row 0)"]

@@ -97,8 +97,13 @@ def scan_rows(root: str | Path, key: str, raw_rows: list[dict], check_images: bo
     """Split raw rows into usable :class:`EvalRow` and :class:`BadRow` (pure apart from reading images)."""
     root = Path(root).resolve()
     scan = BenchmarkScan(key)
+    seen: dict[str, int] = {}
     for index, raw in enumerate(raw_rows):
-        row_id = str(raw.get("id", index)) if isinstance(raw, dict) else str(index)
+        row_id = str(raw["id"]) if isinstance(raw, dict) and raw.get("id") is not None else str(index)
+        if row_id in seen:  # rows are matched by id downstream (lmms-eval docs, samples files)
+            scan.bad.append(BadRow(key, f"{row_id}@{index}", f"duplicate id {row_id!r} (first at row {seen[row_id]})"))
+            continue
+        seen[row_id] = index
         try:
             if not isinstance(raw, dict):
                 raise ValueError(f"row is a {type(raw).__name__}, not an object")

@@ -195,6 +195,18 @@ def _skip_filelock_patch_if_unsupported() -> None:
 
 def run_eval(req: EvalRequest, log=print) -> dict[str, dict]:
     """Evaluate ``req.checkpoint`` on ``req.benchmarks``; returns ``{benchmark: result}`` (reused or new)."""
+    previous = os.environ.get(tasklib.DATA_ENV)
+    os.environ[tasklib.DATA_ENV] = str(req.data.resolve())  # read by the task files (benchmarks/*/utils.py)
+    try:
+        return _run_eval(req, log)
+    finally:
+        if previous is None:
+            os.environ.pop(tasklib.DATA_ENV, None)
+        else:
+            os.environ[tasklib.DATA_ENV] = previous
+
+
+def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
     if req.backend not in BACKENDS:
         raise ValueError(f"--backend {req.backend!r}: choose from {', '.join(BACKENDS)}")
     if req.samples < 1 or req.max_new_tokens < 1:
@@ -203,7 +215,6 @@ def run_eval(req: EvalRequest, log=print) -> dict[str, dict]:
     if not req.data.is_dir():
         raise EvalDataError(f"--data {req.data}: no such directory")
     req.out.mkdir(parents=True, exist_ok=True)
-    os.environ[tasklib.DATA_ENV] = str(req.data.resolve())  # read by the task files (benchmarks/*/utils.py)
     checkpoint_hash = checkpoint_sha256(req.checkpoint, cache=req.out / ".checkpoint_sha256.json")
     data_hashes = {b.key: data_checksum(req.data, b.key) for b in req.benchmarks}
     results: dict[str, dict] = {}

@@ -86,9 +86,13 @@ def docs_processor(key: str) -> Callable:
         if result.bad:
             print(f"[vppo_{key}] {len(result.bad)} bad row(s) skipped and reported: "
                   + "; ".join(f"{b.row_id}: {b.reason}" for b in result.bad[:5]), flush=True)
-        # Row ids as scan_rows assigns them (the "id" field, else the index), so both sides agree.
-        ids = [str(doc.get("id", i)) if doc.get("id") is not None else str(i) for i, doc in enumerate(dataset)]
-        keep = [i for i, row_id in enumerate(ids) if row_id in usable]
+        # Row ids as scan_rows assigns them (the "id" field, else the index); a duplicate id is a bad row
+        # there, so only its first occurrence may be kept here.
+        ids = [str(doc["id"]) if doc.get("id") is not None else str(i) for i, doc in enumerate(dataset)]
+        first = {}
+        for i, row_id in enumerate(ids):
+            first.setdefault(row_id, i)
+        keep = [i for i, row_id in enumerate(ids) if row_id in usable and first[row_id] == i]
         dataset = dataset.select(keep)
 
         def add_fields(doc, index):
