@@ -97,8 +97,13 @@ def scan_rows(root: str | Path, key: str, raw_rows: list[dict], check_images: bo
     """Split raw rows into usable :class:`EvalRow` and :class:`BadRow` (pure apart from reading images)."""
     root = Path(root).resolve()
     scan = BenchmarkScan(key)
+    seen: dict[str, int] = {}
     for index, raw in enumerate(raw_rows):
-        row_id = str(raw.get("id", index)) if isinstance(raw, dict) else str(index)
+        row_id = str(raw["id"]) if isinstance(raw, dict) and raw.get("id") is not None else str(index)
+        if row_id in seen:  # rows are matched by id downstream (lmms-eval docs, samples files)
+            scan.bad.append(BadRow(key, f"{row_id}@{index}", f"duplicate id {row_id!r} (first at row {seen[row_id]})"))
+            continue
+        seen[row_id] = index
         try:
             if not isinstance(raw, dict):
                 raise ValueError(f"row is a {type(raw).__name__}, not an object")
@@ -133,6 +138,14 @@ def _sha256_files(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+def benchmark_sha256(root: str | Path, key: str) -> str:
+    """Checksum of one benchmark's JSON and its image folder (the manifest's per-benchmark ``sha256``)."""
+    root = Path(root).resolve()
+    image_dir = root / "images" / key
+    files = [benchmark_file(root, key)] + ([p for p in image_dir.rglob("*") if p.is_file()] if image_dir.is_dir() else [])
+    return _sha256_files(files, root)
+
+
 def verify_eval_dir(root: str | Path, benchmarks: list[Benchmark] | None = None,
                     expected_rows: dict[str, int] | None = None) -> dict:
     """Manifest body for ``root``: per-benchmark row and bad-row counts and checksums.
@@ -150,10 +163,7 @@ def verify_eval_dir(root: str | Path, benchmarks: list[Benchmark] | None = None,
         scan = scan_rows(root, bench.key, raw)
         if len(raw) != expected[bench.key]:
             mismatches.append(f"{benchmark_file(root, bench.key)}: {len(raw)} rows, expected {expected[bench.key]}")
-        image_dir = root / "images" / bench.key
-        files = [benchmark_file(root, bench.key)] + ([p for p in image_dir.rglob("*") if p.is_file()]
-                                                     if image_dir.is_dir() else [])
-        body[bench.key] = {"rows": len(raw), "bad_rows": len(scan.bad), "sha256": _sha256_files(files, root),
+        body[bench.key] = {"rows": len(raw), "bad_rows": len(scan.bad), "sha256": benchmark_sha256(root, bench.key),
                            "bad_row_details": [b.as_dict() for b in scan.bad]}
     if mismatches:
         raise EvalDataError("evaluation data row counts do not match the protocol:\n  " + "\n  ".join(mismatches))

@@ -1,8 +1,14 @@
-"""avg@k evaluation through lmms-eval: task hooks (``tasklib``), model adapters, runner, ``vppo eval`` / ``vppo check``.
+"""avg@k evaluation through lmms-eval: task hooks, model adapters, runner, ``vppo eval`` / ``vppo check``.
 
-Layout: ``protocol`` holds the pure parts of PROTOCOL.md section 5 (sampling defaults, image bounds, row
-parsing, avg@k and its standard error); ``tasklib`` the lmms-eval task hooks shared by the eight task folders
-under ``benchmarks/``; ``lmms_adapter`` the CPU/HF model and ``vllm_adapter`` the cluster model, both
-registered through lmms-eval's ``lmms_eval.models`` entry point; ``runner`` drives lmms-eval's evaluator and
-turns its per-sample logs into our result JSON.
+Layout (data flows one way, top to bottom):
+
+- ``protocol``: the pure parts of PROTOCOL.md section 5 (sampling, image bounds, row parsing, avg@k, stderr).
+- ``tasklib``: the lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (data from
+  ``$VPPO_EVAL_DATA``, bad rows dropped and reported, images in place of ``<image>``, mathruler scoring).
+- ``requests``: lmms-eval requests -> generation jobs (the k repeats of a question become one n=k job) and back.
+- ``lmms_adapter`` (``vppo_hf``, transformers) and ``vllm_adapter`` (``vppo_vllm``): lmms-eval chat models,
+  registered through the ``lmms_eval.models`` entry point (``registry``).
+- ``runner``: loads the model once, runs lmms-eval's ``simple_evaluate`` per benchmark after checking the task's
+  effective configuration against the protocol, and writes the result files (``results``, schema vppo.eval/1).
+- ``cli`` (``vppo eval``) and ``check`` (``vppo check``).
 """

@@ -1,0 +1,120 @@
+"""The eight task folders under benchmarks/: lmms-eval indexes them from our include path, loads them offline
+from the fixture layout, and their YAML alone already holds the protocol (no lmms-eval default changes it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vppo.catalog import BENCHMARKS
+from vppo.data.eval_data import write_fixtures
+from vppo.evaluation import tasklib
+from vppo.evaluation.protocol import PROTOCOL_SAMPLING, Sampling
+from vppo.evaluation.runner import FILTER_NAME, apply_overrides, default_tasks_dir, protocol_violations
+
+TASKS = [b.task for b in BENCHMARKS]
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    return write_fixtures(tmp_path_factory.mktemp("eval-data"), n_rows=3, plant_bad_rows=True)
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(default_tasks_dir()), include_defaults=False)
+
+
+@pytest.fixture(scope="module")
+def geo3k_task(task_manager, eval_data):
+    mp = pytest.MonkeyPatch()
+    mp.setenv(tasklib.DATA_ENV, str(eval_data))
+    try:
+        yield task_manager.load_task_or_group(["vppo_geo3k"], task_type="chat")["vppo_geo3k"]
+    finally:
+        mp.undo()
+
+
+def test_lmms_eval_lists_all_eight_tasks_and_the_group(task_manager):
+    assert set(TASKS) <= set(task_manager.all_subtasks)
+    assert "vppo_all" in task_manager.all_groups
+    from lmms_eval import utils
+
+    group = utils.load_yaml_config(str(default_tasks_dir() / "vppo_all.yaml"), mode="simple")
+    assert group["task"] == TASKS
+
+
+def test_task_files_alone_hold_the_protocol(geo3k_task):
+    assert protocol_violations(geo3k_task, PROTOCOL_SAMPLING) == []
+    assert geo3k_task.config.generation_kwargs["until"] == []
+
+
+def test_overrides_change_k_and_tokens_and_the_check_catches_drift(geo3k_task):
+    from lmms_eval.filters import build_filter_ensemble
+
+    sampling = Sampling(max_new_tokens=16, n=4)
+    apply_overrides(geo3k_task, sampling)
+    try:
+        assert protocol_violations(geo3k_task, sampling) == []
+        assert protocol_violations(geo3k_task, PROTOCOL_SAMPLING)  # now differs from the paper's protocol
+        geo3k_task.set_config("reasoning_tags", [["<think>", "</think>"]])
+        geo3k_task._filters = [build_filter_ensemble("none", [["take_first", None]])]  # lmms-eval's default
+        problems = " ".join(protocol_violations(geo3k_task, sampling))
+        assert "reasoning_tags" in problems and "filters" in problems
+    finally:
+        geo3k_task.set_config("reasoning_tags", "none")
+        apply_overrides(geo3k_task, PROTOCOL_SAMPLING)
+    assert geo3k_task._filters[0].name == FILTER_NAME
+
+
+def test_docs_keep_the_stored_prompt_and_drop_bad_rows(geo3k_task, eval_data):
+    docs = geo3k_task.test_docs()
+    assert [d["row_id"] for d in docs] == ["geo3k-0000", "geo3k-0001", "geo3k-0002"]
+    import json
+
+    stored = json.loads((Path(eval_data) / "geo3k.json").read_text())
+    assert docs[0]["prompt"] == stored[0]["conversations"][0]["value"]
+    assert docs[0]["answer"] == stored[0]["conversations"][1]["value"]
+    reasons = {b.row_id: b.reason for b in tasklib.bad_rows(eval_data, "geo3k")}
+    assert set(reasons) == {"geo3k-missing", "geo3k-noanswer"} and "missing image" in reasons["geo3k-missing"]
+
+
+def test_images_replace_placeholders_in_place_and_are_resized(geo3k_task):
+    doc = dict(geo3k_task.test_docs()[1])  # a 900x880 image: over 768*768, downscaled
+    doc["prompt"] = "A<image>B<image>C"
+    doc["image_paths"] = [doc["image_paths"][0]] * 2
+    content = tasklib.doc_to_messages(doc)[0]["content"]
+    assert [p["type"] for p in content] == ["text", "image", "text", "image", "text"]
+    assert content[1]["url"].width * content[1]["url"].height <= 768 * 768
+    doc["prompt"] = "no placeholder"
+    assert [p["type"] for p in tasklib.doc_to_messages(doc)[0]["content"]] == ["image", "image", "text"]
+    doc["prompt"] = "one <image> only"
+    with pytest.raises(ValueError, match="placeholders"):
+        tasklib.doc_to_messages(doc)
+
+
+def test_missing_data_variable_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv(tasklib.DATA_ENV, raising=False)
+    with pytest.raises(tasklib.TaskDataError, match=tasklib.DATA_ENV):
+        tasklib.data_files("geo3k")
+    monkeypatch.setenv(tasklib.DATA_ENV, str(tmp_path))
+    with pytest.raises(tasklib.TaskDataError, match="geo3k.json"):
+        tasklib.data_files("geo3k")
+
+
+def test_duplicate_and_null_ids_are_reported_not_merged(tmp_path):
+    import json
+
+    from vppo.data.eval_data import scan_benchmark
+
+    root = write_fixtures(tmp_path, n_rows=3, benchmarks=[b for b in BENCHMARKS if b.key == "geo3k"])
+    rows = json.loads((root / "geo3k.json").read_text())
+    rows[2]["id"] = rows[0]["id"]
+    rows.append({**rows[1], "id": None})
+    (root / "geo3k.json").write_text(json.dumps(rows))
+    scan = scan_benchmark(root, "geo3k")
+    assert [r.row_id for r in scan.rows] == ["geo3k-0000", "geo3k-0001", "3"]
+    assert [b.reason for b in scan.bad] == ["duplicate id 'geo3k-0000' (first at row 0)"]

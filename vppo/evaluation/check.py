@@ -1,0 +1,205 @@
+"""``vppo check CANDIDATE --against REFERENCE``: a per-benchmark regression verdict from the standard errors.
+
+CANDIDATE is a results directory (``<benchmark>.json`` of ``vppo eval``) or a checkpoint directory (evaluated
+first into ``--eval-out``, reusing matching results already there). REFERENCE is a results directory or
+``paper:<model>/<method>`` (the paper's tables in ``results/reference/*.csv``; no standard error there).
+
+For each benchmark: diff = candidate - reference (points), se = sqrt(se_c^2 + se_r^2), z = diff / se. A drop is
+significant when z < -z_(1-alpha) (one-sided); it is a REGRESSION when significant and, if ``--max-drop`` is
+given, larger than that many points. An ``avg`` row compares the unweighted mean over the benchmarks (the
+paper's "Avg" column; se = sqrt(sum se_i^2) / n). Exit status: 0 no regression, 1 regression, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+from vppo.catalog import BENCHMARK_BY_KEY, MODEL_PAPER_NAMES, METHOD_PAPER_NAMES, resolve_benchmarks
+from vppo.evaluation.results import ResultError, read_results_dir
+
+AVG = "avg"
+
+
+class CheckInputError(ValueError):
+    """A candidate or reference cannot be resolved (names the file, the model/method, or the benchmark)."""
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float  # percent
+    stderr: float | None  # percent; None where the source has none (the paper)
+
+
+@dataclass(frozen=True)
+class Row:
+    benchmark: str
+    candidate: Score
+    reference: Score
+    diff: float
+    z: float
+    verdict: str
+
+
+def default_reference_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "results" / "reference"
+
+
+def paper_reference(spec: str, reference_dir: Path) -> dict[str, Score]:
+    """``paper:<model>/<method>`` -> {benchmark or "avg": Score} from every reference CSV that has the row."""
+    model_key, _, method_key = spec.removeprefix("paper:").partition("/")
+    if not model_key or not method_key:
+        raise CheckInputError(f"reference {spec!r}: expected paper:<model>/<method>, e.g. paper:qwen2.5-vl-7b/vppo")
+    model = MODEL_PAPER_NAMES.get(model_key, model_key).lower()
+    method = METHOD_PAPER_NAMES.get(method_key, method_key).lower()
+    by_column = {b.paper_name.lower(): b.key for b in BENCHMARK_BY_KEY.values()} | {"avg": AVG}
+    scores: dict[str, Score] = {}
+    files = sorted(reference_dir.glob("*.csv"))
+    if not files:
+        raise CheckInputError(f"{reference_dir}: no reference CSV files")
+    for path in files:
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                row_method = (row.get("method") or row.get("setting") or "").strip().lower()
+                if row.get("model", "").strip().lower() != model or row_method != method:
+                    continue
+                for column, value in row.items():
+                    key = by_column.get((column or "").strip().lower())
+                    if key and value not in (None, ""):
+                        scores[key] = Score(float(value), None)
+    if not scores:
+        raise CheckInputError(f"reference {spec!r}: no row with model {model!r} and method/setting {method!r} "
+                              f"in {', '.join(p.name for p in files)}")
+    return scores
+
+
+def results_scores(root: Path, keys: list[str]) -> tuple[dict[str, Score], dict[str, dict]]:
+    results = read_results_dir(root, keys)
+    return {k: Score(float(r["accuracy"]), float(r["stderr"])) for k, r in results.items()}, results
+
+
+def with_average(scores: dict[str, Score], keys: list[str]) -> dict[str, Score]:
+    """Add the unweighted mean over ``keys`` (unless the source states its own, as the paper does)."""
+    if AVG in scores or len(keys) < 2 or not all(k in scores for k in keys):
+        return scores
+    ses = [scores[k].stderr for k in keys]
+    stderr = None if any(s is None for s in ses) else math.sqrt(sum(s * s for s in ses)) / len(keys)
+    return {**scores, AVG: Score(sum(scores[k].accuracy for k in keys) / len(keys), stderr)}
+
+
+def compare(candidate: dict[str, Score], reference: dict[str, Score], keys: list[str], alpha: float,
+            max_drop: float | None) -> list[Row]:
+    z_crit = NormalDist().inv_cdf(1 - alpha)
+    rows = []
+    for key in keys + [AVG]:
+        if key not in reference or key not in candidate:
+            if key == AVG:
+                continue
+            raise CheckInputError(f"benchmark {key!r}: missing from the {'reference' if key in candidate else 'candidate'}")
+        c, r = candidate[key], reference[key]
+        diff = c.accuracy - r.accuracy
+        se = math.sqrt((c.stderr or 0.0) ** 2 + (r.stderr or 0.0) ** 2)
+        z = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+        if z < -z_crit:
+            regression = max_drop is None or -diff > max_drop
+            verdict = "REGRESSION" if regression else f"drop (within --max-drop {max_drop:g})"
+        elif z > z_crit:
+            verdict = "improved"
+        else:
+            verdict = "no significant change"
+        rows.append(Row(key, c, r, diff, z, verdict))
+    return rows
+
+
+def _fmt(score: Score) -> str:
+    return f"{score.accuracy:.2f}" + (f" ± {score.stderr:.2f}" if score.stderr is not None else "")
+
+
+def render(rows: list[Row], header: list[str]) -> str:
+    lines = [*header, "", "| benchmark | candidate | reference | diff | z | verdict |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.benchmark} | {_fmt(row.candidate)} | {_fmt(row.reference)} | {row.diff:+.2f} | "
+                     f"{row.z:+.2f} | {row.verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def _describe(results: dict[str, dict]) -> str:
+    any_result = next(iter(results.values()))
+    return (f"{any_result['model']}/{any_result['method']} (backend {any_result['backend']}, "
+            f"k={any_result['k']}, checkpoint {any_result['checkpoint_sha256'][:12]})")
+
+
+def _sampling_mismatch(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
+    return [f"{k}: sampling {a[k]['sampling']} vs {b[k]['sampling']}" for k in a
+            if k in b and a[k]["sampling"] != b[k]["sampling"]]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from vppo.evaluation.cli import add_eval_options
+
+    parser.add_argument("candidate", type=Path, help="results directory, or a checkpoint directory to evaluate")
+    parser.add_argument("--against", required=True, help="results directory, or paper:<model>/<method>")
+    parser.add_argument("--max-drop", type=float, default=None,
+                        help="points: a significant drop is a regression only when larger than this")
+    parser.add_argument("--alpha", type=float, default=0.05, help="one-sided significance level (default 0.05)")
+    parser.add_argument("--report", type=Path, default=None, help="also write the table to this Markdown file")
+    parser.add_argument("--eval-out", type=Path, default=None, help="where a checkpoint CANDIDATE's results go")
+    parser.add_argument("--reference-dir", type=Path, default=None, help="paper tables (default: results/reference)")
+    add_eval_options(parser, data_required=False)
+
+
+def _candidate_dir(args: argparse.Namespace) -> Path:
+    if not (args.candidate / "config.json").is_file():
+        return args.candidate
+    if args.eval_out is None or args.data is None:
+        raise CheckInputError(f"{args.candidate} is a checkpoint: pass --data and --eval-out to evaluate it")
+    from vppo.evaluation.cli import request_from_args
+    from vppo.evaluation.runner import run_eval
+
+    run_eval(request_from_args(args, args.candidate, args.eval_out))
+    return args.eval_out
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.alpha < 1:
+        print(f"vppo check: --alpha {args.alpha} must lie in (0, 1)")
+        return 2
+    try:
+        keys = [b.key for b in resolve_benchmarks(args.benchmarks)]
+        candidate_dir = _candidate_dir(args)
+        candidate, cand_results = results_scores(candidate_dir, keys)
+        header = [f"# vppo check: {candidate_dir} vs {args.against}", "",
+                  f"- candidate: {_describe(cand_results)}"]
+        if args.against.startswith("paper:"):
+            reference = paper_reference(args.against, args.reference_dir or default_reference_dir())
+            if set(keys) != set(BENCHMARK_BY_KEY):
+                reference.pop(AVG, None)  # the paper's Avg is over all eight benchmarks
+            header.append(f"- reference: {args.against} (the paper's table: no standard error)")
+        else:
+            reference, ref_results = results_scores(Path(args.against), keys)
+            header.append(f"- reference: {_describe(ref_results)}")
+            header += [f"- WARNING not like for like: {m}" for m in _sampling_mismatch(cand_results, ref_results)]
+        header.append(f"- test: one-sided at alpha {args.alpha:g}"
+                      + (f", regression only beyond {args.max_drop:g} points" if args.max_drop is not None else ""))
+        missing = [k for k in keys if k not in reference]
+        if missing and AVG not in reference:
+            raise CheckInputError(f"reference {args.against}: no value for {', '.join(missing)}")
+        compared = [k for k in keys if k in reference]
+        rows = compare(with_average(candidate, keys), with_average(reference, keys), compared, args.alpha, args.max_drop)
+    except (ResultError, CheckInputError, FileNotFoundError, ValueError) as exc:
+        print(f"vppo check: {exc}")
+        return 2
+    table = render(rows, header)
+    print(table)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(table)
+    regressions = [row.benchmark for row in rows if row.verdict == "REGRESSION"]
+    if regressions:
+        print(f"vppo check: REGRESSION on {', '.join(regressions)}")
+        return 1
+    return 0

@@ -1,0 +1,69 @@
+"""``vppo eval CHECKPOINT --data DIR --benchmarks all --out DIR``: avg@k through lmms-eval (PROTOCOL.md section 5)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from vppo.catalog import resolve_benchmarks
+
+
+def add_eval_options(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
+    """Options shared by ``vppo eval`` and ``vppo check`` (which may evaluate a checkpoint first)."""
+    parser.add_argument("--data", type=Path, required=data_required,
+                        help="prepared evaluation data (vppo prepare-data eval ...)")
+    parser.add_argument("--benchmarks", default="all", help="all, or comma-separated keys (mathverse,geo3k,...)")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                        help="hf: transformers generate (CPU/one GPU); vllm: vLLM engine, one n=k request per question")
+    parser.add_argument("--samples", type=int, default=8, help="k of avg@k: samples per question, all scored")
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--limit", type=int, default=None, help="first N usable questions per benchmark (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-label", default=None, help="model name recorded in the results (default: dir name)")
+    parser.add_argument("--method-label", default=None, help="method name recorded in the results")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (each k times)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm: default from the model size")
+    parser.add_argument("--tasks-dir", type=Path, default=None, help="lmms-eval task folder (default: benchmarks/)")
+    parser.add_argument("--overwrite", action="store_true", help="re-evaluate even when matching results exist")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="HF checkpoint directory (Qwen2.5-VL)")
+    parser.add_argument("--out", type=Path, required=True, help="results directory: <benchmark>.json + .samples.jsonl")
+    add_eval_options(parser)
+
+
+def request_from_args(args: argparse.Namespace, checkpoint: Path, out: Path):
+    from vppo.evaluation.runner import EvalRequest
+
+    try:
+        benchmarks = resolve_benchmarks(args.benchmarks)
+    except ValueError as exc:
+        raise SystemExit(f"--benchmarks: {exc}") from None
+    return EvalRequest(checkpoint=checkpoint, data=args.data, benchmarks=benchmarks, out=out,
+                       backend=args.backend, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                       limit=args.limit, seed=args.seed, model_label=args.model_label, method_label=args.method_label,
+                       batch_size=args.batch_size, tensor_parallel_size=args.tensor_parallel_size,
+                       tasks_dir=args.tasks_dir, overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vppo.evaluation.runner import run_eval
+
+    from vppo.data.eval_data import EvalDataError
+    from vppo.evaluation.runner import ProtocolError
+    from vppo.evaluation.tasklib import TaskDataError
+    from vppo.modeling import CheckpointError
+
+    started = time.perf_counter()
+    try:
+        results = run_eval(request_from_args(args, args.checkpoint, args.out))
+    except (CheckpointError, EvalDataError, ProtocolError, TaskDataError) as exc:
+        print(f"vppo eval: {exc}")
+        return 2
+    print(f"{'benchmark':<12} {'avg@k':>7} {'stderr':>7} {'n':>6} {'bad':>4}")
+    for key, r in results.items():
+        print(f"{key:<12} {r['accuracy']:7.2f} {r['stderr']:7.2f} {r['n_questions']:6d} {r['bad_rows']:4d}")
+    print(f"results in {args.out} ({time.perf_counter() - started:.1f} s)")
+    return 0

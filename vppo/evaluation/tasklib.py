@@ -1,0 +1,166 @@
+"""lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (PROTOCOL.md section 5).
+
+Each ``benchmarks/<key>/vppo_<key>.yaml`` includes ``benchmarks/_default_template_yaml`` (the protocol: sampling,
+repeats, filter, metric) and names its data file and doc processor through ``benchmarks/<key>/utils.py``, which
+calls :func:`data_files` and :func:`docs_processor` with its benchmark key. Everything else lives here, once.
+
+Where the data is: the environment variable ``VPPO_EVAL_DATA`` (a directory in the layout of
+:mod:`vppo.data.eval_data`). lmms-eval's YAML has no variable expansion, and its ``!function`` tag imports any
+attribute of a module, so ``data_files: !function utils.DATA_FILES`` reads the variable when lmms-eval loads
+the task (``vppo eval --data DIR`` sets it in-process; standalone lmms-eval runs export it).
+
+Docs after :func:`docs_processor`: the stored row plus ``row_id``, ``prompt`` (exactly as stored, ``<image>``
+placeholders included), ``answer`` and ``image_paths`` (absolute). Bad rows are removed from the docs with a
+logged report; :func:`bad_rows` gives them to the runner, which records them in the result JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from vppo.evaluation.protocol import avg_at_k, prepare_image, score_responses
+from vppo.rollout import IMAGE_PLACEHOLDER
+
+DATA_ENV = "VPPO_EVAL_DATA"
+#: The metric name in the task YAML and in lmms-eval's per-sample logs.
+METRIC = "avg_at_k"
+
+log = logging.getLogger(__name__)
+
+
+class TaskDataError(RuntimeError):
+    """The task cannot find its data (names the variable or the file)."""
+
+
+def data_root() -> Path:
+    value = os.environ.get(DATA_ENV, "").strip()
+    if not value:
+        raise TaskDataError(f"{DATA_ENV} is not set: point it at a prepared evaluation data directory "
+                            f"(`vppo prepare-data eval --source fixtures|hub --out DIR`), or use `vppo eval --data DIR`")
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise TaskDataError(f"{DATA_ENV}={value}: no such directory")
+    return root
+
+
+def data_files(key: str) -> dict[str, str]:
+    """``dataset_kwargs.data_files`` of one benchmark: ``{"test": "$VPPO_EVAL_DATA/<key>.json"}``."""
+    path = data_root() / f"{key}.json"
+    if not path.is_file():
+        raise TaskDataError(f"{path}: missing (benchmark {key!r}, {DATA_ENV}={os.environ[DATA_ENV]})")
+    return {"test": str(path)}
+
+
+@functools.lru_cache(maxsize=32)
+def _scan(root: str, key: str, mtime_ns: int):
+    from vppo.data.eval_data import scan_benchmark  # imported late: eval_data imports protocol, not us
+
+    return scan_benchmark(root, key)
+
+
+def scan(root: str | Path, key: str):
+    """:func:`vppo.data.eval_data.scan_benchmark`, computed once per data file version in this process."""
+    root = Path(root).resolve()
+    return _scan(str(root), key, (root / f"{key}.json").stat().st_mtime_ns)
+
+
+def bad_rows(root: str | Path, key: str) -> list:
+    return list(scan(root, key).bad)
+
+
+def docs_processor(key: str) -> Callable:
+    """The ``process_docs`` hook of benchmark ``key``, bound to the data directory set now."""
+    root = data_root()
+
+    def process_docs(dataset):
+        result = scan(root, key)
+        usable = {row.row_id: row for row in result.rows}
+        for bad in result.bad:
+            log.warning("[%s] bad row %s skipped: %s", key, bad.row_id, bad.reason)
+        if result.bad:
+            print(f"[vppo_{key}] {len(result.bad)} bad row(s) skipped and reported: "
+                  + "; ".join(f"{b.row_id}: {b.reason}" for b in result.bad[:5]), flush=True)
+        # Row ids as scan_rows assigns them (the "id" field, else the index); a duplicate id is a bad row
+        # there, so only its first occurrence may be kept here.
+        ids = [str(doc["id"]) if doc.get("id") is not None else str(i) for i, doc in enumerate(dataset)]
+        first = {}
+        for i, row_id in enumerate(ids):
+            first.setdefault(row_id, i)
+        keep = [i for i, row_id in enumerate(ids) if row_id in usable and first[row_id] == i]
+        dataset = dataset.select(keep)
+
+        def add_fields(doc, index):
+            row = usable[ids[keep[index]]]
+            return {"row_id": row.row_id, "prompt": row.prompt, "answer": row.answer, "image_paths": row.images}
+
+        return dataset.map(add_fields, with_indices=True)
+
+    return process_docs
+
+
+# ------------------------------------------------------------------------------------------- doc hooks
+
+def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """The prompt exactly as stored (``<image>`` placeholders kept: the model adapter places the images)."""
+    return doc["prompt"]
+
+
+def doc_to_target(doc: dict) -> str:
+    return doc["answer"]
+
+
+def doc_to_visual(doc: dict) -> list[Image.Image]:
+    """The row's images as the model sees them (RGB, resized into the protocol's pixel bounds)."""
+    images = []
+    for path in doc["image_paths"]:
+        with Image.open(path) as img:
+            images.append(prepare_image(img))
+    return images
+
+
+def doc_to_messages(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list[dict]:
+    """One user turn in lmms-eval's chat format, each ``<image>`` replaced in place by its image.
+
+    A prompt without placeholders gets its images first (the convention of Qwen2.5-VL datasets).
+    """
+    images = doc_to_visual(doc)
+    pieces = doc["prompt"].split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 not in (0, len(images)):
+        raise ValueError(f"row {doc.get('row_id')}: {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders "
+                         f"but {len(images)} images")
+    content: list[dict] = []
+    if len(pieces) == 1:
+        content += [{"type": "image", "url": img} for img in images]
+        content.append({"type": "text", "text": pieces[0]})
+    else:
+        for i, piece in enumerate(pieces):
+            if i:
+                content.append({"type": "image", "url": images[i - 1]})
+            if piece:
+                content.append({"type": "text", "text": piece})
+    return [{"role": "user", "content": content}]
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+def process_results(doc: dict, results: list) -> dict:
+    """Grade all k responses of one question (after the take-first-k filter: ``results`` is the k strings).
+
+    ``score`` is the question's accuracy in percent: lmms-eval's CLT standard error over ``score`` is then
+    the same number as :func:`vppo.evaluation.protocol.avg_at_k_stderr` (in percent).
+    """
+    responses = [r if isinstance(r, str) else "" for r in results]
+    scored = score_responses(responses, doc["answer"])
+    return {METRIC: {"score": 100.0 * scored.accuracy, "row_id": doc["row_id"], "answer": doc["answer"],
+                     "k": len(responses), "extracted": scored.extracted, "correct": scored.correct}}
+
+
+def aggregate_avg_at_k(items: list[dict]) -> float:
+    """avg@k in percent: total correct / total samples over all questions (not a mean of means)."""
+    return 100.0 * avg_at_k([item["correct"] for item in items])

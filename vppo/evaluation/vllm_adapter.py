@@ -1,0 +1,134 @@
+"""``vppo_vllm``: an lmms-eval chat model on vLLM's offline engine, one request per question with n = k.
+
+lmms-eval's own vLLM backend refuses ``n > 1`` and sends the k repeats as k cloned requests, and it takes
+``max(task, model)`` new tokens. Here the k repeats of a question become ONE request with
+``SamplingParams(n=k)``, so vLLM prefills the prompt (image included) once and samples k continuations; the
+task's max_new_tokens is used as given. Prompts are built with the checkpoint's processor chat template exactly
+as the transformers backend builds them (``vppo.rollout.chat_prompt``), images passed as ``multi_modal_data``.
+
+UNVERIFIED on a real vLLM: vLLM cannot be installed on our CPU machines and the GPU test machine has no vLLM.
+The request building and response fan-out are tested with a fake engine (``engine=`` and
+``sampling_params_cls=`` are the injection points); ``bench/bench_eval_vllm.py`` measures n=k against k cloned
+requests where vLLM exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lmms_eval.api.instance import GenerationResult, TokenCounts
+from lmms_eval.api.model import lmms
+
+from vppo.evaluation.protocol import Sampling
+from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
+from vppo.modeling import load_processor, verify_checkpoint_dir
+from vppo.rollout import chat_prompt
+
+#: Weights per GPU above which the tensor-parallel size doubles (bf16 weights; the rest is KV cache).
+WEIGHT_BUDGET_PER_GPU = 30 * 1024**3
+#: Images never exceed 768*768 px after the protocol's resize (+ rounding to 28 px): a larger bound only
+#: costs vLLM profiling memory, so the processor bound is capped here without changing any input.
+MAX_PIXELS_CAP = 1280 * 28 * 28
+
+
+def auto_tensor_parallel_size(checkpoint: str | Path, n_gpus: int) -> int:
+    """Smallest power of two that keeps each GPU's share of the weights under the budget, that divides the
+    attention heads, and that the visible GPUs allow (7B -> 1, 32B -> 4 on 4+ GPUs)."""
+    path = Path(checkpoint)
+    weight_bytes = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    config = json.loads((path / "config.json").read_text())
+    heads = int((config.get("text_config") or config).get("num_attention_heads", 1))
+    tp = 1
+    while weight_bytes / tp > WEIGHT_BUDGET_PER_GPU and tp * 2 <= max(n_gpus, 1):
+        tp *= 2
+    while tp > 1 and heads % tp:
+        tp //= 2
+    return tp
+
+
+def request_seed(seed: int, key: tuple) -> int:
+    """Per-question seed: a question's k samples do not depend on batching or on the other questions."""
+    return int(hashlib.sha256(f"{seed}/{'/'.join(map(str, key))}".encode()).hexdigest()[:8], 16)
+
+
+def sampling_params_kwargs(sampling: Sampling, seed: int) -> dict:
+    """vLLM ``SamplingParams`` arguments of one request; every protocol value explicit (vLLM would otherwise
+    take defaults from the checkpoint's generation_config)."""
+    return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+            "repetition_penalty": sampling.repetition_penalty, "max_tokens": sampling.max_new_tokens, "seed": seed,
+            "skip_special_tokens": True}
+
+
+class VPPOVLLMModel(lmms):
+    is_simple = False
+
+    def __init__(self, pretrained: str, tensor_parallel_size: int | None = None, max_new_tokens: int = 2048,
+                 seed: int = 0, batch_size: int = 512, gpu_memory_utilization: float = 0.9,
+                 max_model_len: int = 8192, max_images_per_prompt: int = 4, engine: Any = None,
+                 sampling_params_cls: Any = None, **engine_kwargs: Any) -> None:
+        super().__init__()
+        self.pretrained = str(verify_checkpoint_dir(pretrained))
+        self.default_max_new_tokens = int(max_new_tokens)
+        self.seed = int(seed)
+        self.batch_size_per_gpu = int(batch_size)  # questions per engine call (each with its n samples)
+        engine_kwargs.pop("max_batch_size", None)
+        engine_kwargs.pop("device", None)
+        self.processor = load_processor(self.pretrained)
+        max_pixels = min(int(self.processor.image_processor.size["longest_edge"]), MAX_PIXELS_CAP)
+        if engine is None:
+            import torch
+
+            try:
+                from vllm import LLM
+            except ImportError as exc:
+                raise ImportError("the vllm backend needs vLLM, a cluster-only dependency (pip install 'vppo[cluster]'); "
+                                  "on CPU machines use --backend hf") from exc
+
+            if tensor_parallel_size in (None, "", "auto", 0):
+                tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
+            engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
+                         gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=int(max_model_len),
+                         limit_mm_per_prompt={"image": int(max_images_per_prompt)},
+                         mm_processor_kwargs={"max_pixels": max_pixels}, **engine_kwargs)
+        if sampling_params_cls is None:
+            from vllm import SamplingParams as sampling_params_cls
+        self.tensor_parallel_size = int(tensor_parallel_size or 1)
+        self.engine = engine
+        self.sampling_params_cls = sampling_params_cls
+
+    def clean(self):
+        """Keep the engine across lmms-eval evaluations (the runner evaluates benchmark after benchmark)."""
+
+    def build_request(self, job: GenerationJob) -> tuple[dict, Any]:
+        """(vLLM prompt dict, SamplingParams) of one question."""
+        prompt = {"prompt": chat_prompt(self.processor, job.text, len(job.images))}
+        if job.images:
+            prompt["multi_modal_data"] = {"image": list(job.images)}
+        params = self.sampling_params_cls(**sampling_params_kwargs(job.sampling, request_seed(self.seed, job.key)))
+        return prompt, params
+
+    def generate_until(self, requests) -> list[GenerationResult]:
+        groups = group_repeats(requests)
+        outputs: list[list[GenerationResult]] = []
+        for start in range(0, len(groups), self.batch_size_per_gpu):
+            chunk = groups[start:start + self.batch_size_per_gpu]
+            jobs = [build_job(req, self.task_dict, n, self.default_max_new_tokens) for req, n in chunk]
+            prompts, params = zip(*(self.build_request(job) for job in jobs))
+            results = self.engine.generate(list(prompts), list(params), use_tqdm=self.rank == 0)
+            if len(results) != len(jobs):
+                raise RuntimeError(f"vLLM returned {len(results)} outputs for {len(jobs)} prompts")
+            for job, result in zip(jobs, results):
+                n_prompt = len(getattr(result, "prompt_token_ids", None) or [])
+                outputs.append([GenerationResult(truncate_at_stop(c.text, job.stop),
+                                                 TokenCounts(input_tokens=n_prompt, output_tokens=len(c.token_ids)))
+                                for c in result.outputs])
+        return fan_out(groups, outputs)
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("vppo_vllm generates only (the avg@k protocol scores sampled answers)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("vppo_vllm answers single-turn questions only")
