@@ -83,7 +83,9 @@ def accelerate_command(recipe: Recipe, config_dir: Path, train_args: list[str], 
                        main_ip: str | None, port: int) -> list[str]:
     layout = accelerate_layout(recipe)
     config = Path(config_dir) / CONFIG_FILES[layout]
-    cmd = ["accelerate", "launch", "--config_file", str(config), "--num_machines", str(num_machines),
+    # `python -m accelerate.commands.launch` rather than the `accelerate` CLI: the CLI imports its `estimate`
+    # command, which imports timm, which needs torchvision (absent on the CPU machines).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_machines", str(num_machines),
            "--num_processes", str(num_machines * max(recipe.gpus_per_node, 1)),
            "--mixed_precision", "bf16" if recipe.bf16 else "no"]
     if recipe.gpus_per_node == 0:

@@ -163,17 +163,24 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
         return _run_training(request, recipe, callbacks, reward)
 
 
-def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> Path:
+@dataclass
+class PreparedRun:
+    """A trainer ready to ``train()``, with what the summary needs."""
+
+    trainer: Any
+    preset: MethodPreset
+    data_info: dict
+    resume: Path | None
+
+
+def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks: list | None = None) -> PreparedRun:
+    """Check the inputs, load processor and data (prompts over max_prompt_length dropped), build the trainer."""
     from vppo.data.train_data import MANIFEST_FILE, load_train_dataset
     from vppo.modeling import load_processor
-    from vppo.training.checkpoints import last_complete_checkpoint, weights_format
+    from vppo.training.checkpoints import last_complete_checkpoint
     from vppo.training.metrics import JsonlLogCallback
     from vppo.training.trainer import VPPOTrainer
 
-    start = time.perf_counter()
-    out, work_dir = Path(request.out), Path(request.work_dir)
-    if (out / SUMMARY_FILE).is_file():
-        raise TrainError(f"{out}: already holds a finished run ({SUMMARY_FILE}); remove it to train again")
     verify_checkpoint_dir(request.model)
     preset = get_method(request.method)
     manifest_path = Path(request.data) / MANIFEST_FILE
@@ -195,6 +202,7 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
     data_info = {"path": str(request.data), "sha256": manifest.get("sha256"), "rows": len(lengths),
                  "rows_used": len(keep), "dropped_long_prompts": len(lengths) - len(keep)}
 
+    work_dir = Path(request.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
@@ -203,6 +211,18 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
         model=str(request.model), args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         entropy_penalty=entropy, max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])
+    return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume)
+
+
+def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> Path:
+    from vppo.training.checkpoints import weights_format
+
+    start = time.perf_counter()
+    out, work_dir = Path(request.out), Path(request.work_dir)
+    if (out / SUMMARY_FILE).is_file():
+        raise TrainError(f"{out}: already holds a finished run ({SUMMARY_FILE}); remove it to train again")
+    run = build_trainer(request, recipe, reward, callbacks)
+    trainer, resume = run.trainer, run.resume
     staging = out.parent / f".{out.name}.partial"
     if trainer.accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
@@ -215,7 +235,7 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         shutil.copyfile(work_dir / LOG_FILE, staging / LOG_FILE)
-        summary = _summary(request, recipe, preset, trainer, data_info, time.perf_counter() - start, resume,
+        summary = _summary(request, recipe, run.preset, trainer, run.data_info, time.perf_counter() - start, resume,
                            weights_format(staging / FINAL_DIR))
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if out.exists():  # an unfinished leftover (a finished one was refused above)

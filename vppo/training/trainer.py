@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -278,6 +279,21 @@ class VPPOTrainer(GRPOTrainer):
             metrics["alpha_min"].append(rows[:, 7].min().item())
             metrics["alpha_max"].append(-rows[:, 8].min().item())
         self._tokens_since_log += n_valid
+
+    # ------------------------------------------------------------------ resume
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # save_pretrained writes Qwen2.5-VL under its legacy key names ("visual.*", "model.layers.*") and the
+        # Trainer reloads HF-format checkpoints with a bare load_state_dict: every key misses and training
+        # silently goes on from the initial weights. from_pretrained applies the key conversion.
+        # (DeepSpeed resumes through its own engine; FSDP sharded state keeps module names.)
+        model = self.model if model is None else model
+        if self.is_fsdp_enabled or not any(Path(resume_from_checkpoint).glob("*.safetensors")):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reference = next(model.parameters())
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=reference.dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
 
     # ------------------------------------------------------------------ timing and logging
 
