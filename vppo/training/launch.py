@@ -116,11 +116,9 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
     nodelist = environ.get("SLURM_JOB_NODELIST")
 
     if not nodelist:
-        if nodes_needed > 1:
-            raise LaunchError(f"recipe {recipe.name} needs {nodes_needed} nodes: run inside a SLURM allocation "
-                              f"(SLURM_JOB_NODELIST is not set)")
-        if server:
-            raise LaunchError(f"recipe {recipe.name}: vllm_mode server needs a second node for the vLLM server")
+        if nodes_needed > 1:  # (vllm_mode server always needs a node of its own)
+            raise LaunchError(f"recipe {recipe.name} needs {nodes_needed} nodes{' (one for the vLLM server)' if server else ''}:"
+                              f" run inside a SLURM allocation (SLURM_JOB_NODELIST is not set)")
         return Plan([accelerate_command(recipe, config_dir, train_args, 1, "0", None, port)])
 
     hosts = expand_nodelist(nodelist)
