@@ -288,3 +288,6 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tiny_model_dir, data_dir,
     assert any(line["pg_loss"] != 0 for line in log_a)  # the comparison covers real policy-gradient updates
     with pytest.raises(Exception, match="already holds a finished run"):
         run_training(killed)
+    other = dataclasses.replace(killed, method="dapo", out=tmp_path / "b" / "other")
+    with pytest.raises(Exception, match="holds a run with different method"):
+        run_training(other)

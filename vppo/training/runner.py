@@ -27,6 +27,7 @@ from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE, LOG_FILE, FINAL_DIR = "train_summary.json", "training_log.jsonl", "final"
+RUN_FILE = "vppo_run.json"  # in WORK_DIR: the arguments its checkpoints belong to
 
 
 class TrainError(RuntimeError):
@@ -110,6 +111,8 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     from trl import GRPOConfig
 
     kwargs = grpo_config_kwargs(recipe, preset, request.work_dir, request.seed)
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # transformers >= 5.2x name
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     kwargs.update(save_total_limit=2, vllm_importance_sampling_correction=False,
                   model_init_kwargs={"dtype": "bfloat16" if recipe.bf16 else "float32"})
     generation = _generation_kwargs(request.model, recipe)
@@ -163,6 +166,24 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
         return _run_training(request, recipe, callbacks, reward)
 
 
+def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, preset: MethodPreset, write: bool) -> None:
+    """Record what WORK_DIR trains; refuse to resume a run made with other arguments (its state would not fit)."""
+    path = work_dir / RUN_FILE
+    current = {"model": str(Path(request.model).resolve()), "data": str(Path(request.data).resolve()),
+               "method": dataclasses.asdict(preset), "seed": request.seed,
+               # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume
+               "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "max_steps"}}
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = sorted(k for k in current if json.dumps(recorded.get(k), sort_keys=True)
+                         != json.dumps(current[k], sort_keys=True))
+        if changed:
+            raise TrainError(f"{work_dir}: holds a run with different {', '.join(changed)} ({path}); use another "
+                             "--work-dir or remove this one")
+    elif write:
+        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
 @dataclass
 class PreparedRun:
     """A trainer ready to ``train()``, with what the summary needs."""
@@ -204,6 +225,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
 
     work_dir = Path(request.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    _claim_work_dir(work_dir, request, recipe, preset, args.process_index == 0)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
     entropy = recipe.entropy_coef if recipe.entropy_coef is not None else preset.entropy_coef
