@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 #: Keys every line of training_log.jsonl carries (contract with the reporting stage).
 LOG_KEYS = (
@@ -106,3 +107,18 @@ def read_log(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return lines
+
+
+#: what the progress bar shows after each step (the full record goes to training_log.jsonl)
+PROGRESS_KEYS = {"loss": "loss", "reward": "reward", "kept_token_fraction": "kept", "alpha_mean": "alpha",
+                 "filtered_groups": "filtered", "tokens_per_s": "tok/s"}
+
+
+class CompactProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, with a few key figures as its postfix instead of a printed dict per step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs or "train_runtime" in logs:
+            return
+        shown = {label: logs[key] for key, label in PROGRESS_KEYS.items() if isinstance(logs.get(key), (int, float))}
+        self.training_bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)

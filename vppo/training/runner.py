@@ -199,7 +199,9 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from vppo.data.train_data import MANIFEST_FILE, load_train_dataset
     from vppo.modeling import load_processor
     from vppo.training.checkpoints import last_complete_checkpoint
-    from vppo.training.metrics import JsonlLogCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    from vppo.training.metrics import CompactProgressCallback, JsonlLogCallback
     from vppo.training.trainer import VPPOTrainer
 
     verify_checkpoint_dir(request.model)
@@ -233,6 +235,9 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         model=str(request.model), args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         entropy_penalty=entropy, max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgressCallback())
     return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume)
 
 

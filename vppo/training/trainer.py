@@ -73,6 +73,7 @@ class VPPOTrainer(GRPOTrainer):
         self.timer = PhaseTimer()
         self.masked_pass_calls = 0  # how many rollouts ran the masked-image pass (tests read it)
         self._defer_old_logps = False
+        self._warned_padding = False
         self._tokens_since_log = 0.0
         self._log_clock: float | None = None
 
@@ -150,9 +151,10 @@ class VPPOTrainer(GRPOTrainer):
             parts.append((out, rows[:take], rows_examples[:take], rows_grades[:take]))
             groups_needed -= take // n
             padded += take // n
-        if padded:
+        if padded and not self._warned_padding:
+            self._warned_padding = True
             logger.warning("dynamic sampling: %d group(s) still missing after %d round(s); topped up with filtered "
-                           "groups (zero advantage)", padded, rounds)
+                           "groups (zero advantage); later occurrences are only counted (padded_groups)", padded, rounds)
         batch = concat_rollouts([select_rows(out, rows) for out, rows, _, _ in parts], self._tokenizer.pad_token_id)
         row_examples = [ex for _, _, exs, _ in parts for ex in exs]
         row_grades = [g for _, _, _, gs in parts for g in gs]
