@@ -113,7 +113,8 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     kwargs = grpo_config_kwargs(recipe, preset, request.work_dir, request.seed)
     if "activation_checkpointing" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # transformers >= 5.2x name
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
-    kwargs.update(save_total_limit=2, vllm_importance_sampling_correction=False,
+    # disable_dropout: the old-log-prob and masked passes must see the same network as the update
+    kwargs.update(save_total_limit=2, vllm_importance_sampling_correction=False, disable_dropout=True,
                   model_init_kwargs={"dtype": "bfloat16" if recipe.bf16 else "float32"})
     generation = _generation_kwargs(request.model, recipe)
     if generation:

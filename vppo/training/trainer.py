@@ -125,7 +125,8 @@ class VPPOTrainer(GRPOTrainer):
             grades = self.grading.take()
             if len(grades) != len(batch_examples):
                 raise RuntimeError(f"reward: graded {len(grades)} responses for {len(batch_examples)} rows")
-            grades_seen += grades
+            if groups_needed > 0:  # rounds a full rank only joins (collectives) do not count in its metrics
+                grades_seen += grades
             n_groups = len(batch_examples) // n
             if self.preset.dynamic_sampling:
                 keep = dynamic_sampling_keep(torch.tensor([g.accuracy for g in grades]),
@@ -133,7 +134,7 @@ class VPPOTrainer(GRPOTrainer):
             else:
                 keep = [True] * n_groups
             kept = [g for g in range(n_groups) if keep[g]][:groups_needed]
-            dropped = [g for g in range(n_groups) if not keep[g]]
+            dropped = [g for g in range(n_groups) if not keep[g]] if groups_needed > 0 else []
             filtered += len(dropped)
             for groups, sink in ((kept, parts), (dropped[:max(groups_needed - len(kept), 0)], spare)):
                 if groups:
