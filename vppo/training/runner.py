@@ -111,7 +111,7 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     from trl import GRPOConfig
 
     kwargs = grpo_config_kwargs(recipe, preset, request.work_dir, request.seed)
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # transformers >= 5.2x name
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # newer transformers renamed it
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     # disable_dropout: the old-log-prob and masked passes must see the same network as the update
     kwargs.update(save_total_limit=2, vllm_importance_sampling_correction=False, disable_dropout=True,
