@@ -279,8 +279,12 @@ def test_vppo_weights_follow_the_preset():
     assert vppo_weights(get_method("dapo"), dep, mask)[:2] == (None, None)
     tgf_only = vppo_weights(get_method("vppo_tgf_only"), dep, mask)
     assert tgf_only.alpha is None and tgf_only.token_mask.tolist() == [[0, 1, 0, 1, 0], [1, 0, 1, 0, 0]]
-    # vppo: TAS score over kept tokens / n_valid: (.9+.9)/5 = .36 and (0+1)/5 = .2 -> norm 1, 0, mu .5
-    # -> alpha 1.1, .9
+    # vppo (official code): TAS score over ALL valid tokens / n_valid: 2.7/5 = .54 and 1/5 = .2
+    # -> norm 1, 0, mu .5 -> alpha 1.1, .9
     full = vppo_weights(get_method("vppo"), dep, mask)
-    torch.testing.assert_close(full.scores, T([0.36, 0.2]))
+    torch.testing.assert_close(full.scores, T([0.54, 0.2]))
     torch.testing.assert_close(full.alpha, T([1.1, 0.9]))
+    # the prose variant: score over the TGF-kept tokens / n_valid: (.9+.9)/5 = .36 and (0+1)/5 = .2
+    kept = vppo_weights(dataclasses.replace(get_method("vppo"), tas_score_kept_tokens_only=True), dep, mask)
+    torch.testing.assert_close(kept.scores, T([0.36, 0.2]))
+    torch.testing.assert_close(kept.alpha, T([1.1, 0.9]))

@@ -375,6 +375,10 @@ class MethodPreset:
     entropy_coef: float = 0.06
     dependency_estimator: str = "k3"
     masking: str = "patch"
+    #: TAS trajectory score over the TGF-kept tokens instead of all valid tokens. The official code
+    #: (dp_actor.py: ``masked_low_var_kl = low_var_kl * response_mask``, both for the mini-batch min/max
+    #: and for the micro-batch scores) averages over ALL valid tokens, so False is the default.
+    tas_score_kept_tokens_only: bool = False
 
     @property
     def needs_masked_pass(self) -> bool:
@@ -424,13 +428,16 @@ def vppo_weights(
     response_mask: torch.Tensor,
     minibatch_scores: torch.Tensor | None = None,
 ) -> VPPOWeights:
-    """TGF mask and TAS alpha of a batch under ``preset`` (the TAS score uses the TGF mask when TGF is on).
+    """TGF mask and TAS alpha of a batch under ``preset``.
 
-    Call it once on the whole update mini-batch and pass ``scores[response_mask.any(1)]`` of that call as
-    ``minibatch_scores`` for each micro-batch, so min/max come from the mini-batch (PROTOCOL 3).
+    The TAS score averages the dependency over all valid tokens (the official code), or over the TGF-kept
+    tokens when ``preset.tas_score_kept_tokens_only`` (and TGF) is on. Call it once on the whole update
+    mini-batch and pass ``scores[response_mask.any(1)]`` of that call as ``minibatch_scores`` for each
+    micro-batch, so min/max come from the mini-batch (PROTOCOL 3).
     """
     token_mask = tgf_mask(dependency, response_mask, preset.keep_ratio) if preset.use_tgf else None
-    scores = trajectory_scores(dependency, response_mask, token_mask)
-    alpha = (tas_scale(dependency, response_mask, preset.beta_min, minibatch_scores, token_mask)
+    score_mask = token_mask if preset.tas_score_kept_tokens_only else None
+    scores = trajectory_scores(dependency, response_mask, score_mask)
+    alpha = (tas_scale(dependency, response_mask, preset.beta_min, minibatch_scores, score_mask)
              if preset.use_tas else None)
     return VPPOWeights(token_mask=token_mask, alpha=alpha, scores=scores)

@@ -227,7 +227,8 @@ def load_train_dataset(data_dir: str | Path):
     """A ``datasets.Dataset`` for TRL: ``prompt`` (one user turn), ``images`` (PIL list), ``answer``, ``id``.
 
     Images are placed before the text (TRL inserts image parts ahead of string content), the layout's
-    convention for a problem that starts with its ``<image>``.
+    convention for a problem that starts with its ``<image>``. The ``images`` column stores file paths and
+    decodes (to RGB) on access, so a 39K-row set does not sit in memory as pixels.
     """
     import datasets
 
@@ -237,12 +238,12 @@ def load_train_dataset(data_dir: str | Path):
     for row in rows:
         columns["id"].append(row["id"])
         columns["prompt"].append([{"role": "user", "content": training_prompt(row["problem"])}])
-        columns["images"].append([Image.open(data_dir / rel).convert("RGB") for rel in row["images"]])
+        columns["images"].append([str((data_dir / rel).resolve()) for rel in row["images"]])
         columns["answer"].append(str(row["answer"]))
     features = datasets.Features({
         "id": datasets.Value("string"),
         "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-        "images": datasets.Sequence(datasets.Image()),
+        "images": datasets.Sequence(datasets.Image(mode="RGB")),
         "answer": datasets.Value("string"),
     })
     return datasets.Dataset.from_dict(columns, features=features)

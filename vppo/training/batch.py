@@ -84,3 +84,25 @@ def concat_rollouts(batches: list[dict[str, Any]], pad_token_id: int) -> dict[st
         else:
             out[key] = values[0]
     return unsplit_pixel_values_by_grid(out)
+
+
+# ------------------------------------------------------------------ update mini-batch layout
+
+def micro_batch_rows(permutation: list[int], n_micro: int) -> list[list[int]]:
+    """Split a permutation of the rollout rows into ``n_micro`` equal micro-batches (row index lists)."""
+    if n_micro < 1 or len(permutation) % n_micro:
+        raise ValueError(f"a rollout of {len(permutation)} rows does not split into {n_micro} equal micro-batches")
+    size = len(permutation) // n_micro
+    return [list(permutation[i * size:(i + 1) * size]) for i in range(n_micro)]
+
+
+def update_rows(micro_rows: list[list[int]], micro_per_update: int) -> list[list[int]]:
+    """Rows of each optimizer update: consecutive groups of ``micro_per_update`` micro-batches.
+
+    TRL feeds buffered micro-batch ``k`` to the k-th training step of the rollout and steps the optimizer every
+    ``gradient_accumulation_steps`` training steps, so update ``u`` is micro-batches [u*GA, (u+1)*GA).
+    """
+    if micro_per_update < 1 or len(micro_rows) % micro_per_update:
+        raise ValueError(f"{len(micro_rows)} micro-batches do not form whole updates of {micro_per_update}")
+    return [[row for micro in micro_rows[u:u + micro_per_update] for row in micro]
+            for u in range(0, len(micro_rows), micro_per_update)]

@@ -231,6 +231,7 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         gradient_checkpointing=recipe.gradient_checkpointing,
         use_vllm=recipe.use_vllm,
         vllm_mode=recipe.vllm_mode,
+        vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
         vllm_max_model_length=recipe.max_prompt_length + recipe.max_completion_length,
         report_to=[],
         remove_unused_columns=False,

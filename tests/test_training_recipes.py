@@ -1,0 +1,37 @@
+"""The 7B and 32B recipes in their CPU form: the paper's hyperparameters reach GRPOConfig as intended."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vppo.algorithm import get_method
+from vppo.training.recipes import grpo_config_kwargs, load_recipe
+
+
+@pytest.mark.parametrize("name, world, accumulation, steps_per_generation", [("7b", 8, 16, 48), ("32b", 32, 8, 24)])
+def test_paper_recipes_map_to_the_published_schedule(name, world, accumulation, steps_per_generation, tmp_path):
+    recipe, preset = load_recipe(name), get_method("vppo")
+    kwargs = grpo_config_kwargs(recipe, preset, tmp_path, seed=0)
+    assert recipe.world_size == world and recipe.distributed == "deepspeed_zero3" and recipe.use_vllm
+    # 384 prompts x 8 responses per rollout, 128 prompts per update: 3 updates per rollout
+    assert kwargs["generation_batch_size"] == 3072 and recipe.updates_per_rollout == 3
+    assert kwargs["gradient_accumulation_steps"] == accumulation
+    assert recipe.steps_per_generation == steps_per_generation
+    assert kwargs["per_device_train_batch_size"] * world * accumulation == 128 * 8
+    assert (kwargs["learning_rate"], kwargs["weight_decay"], kwargs["max_grad_norm"]) == (1e-6, 0.01, 1.0)
+    assert (kwargs["epsilon"], kwargs["epsilon_high"], kwargs["beta"]) == (0.2, 0.28, 0.0)
+    assert (kwargs["temperature"], kwargs["top_p"], kwargs["max_completion_length"]) == (1.0, 0.99, 2048)
+    assert kwargs["num_train_epochs"] == 2 and kwargs["loss_type"] == "dapo"
+    assert kwargs["vllm_importance_sampling_correction"] is False
+    assert recipe.save_steps % recipe.updates_per_rollout == 0  # checkpoints fall on rollout boundaries
+
+
+def test_paper_recipe_kwargs_are_accepted_by_trl_in_cpu_form(tmp_path):
+    from trl import GRPOConfig
+
+    recipe = dataclasses.replace(load_recipe("7b"), bf16=False, gpus_per_node=0, use_vllm=False)
+    kwargs = grpo_config_kwargs(recipe, get_method("dapo"), tmp_path, seed=3)
+    config = GRPOConfig(**{**kwargs, "use_cpu": True})
+    assert config.generation_batch_size == 3072 and config.seed == 3 and config.num_generations == 8

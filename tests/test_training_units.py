@@ -1,0 +1,175 @@
+"""Training-stage helpers without a training run: checkpoints on disk, mini-batch layout, metrics and the
+JSONL log, the reward wrapper, masked-pass inputs, prompt lengths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vppo.modeling import CheckpointError
+from vppo.reward import Grade
+from vppo.training.batch import micro_batch_rows, update_rows
+from vppo.training.checkpoints import is_complete_checkpoint, last_complete_checkpoint, weights_format
+from vppo.training.dependency import mask_row_images, masked_pixel_values
+from vppo.training.metrics import LOG_KEYS, JsonlLogCallback, read_log, reduce_metric
+from vppo.training.rewards import GradingReward, completion_text
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def _hf_dir(path, shards=("model.safetensors",)):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    for shard in shards:
+        (path / shard).write_bytes(b"x")
+    return path
+
+
+def test_weights_format_recognises_each_layout_and_names_missing_pieces(tmp_path):
+    assert weights_format(_hf_dir(tmp_path / "hf")) == "hf"
+    sharded = _hf_dir(tmp_path / "sharded", shards=("model-00001-of-00002.safetensors",))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="missing model-00002-of-00002.safetensors"):
+        weights_format(sharded)
+    ds = tmp_path / "ds"
+    (ds / "global_step4").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="missing latest"):
+        weights_format(ds)
+    (ds / "latest").write_text("global_step4")
+    with pytest.raises(CheckpointError, match="model_states"):
+        weights_format(ds)
+    (ds / "global_step4" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"x")
+    assert weights_format(ds) == "deepspeed"
+    fsdp = tmp_path / "fsdp" / "pytorch_model_fsdp_0"
+    fsdp.mkdir(parents=True)
+    (fsdp / "__0_0.distcp").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=".metadata"):
+        weights_format(fsdp.parent)
+    (fsdp / ".metadata").write_bytes(b"x")
+    assert weights_format(fsdp.parent) == "fsdp_sharded"
+    with pytest.raises(CheckpointError, match="no model weights"):
+        weights_format(tmp_path)
+    with pytest.raises(CheckpointError, match="no such directory"):
+        weights_format(tmp_path / "absent")
+
+
+def test_last_complete_checkpoint_skips_partial_ones(tmp_path):
+    assert last_complete_checkpoint(tmp_path) is None
+    for step in (2, 4, 6):
+        _hf_dir(tmp_path / f"checkpoint-{step}")
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    # checkpoint-6 was being written when the job died: no trainer_state.json yet
+    assert not is_complete_checkpoint(tmp_path / "checkpoint-6")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    (tmp_path / "checkpoint-4" / "model.safetensors").unlink()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+# ------------------------------------------------------------------ mini-batch layout
+
+def test_micro_batches_and_updates_follow_trl_step_order():
+    micro = micro_batch_rows([5, 3, 0, 1, 4, 2, 7, 6], 4)
+    assert micro == [[5, 3], [0, 1], [4, 2], [7, 6]]
+    assert update_rows(micro, 2) == [[5, 3, 0, 1], [4, 2, 7, 6]]
+    with pytest.raises(ValueError, match="equal micro-batches"):
+        micro_batch_rows(list(range(6)), 4)
+    with pytest.raises(ValueError, match="whole updates"):
+        update_rows(micro, 3)
+
+
+# ------------------------------------------------------------------ metrics and the JSONL log
+
+def test_reduce_metric_uses_min_max_sum_where_a_mean_would_lie():
+    assert reduce_metric("alpha_min", [0.95, 0.9, float("nan")]) == 0.9
+    assert reduce_metric("alpha_max", [1.1, 1.3]) == 1.3
+    assert reduce_metric("filtered_groups", [2.0, 3.0]) == 5.0
+    assert reduce_metric("time_generation_s", [1.0, 0.5]) == 1.5
+    assert reduce_metric("accuracy", [0.25, 0.75]) == 0.5
+    assert reduce_metric("alpha_mean", [float("nan"), None]) is None
+
+
+class _State:
+    def __init__(self, step):
+        self.global_step, self.is_world_process_zero = step, True
+
+
+def test_jsonl_log_has_every_contract_key_and_is_cut_back_on_resume(tmp_path):
+    path = tmp_path / "training_log.jsonl"
+    callback = JsonlLogCallback(path)
+    callback.on_train_begin(None, _State(0), None)
+    for step in (1, 2, 3):
+        callback.on_log(None, _State(step), None, logs={"loss": 0.5, "reward": 0.25, "alpha_mean": float("nan")})
+    callback.on_log(None, _State(3), None, logs={"train_runtime": 1.0})  # the end-of-run summary is not a step
+    lines = read_log(path)
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert set(LOG_KEYS) <= set(lines[0]) and lines[0]["alpha_mean"] is None and lines[0]["dependency_kept_mean"] is None
+    with path.open("a") as handle:
+        handle.write('{"step": 4, "lo')  # a kill in the middle of a write
+    JsonlLogCallback(path, resumed_step=2).on_train_begin(None, _State(2), None)
+    assert [line["step"] for line in read_log(path)] == [1, 2]
+
+
+# ------------------------------------------------------------------ reward wrapper
+
+def test_grading_reward_returns_accuracy_and_keeps_grades_in_row_order():
+    reward = GradingReward()
+    completions = [[{"role": "assistant", "content": "<think>two</think> \\boxed{2}"}],
+                   [{"role": "assistant", "content": "\\boxed{3}"}], "no box at all"]
+    assert reward(prompts=[None] * 3, completions=completions, answer=["2", "2", "2"], id=["a", "b", "c"]) == [1.0, 0.0, 0.0]
+    grades = reward.take()
+    assert [g.format for g in grades] == [1.0, 0.0, 0.0] and grades[1].extracted == "3"
+    assert reward.take() == []
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]) == "ab"
+    steered = GradingReward(lambda text, answer: Grade(float(text == answer), 0.0, None))
+    assert steered(prompts=[None], completions=["4"], answer=["4"]) == [1.0]
+
+
+# ------------------------------------------------------------------ masked-pass inputs
+
+def _picture(seed, size=(70, 56)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(1, 255, size=(size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_row_masks_are_seeded_per_step_and_row_and_keep_the_tiling(tiny_model_dir):
+    from vppo.modeling import load_processor
+
+    rows = [[_picture(0)], [_picture(1), _picture(2)]]
+    first = mask_row_images(rows, "patch", seed=0, step=3)
+    again = mask_row_images(rows, "patch", seed=0, step=3)
+    other_step = mask_row_images(rows, "patch", seed=0, step=4)
+    as_arrays = lambda masked: [np.asarray(im) for images in masked for im in images]  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(as_arrays(first), as_arrays(again)))
+    assert not all(np.array_equal(a, b) for a, b in zip(as_arrays(first), as_arrays(other_step)))
+    black = [(a == 0).all(-1).mean() for a in as_arrays(first)]
+    assert all(0.2 < fraction < 0.8 for fraction in black)  # about half of the 14 px patches blackened
+
+    processor = load_processor(tiny_model_dir)
+    flat = [im for images in rows for im in images]
+    grid = processor.image_processor(images=flat, return_tensors="pt")["image_grid_thw"]
+    pixels = masked_pixel_values(processor.image_processor, first, grid)
+    original = processor.image_processor(images=flat, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == original.shape and not torch.equal(pixels, original)
+    with pytest.raises(ValueError, match="tile as"):
+        masked_pixel_values(processor.image_processor, [[_picture(0, size=(140, 140))], first[1]], grid)
+
+
+def test_prompt_token_counts_match_the_processor(tiny_model_dir, tmp_path):
+    from vppo.data.train_data import load_train_dataset, prepare_train_data
+    from vppo.modeling import load_processor
+    from vppo.rollout import encode_prompts
+    from vppo.training.runner import prompt_token_counts
+
+    data = prepare_train_data("synthetic", tmp_path / "data", n_rows=3)
+    dataset = load_train_dataset(data)
+    processor = load_processor(tiny_model_dir)
+    counts = prompt_token_counts(dataset, processor)
+    for row, count in zip(dataset, counts):
+        encoded = encode_prompts(processor, [row["prompt"][-1]["content"]], [row["images"]])
+        assert count == int(encoded["attention_mask"].sum())

@@ -1,0 +1,199 @@
+"""``vppo convert TRAINER_OUTPUT_DIR --out HF_DIR [--base BASE_MODEL_DIR]``: a standalone HF checkpoint.
+
+Accepts what the trainer saves (see :mod:`vppo.training.checkpoints`): an HF directory (``OUT_DIR/final`` or
+a ``checkpoint-N``), a DeepSpeed ZeRO checkpoint (``latest`` + ``global_stepN/``; needs the ``deepspeed``
+package), or FSDP sharded state (``pytorch_model_fsdp_0/``, read with torch.distributed.checkpoint). A
+``vppo train`` OUT_DIR is accepted too (its ``final/`` is used). Config, tokenizer, processor and generation
+config come from the source, or from ``--base`` where the source lacks them.
+
+The result is verified before it is published: it is reloaded and its logits on a fixed image + prompt are
+compared with the source model's. It is written to a temp directory and renamed; an existing finished
+HF_DIR is never overwritten. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256 and the
+max logit difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+MARKER = "vppo_convert.json"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+#: allowed |logit difference| relative to the largest |logit|: the weights are copied, not cast, so any
+#: difference beyond float noise means a wrong or missing tensor
+LOGIT_TOLERANCE = 1e-4
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="trainer output: HF dir, checkpoint-N, DeepSpeed or FSDP state")
+    parser.add_argument("--out", type=Path, required=True, help="where the standalone HF checkpoint goes")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="base model dir supplying config/tokenizer/processor when the source lacks them")
+
+
+def _clean_key(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        key = key.replace(prefix, "")
+    return key
+
+
+def _deepspeed_state_dict(source: Path) -> dict:
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError as exc:
+        from vppo.modeling import CheckpointError
+
+        raise CheckpointError(f"{source}: a DeepSpeed ZeRO checkpoint; converting it needs the deepspeed package "
+                              "(installed on the cluster, `pip install deepspeed`)") from exc
+    return get_fp32_state_dict_from_zero_checkpoint(str(source))
+
+
+def _fsdp_state_dict(source: Path) -> dict:
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = sorted(source.glob("pytorch_model_fsdp_*"))[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(folder), os.path.join(tmp, "model.pt"))
+        state = torch.load(os.path.join(tmp, "model.pt"), map_location="cpu", weights_only=True)
+    return state.get("model", state)  # accelerate nests the model state under "model"
+
+
+def _first_with(name: str, *dirs: Path | None) -> Path | None:
+    return next((d for d in dirs if d is not None and (d / name).is_file()), None)
+
+
+def _processor_from(directory: Path):
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vppo.modeling import ImageOnlyQwen2_5_VLProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return ImageOnlyQwen2_5_VLProcessor(Qwen2VLImageProcessorPil.from_pretrained(directory), tokenizer,
+                                        chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def load_source_model(source: Path, base: Path | None):
+    """(model in eval mode, weights format, directory that supplied the config)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from vppo.modeling import CheckpointError
+    from vppo.training.checkpoints import weights_format
+
+    fmt = weights_format(source)
+    if fmt == "hf":
+        try:
+            return AutoModelForImageTextToText.from_pretrained(source, dtype="auto").eval(), fmt, source
+        except Exception as exc:  # truncated shards and the like surface as many exception types
+            raise CheckpointError(f"{source}: HF weights do not load ({exc})") from exc
+    config_dir = _first_with("config.json", source, base)
+    if config_dir is None:
+        raise CheckpointError(f"{source}: {fmt} weights without config.json; pass --base BASE_MODEL_DIR")
+    state = _deepspeed_state_dict(source) if fmt == "deepspeed" else _fsdp_state_dict(source)
+    state = {_clean_key(k): v for k, v in state.items()}
+    config = AutoConfig.from_pretrained(config_dir)
+    model = AutoModelForImageTextToText.from_config(config, dtype=next(iter(state.values())).dtype)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    tied = {k for k in missing if k == "lm_head.weight" and getattr(config, "tie_word_embeddings", False)}
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: {fmt} state does not match {config_dir}/config.json: missing "
+                              f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+                              f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    model.load_state_dict(state, strict=not tied)
+    return model.eval(), fmt, config_dir
+
+
+def fixed_logits(model, processor):
+    """Logits of ``model`` on a fixed synthetic picture and question (the verification input)."""
+    import torch
+
+    from vppo.data.train_data import synthetic_example, training_prompt
+    from vppo.rollout import encode_prompts
+
+    row, image = synthetic_example(0, seed=0)
+    inputs = encode_prompts(processor, [training_prompt(row["problem"])], [[image]])
+    with torch.no_grad():
+        return model(**inputs, use_cache=False).logits.float()
+
+
+def weights_sha256(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.safetensors")):
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def convert(source: Path, out: Path, base: Path | None = None) -> dict:
+    """Write and verify the standalone checkpoint; returns the record written to ``vppo_convert.json``."""
+    from transformers import GenerationConfig
+
+    from vppo.modeling import CheckpointError, load_policy
+
+    source, out = Path(source), Path(out)
+    if (source / "train_summary.json").is_file() and (source / "final").is_dir():
+        source = source / "final"
+    if (out / MARKER).is_file():
+        raise FileExistsError(f"{out}: already holds a finished conversion ({MARKER}); remove it to convert again")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not a finished conversion (no {MARKER}); remove it first")
+    model, fmt, config_dir = load_source_model(source, base)
+    processor_dir = _first_with("tokenizer_config.json", source, base)
+    if processor_dir is None:
+        raise CheckpointError(f"{source}: no tokenizer/processor files; pass --base BASE_MODEL_DIR")
+    processor = _processor_from(processor_dir)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
+        processor.save_pretrained(tmp)
+        processor.tokenizer.save_pretrained(tmp)
+        generation_dir = _first_with("generation_config.json", source, base)
+        if generation_dir is not None:
+            GenerationConfig.from_pretrained(generation_dir).save_pretrained(tmp)
+        reloaded = load_policy(tmp, dtype="auto").eval()
+        reference = fixed_logits(model, processor)
+        difference = float((fixed_logits(reloaded, _processor_from(tmp)) - reference).abs().max())
+        if difference > LOGIT_TOLERANCE * max(1.0, float(reference.abs().max())):
+            raise CheckpointError(f"{out}: the converted checkpoint's logits differ from {source}'s by {difference}")
+        record = {
+            "source": str(source), "source_format": fmt, "config_from": str(config_dir),
+            "processor_from": str(processor_dir), "base": None if base is None else str(base),
+            "weights_sha256": weights_sha256(tmp), "max_logit_diff": difference,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    from vppo.modeling import CheckpointError
+
+    try:
+        record = convert(args.source, args.out, args.base)
+    except (CheckpointError, FileExistsError) as exc:
+        print(f"vppo convert: {exc}", file=sys.stderr)
+        return 1
+    print(f"vppo convert: {args.out} written ({record['source_format']} -> safetensors, "
+          f"max logit difference {record['max_logit_diff']:.3g})")
+    return 0

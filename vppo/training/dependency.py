@@ -1,0 +1,53 @@
+"""Inputs of the masked-image pass (PROTOCOL 1): every image of a rollout row masked in pixel space, then
+re-encoded by the image processor.
+
+Masking happens on the PIL image before the processor (a zero in normalised ``pixel_values`` is not black).
+The masked copy has the original size, so the processor yields the same ``image_grid_thw`` and the same
+number of vision tokens: prompt ids, attention mask and ``mm_token_type_ids`` of the rollout are reused as
+they are, only ``pixel_values`` change. Randomness is a numpy Generator seeded from (seed, global step,
+process, row), so a resumed run masks exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vppo.masking import mask_image
+
+
+def row_rng(seed: int, step: int, process_index: int, row: int) -> np.random.Generator:
+    """The Generator that masks the images of one row of one rollout."""
+    return np.random.default_rng([int(seed), int(step), int(process_index), int(row)])
+
+
+def mask_row_images(
+    row_images: Sequence[Sequence[Image.Image] | None],
+    strategy: str,
+    seed: int,
+    step: int,
+    process_index: int = 0,
+    **params,
+) -> list[list[Image.Image]]:
+    """Masked copies of each row's images (rows without images give an empty list)."""
+    masked = []
+    for row, images in enumerate(row_images):
+        rng = row_rng(seed, step, process_index, row)
+        masked.append([mask_image(image, strategy, rng, **params) for image in (images or [])])
+    return masked
+
+
+def masked_pixel_values(image_processor, masked_rows: list[list[Image.Image]], image_grid_thw: torch.Tensor) -> torch.Tensor:
+    """``pixel_values`` of the masked images, checked to tile exactly like the rollout's ``image_grid_thw``."""
+    flat = [image for images in masked_rows for image in images]
+    if not flat:
+        raise ValueError("masked-image pass: the rollout batch has no images (VPPO needs image prompts)")
+    encoded = image_processor(images=flat, return_tensors="pt")
+    grid = encoded["image_grid_thw"]
+    if tuple(grid.shape) != tuple(image_grid_thw.shape) or not torch.equal(grid.cpu(), image_grid_thw.cpu()):
+        raise ValueError(f"masked-image pass: masked images tile as {grid.tolist()} but the rollout's images as "
+                         f"{image_grid_thw.tolist()} (masking must keep every image's size)")
+    return encoded["pixel_values"]

@@ -1,0 +1,124 @@
+"""Per-step training metrics: phase timers, the contract keys of ``training_log.jsonl`` and its writer.
+
+Every logged step becomes one JSON line with at least :data:`LOG_KEYS` (null where a key does not apply to
+the method, e.g. alpha for dapo) plus whatever TRL logged (prefixed keys such as ``completions/mean_length``
+are kept as they are). On resume the log is cut back to the resumed step, so a killed-and-resumed run
+writes the same lines as an uninterrupted one (timings aside).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+#: Keys every line of training_log.jsonl carries (contract with the reporting stage).
+LOG_KEYS = (
+    "step", "reward", "accuracy", "format", "kept_token_fraction", "dependency_kept_mean",
+    "dependency_dropped_mean", "alpha_mean", "alpha_min", "alpha_max", "filtered_groups",
+    "time_generation_s", "time_old_logp_s", "time_masked_pass_s", "time_update_s", "tokens_per_s", "loss",
+)
+PHASES = ("generation", "old_logp", "masked_pass", "update")
+#: how a metric list collected between two logs is reduced (default: mean)
+REDUCERS = {
+    "alpha_min": min, "alpha_max": max, "filtered_groups": sum, "padded_groups": sum, "sampling_rounds": sum,
+    **{f"time_{phase}_s": sum for phase in PHASES},
+}
+
+
+class PhaseTimer:
+    """Wall time per phase, accumulated until :meth:`take`; synchronises CUDA so GPU work is attributed."""
+
+    def __init__(self):
+        self.totals = {phase: 0.0 for phase in PHASES}
+
+    @staticmethod
+    def _sync():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    @contextmanager
+    def phase(self, name: str):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.totals[name] += time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        out, self.totals = self.totals, {phase: 0.0 for phase in PHASES}
+        return out
+
+
+def reduce_metric(key: str, values: list[float]) -> float | None:
+    """Reduce the values a metric collected between two logs (NaN and None ignored; None if nothing left)."""
+    valid = [v for v in values if v is not None and not math.isnan(v)]
+    if not valid:
+        return None
+    return float(REDUCERS.get(key, lambda xs: sum(xs) / len(xs))(valid))
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append one JSON object per training log to ``path`` (main process only)."""
+
+    def __init__(self, path: str | Path, resumed_step: int = 0):
+        self.path = Path(path)
+        self.resumed_step = resumed_step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in read_log(self.path) if line["step"] <= self.resumed_step] if self.path.exists() else []
+        self.path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return  # the end-of-training summary goes to train_summary.json instead
+        line = {key: None for key in LOG_KEYS}
+        line.update({key: _jsonable(value) for key, value in logs.items()})
+        line["step"] = state.global_step
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The lines of a training_log.jsonl (an unterminated last line, from a kill mid-write, is dropped)."""
+    lines = []
+    for raw in Path(path).read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+#: what the progress bar shows after each step (the full record goes to training_log.jsonl)
+PROGRESS_KEYS = {"loss": "loss", "reward": "reward", "kept_token_fraction": "kept", "alpha_mean": "alpha",
+                 "filtered_groups": "filtered", "tokens_per_s": "tok/s"}
+
+
+class CompactProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, with a few key figures as its postfix instead of a printed dict per step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs or "train_runtime" in logs:
+            return
+        shown = {label: logs[key] for key, label in PROGRESS_KEYS.items() if isinstance(logs.get(key), (int, float))}
+        self.training_bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)

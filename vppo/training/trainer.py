@@ -1,0 +1,327 @@
+"""One trainer for every method preset: TRL's GRPOTrainer with DAPO's online filtering and VPPO's TGF/TAS.
+
+What is TRL's and what is ours:
+- TRL: data loading (RepeatSampler), generation (transformers or vLLM), prompt/vision encoding, reward calls,
+  the fused per-token log-prob head (:meth:`_get_per_token_logps_and_entropies`), the training loop,
+  checkpointing, accelerate/DeepSpeed/FSDP.
+- Ours (overrides): :meth:`_prepare_inputs` builds each rollout batch: generation rounds with dynamic
+  sampling refill, the old log-prob pass (after filtering, so dropped groups cost none), the masked-image
+  pass, GRPO advantages, and the mini-batch layout that TAS needs; :meth:`_compute_loss` is
+  :func:`vppo.algorithm.policy_loss` with :func:`vppo.algorithm.vppo_weights` (all maths lives there).
+
+Mini-batch layout: the rollout's rows are permuted (seeded) and cut into ``steps_per_generation``
+micro-batches; micro-batch k is consumed by the k-th training step of the rollout, so update u owns
+micro-batches [u*GA, (u+1)*GA). Each micro-batch carries its update's TAS scores (min/max, PROTOCOL 3; rank-
+local as in the official code) and its update's global valid-token count / world size as loss denominator,
+so gradient accumulation plus data-parallel averaging gives the token-mean over the update mini-batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+
+from vppo.algorithm import (MethodPreset, dynamic_sampling_keep, grpo_advantages, policy_loss,
+                            token_vision_dependency, vppo_weights)
+from vppo.training.batch import concat_rollouts, micro_batch_rows, select_rows, update_rows
+from vppo.training.dependency import mask_row_images, masked_pixel_values
+from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric
+from vppo.training.rewards import GradingReward
+
+logger = logging.getLogger(__name__)
+
+#: TRL rollout keys that are model inputs besides ids and masks
+VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images")
+#: domain tags keep the seeded streams of masking, refill and shuffling apart
+_TAG_REFILL, _TAG_PERMUTE = 0x72656669, 0x7065726D
+
+
+class VPPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose rollout and loss follow ``preset`` (grpo, dapo, vppo, ablations).
+
+    preset: a :class:`vppo.algorithm.MethodPreset`; entropy_penalty: coefficient of mean(-logp) in the loss;
+    max_sampling_rounds: generation rounds per rollout batch for dynamic sampling (after the cap the batch is
+    topped up with filtered groups, whose advantages are zero, and ``padded_groups`` is logged);
+    reward: a :class:`GradingReward` (the mathruler grader unless a test steers it).
+    """
+
+    def __init__(self, *, preset: MethodPreset, entropy_penalty: float, max_sampling_rounds: int = 1,
+                 reward: GradingReward | None = None, masking_params: dict | None = None, **kwargs):
+        args = kwargs["args"]
+        if preset.dependency_estimator != "k3":
+            raise ValueError(f"method {preset.name}: the trainer computes the official k3 dependency from sampled-"
+                             f"token log-probs; estimator {preset.dependency_estimator!r} is not supported here")
+        if args.beta != 0.0 or args.num_iterations != 1:
+            raise ValueError("VPPOTrainer: the published objective has no reference model (beta=0) and one pass "
+                             f"over each rollout (num_iterations=1); got beta={args.beta}, "
+                             f"num_iterations={args.num_iterations}")
+        if args.use_vllm and args.vllm_importance_sampling_correction:
+            raise ValueError("VPPOTrainer: set vllm_importance_sampling_correction=False (the official objective "
+                             "has no vLLM/trainer importance-sampling correction)")
+        self.grading = reward or GradingReward()
+        super().__init__(reward_funcs=[self.grading], **kwargs)
+        self.preset = preset
+        self.entropy_penalty = float(entropy_penalty)
+        self.max_sampling_rounds = max(int(max_sampling_rounds), 1)
+        self.masking_params = dict(masking_params or {})
+        self.timer = PhaseTimer()
+        self.masked_pass_calls = 0  # how many rollouts ran the masked-image pass (tests read it)
+        self._defer_old_logps = False
+        self._warned_padding = False
+        self._tokens_since_log = 0.0
+        self._log_clock: float | None = None
+
+    # ------------------------------------------------------------------ rollout
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        # Inside a generation round TRL would score every sampled row; we score only the rows that survive
+        # dynamic sampling. Returning None is what TRL itself does when it needs no old log-probs.
+        if self._defer_old_logps:
+            return None, None, None
+        return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+    def _prepare_inputs(self, generation_batch):
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        if self._log_clock is None:
+            self._log_clock = time.perf_counter()
+        spg = self.args.steps_per_generation
+        if self._step % spg == 0 or self._buffered_inputs is None:
+            self._buffered_inputs = self._build_rollout(generation_batch)
+        return self._buffered_inputs[self._step % spg]
+
+    def _rng(self, *parts: int) -> np.random.Generator:
+        return np.random.default_rng([self.args.seed, self.state.global_step, self.accelerator.process_index, *parts])
+
+    def _refill_examples(self, round_index: int, n_prompts: int) -> list[dict]:
+        """Prompts for a further generation round: a seeded draw (resume-exact), each repeated n times."""
+        size = len(self.train_dataset)
+        rows = self._rng(round_index, _TAG_REFILL).choice(size, size=n_prompts, replace=n_prompts > size)
+        return [self.train_dataset[int(i)] for i in rows for _ in range(self.num_generations)]
+
+    def _any_process(self, flag: bool) -> bool:
+        return bool(self.accelerator.gather(torch.tensor([int(flag)], device=self.accelerator.device)).sum() > 0)
+
+    def _sample_until_full(self, examples: list[dict]):
+        """Generation rounds until the batch holds len(examples)/n kept groups (or the round cap)."""
+        n = self.num_generations
+        groups_needed, n_prompts = len(examples) // n, len(examples) // n
+        parts, spare, grades_seen = [], [], []
+        filtered = rounds = 0
+        batch_examples = examples
+        while True:
+            self._defer_old_logps = True
+            try:
+                with self.timer.phase("generation"):
+                    out = self._generate_and_score_completions(batch_examples)
+            finally:
+                self._defer_old_logps = False
+            grades = self.grading.take()
+            if len(grades) != len(batch_examples):
+                raise RuntimeError(f"reward: graded {len(grades)} responses for {len(batch_examples)} rows")
+            if groups_needed > 0:  # rounds a full rank only joins (collectives) do not count in its metrics
+                grades_seen += grades
+            n_groups = len(batch_examples) // n
+            if self.preset.dynamic_sampling:
+                keep = dynamic_sampling_keep(torch.tensor([g.accuracy for g in grades]),
+                                             [i // n for i in range(len(batch_examples))]).keep.tolist()
+            else:
+                keep = [True] * n_groups
+            kept = [g for g in range(n_groups) if keep[g]][:groups_needed]
+            dropped = [g for g in range(n_groups) if not keep[g]] if groups_needed > 0 else []
+            filtered += len(dropped)
+            for groups, sink in ((kept, parts), (dropped[:max(groups_needed - len(kept), 0)], spare)):
+                if groups:
+                    rows = [g * n + j for g in groups for j in range(n)]
+                    sink.append((out, rows, [batch_examples[r] for r in rows], [grades[r] for r in rows]))
+            groups_needed -= len(kept)
+            rounds += 1
+            if not self._any_process(groups_needed > 0 and rounds < self.max_sampling_rounds):
+                break
+            batch_examples = self._refill_examples(rounds, n_prompts)
+        padded = 0
+        while groups_needed > 0 and spare:  # the cap was hit: top up with filtered groups (zero advantage)
+            out, rows, rows_examples, rows_grades = spare.pop(0)
+            take = min(groups_needed, len(rows) // n) * n
+            parts.append((out, rows[:take], rows_examples[:take], rows_grades[:take]))
+            groups_needed -= take // n
+            padded += take // n
+        if padded and not self._warned_padding:
+            self._warned_padding = True
+            logger.warning("dynamic sampling: %d group(s) still missing after %d round(s); topped up with filtered "
+                           "groups (zero advantage); later occurrences are only counted (padded_groups)", padded, rounds)
+        batch = concat_rollouts([select_rows(out, rows) for out, rows, _, _ in parts], self._tokenizer.pad_token_id)
+        row_examples = [ex for _, _, exs, _ in parts for ex in exs]
+        row_grades = [g for _, _, _, gs in parts for g in gs]
+        rewards = torch.tensor([g.accuracy for g in row_grades], dtype=torch.float32)
+        batch["advantages"] = grpo_advantages(rewards, [i // n for i in range(len(row_grades))]).to(
+            self.accelerator.device)
+        self._record_rollout_metrics(grades_seen, filtered, padded, rounds)
+        return batch, row_examples
+
+    def _logps(self, batch: dict, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        vision = {k: batch[k] for k in VISION_KEYS if k in batch and k != "pixel_values"}
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            self.model, ids, mask, batch["completion_ids"].size(1), batch_size=self.args.per_device_train_batch_size,
+            pixel_values=pixel_values, **vision)
+        return logps
+
+    def _build_rollout(self, examples: list[dict]) -> list[dict]:
+        batch, row_examples = self._sample_until_full(examples)
+        off_policy = self.args.gradient_accumulation_steps % self.args.steps_per_generation != 0
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if off_policy or self.preset.needs_masked_pass:
+                with self.timer.phase("old_logp"):
+                    batch["old_per_token_logps"] = self._logps(batch, batch.get("pixel_values"))
+            if self.preset.needs_masked_pass:
+                with self.timer.phase("masked_pass"):
+                    masked = mask_row_images([ex.get("images") for ex in row_examples], self.preset.masking,
+                                             self.args.seed, self.state.global_step, self.accelerator.process_index,
+                                             **self.masking_params)
+                    pixels = masked_pixel_values(self.processing_class.image_processor, masked, batch["image_grid_thw"])
+                    masked_logps = self._logps(batch, pixels.to(batch["pixel_values"].device,
+                                                                batch["pixel_values"].dtype))
+                    batch["dependency"] = token_vision_dependency(
+                        batch["old_per_token_logps"], masked_logps, batch["completion_mask"], self.preset.dependency_estimator)
+                self.masked_pass_calls += 1
+        return self._layout(batch)
+
+    def _layout(self, batch: dict) -> list[dict]:
+        """Seeded shuffle, micro-batches, and each update's TAS scores and loss denominator."""
+        n_rows = batch["completion_ids"].shape[0]
+        micro = micro_batch_rows(self._rng(_TAG_PERMUTE).permutation(n_rows).tolist(), self.args.steps_per_generation)
+        updates = update_rows(micro, self.args.gradient_accumulation_steps)
+        mask = batch["completion_mask"]
+        local_tokens = torch.stack([mask[rows].sum() for rows in updates]).float()
+        tokens = self.accelerator.gather(local_tokens).view(-1, len(updates)).sum(0)
+        denominators = (tokens / self.accelerator.num_processes).clamp_min(1.0)
+        scores = (vppo_weights(self.preset, batch["dependency"], mask).scores
+                  if self.preset.needs_masked_pass else None)
+        out = []
+        for k, rows in enumerate(micro):
+            u = k // self.args.gradient_accumulation_steps
+            piece = select_rows(batch, rows)
+            piece["loss_denominator"] = denominators[u]
+            if scores is not None:
+                update = torch.tensor(updates[u], device=mask.device)
+                piece["minibatch_scores"] = scores[update][mask[update].bool().any(1)]
+            out.append(piece)
+        return out
+
+    def _record_rollout_metrics(self, grades, filtered: int, padded: int, rounds: int) -> None:
+        device = self.accelerator.device
+        local = torch.tensor([sum(g.accuracy for g in grades), sum(g.format for g in grades), len(grades),
+                              filtered, padded], dtype=torch.float64, device=device)
+        acc, fmt, count, filtered_all, padded_all = self.accelerator.gather(local).view(-1, 5).sum(0).tolist()
+        metrics = self._metrics["train"]
+        metrics["accuracy"].append(acc / max(count, 1))
+        metrics["format"].append(fmt / max(count, 1))
+        metrics["filtered_groups"].append(filtered_all)
+        metrics["padded_groups"].append(padded_all)
+        metrics["sampling_rounds"].append(float(rounds))
+
+    # ------------------------------------------------------------------ loss
+
+    def _compute_loss(self, model, inputs):
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        vision = {k: inputs[k] for k in VISION_KEYS if k in inputs}
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=True, **vision)
+        mask = inputs["completion_mask"]
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+        token_mask = alpha = None
+        if self.preset.needs_masked_pass:
+            weights = vppo_weights(self.preset, inputs["dependency"], mask, inputs["minibatch_scores"])
+            token_mask, alpha = weights.token_mask, weights.alpha
+        loss, stats = policy_loss(
+            logps, old, inputs["advantages"], mask, token_mask=token_mask, clip_low=self.epsilon_low,
+            clip_high=self.epsilon_high, dual_clip=self.preset.dual_clip, entropy_coef=self.entropy_penalty,
+            alpha=alpha, loss_denominator=inputs["loss_denominator"])
+        self._record_loss_metrics(stats, mask, inputs.get("dependency"), token_mask, alpha, entropies)
+        return loss
+
+    def _record_loss_metrics(self, stats, mask, dependency, token_mask, alpha, entropies) -> None:
+        valid = mask.bool()
+        kept = valid if token_mask is None else valid & token_mask.bool()
+        dropped = valid & ~kept
+        dep = torch.zeros_like(mask, dtype=torch.float32) if dependency is None else dependency.float()
+        alpha_rows = alpha[valid.any(1)] if alpha is not None else torch.ones(0, device=mask.device)
+        inf = torch.tensor(float("inf"), device=mask.device)
+        local = torch.stack([
+            valid.sum().float(), kept.sum().float(), dropped.sum().float(),
+            dep[kept].sum(), dep[dropped].sum(), alpha_rows.sum(), torch.tensor(float(alpha_rows.numel()), device=mask.device),
+            alpha_rows.min() if alpha_rows.numel() else inf, -(alpha_rows.max() if alpha_rows.numel() else -inf),
+            (entropies.detach().float() * mask).sum(),
+            *[torch.tensor(float(stats[k]), device=mask.device) for k in
+              ("pg_loss", "entropy_loss", "clipfrac_low", "clipfrac_high", "clipfrac_dual", "ppo_kl")],
+        ]).float()
+        rows = self.accelerator.gather(local).view(-1, local.numel())
+        total = rows.sum(0)
+        n_valid, n_kept, n_dropped = total[0].item(), total[1].item(), total[2].item()
+        metrics = self._metrics["train"]
+        metrics["kept_token_fraction"].append(n_kept / max(n_valid, 1.0))
+        metrics["entropy"].append(total[9].item() / max(n_valid, 1.0))
+        for i, key in enumerate(("pg_loss", "entropy_penalty", "clipfrac_low", "clipfrac_high", "clipfrac_dual",
+                                 "ppo_kl")):
+            metrics[key].append(rows[:, 10 + i].mean().item())
+        if dependency is not None:
+            metrics["dependency_kept_mean"].append(total[3].item() / n_kept if n_kept else float("nan"))
+            metrics["dependency_dropped_mean"].append(total[4].item() / n_dropped if n_dropped else float("nan"))
+        if alpha is not None and total[6].item() > 0:
+            metrics["alpha_mean"].append(total[5].item() / total[6].item())
+            metrics["alpha_min"].append(rows[:, 7].min().item())
+            metrics["alpha_max"].append(-rows[:, 8].min().item())
+        self._tokens_since_log += n_valid
+
+    # ------------------------------------------------------------------ resume
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # save_pretrained writes Qwen2.5-VL under its legacy key names ("visual.*", "model.layers.*") and the
+        # Trainer reloads HF-format checkpoints with a bare load_state_dict: every key misses and training
+        # silently goes on from the initial weights. from_pretrained applies the key conversion.
+        # (DeepSpeed resumes through its own engine; FSDP sharded state keeps module names.)
+        model = self.model if model is None else model
+        if self.is_fsdp_enabled or not any(Path(resume_from_checkpoint).glob("*.safetensors")):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reference = next(model.parameters())
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=reference.dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
+    # ------------------------------------------------------------------ timing and logging
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        start, before = time.perf_counter(), sum(self.timer.totals.values())
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        rollout = sum(self.timer.totals.values()) - before
+        self.timer.totals["update"] += time.perf_counter() - start - rollout
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        metrics = self._metrics["train"]
+        if self.model.training and "train_runtime" not in logs:
+            for phase, seconds in self.timer.take().items():
+                metrics[f"time_{phase}_s"] = [seconds]
+            now = time.perf_counter()
+            elapsed = now - (self._log_clock or now)
+            metrics["tokens_per_s"] = [self._tokens_since_log / elapsed if elapsed > 0 else float("nan")]
+            self._tokens_since_log, self._log_clock = 0.0, now
+            for key in [k for k in metrics if k in REDUCERS or k.startswith(("alpha_", "dependency_"))]:
+                value = reduce_metric(key, metrics[key])
+                if value is None:
+                    del metrics[key]  # absent -> null in training_log.jsonl
+                else:
+                    metrics[key] = [value]
+        super().log(logs, start_time)
