@@ -68,6 +68,12 @@ def test_missing_cells_are_missing_not_zero(main_table):
     assert sweep["paper"].isna().all() and sweep["ours"].notna().all()  # no paper row for the sweep
 
 
+def test_a_method_without_paper_row_is_labelled_plainly(main_table):
+    md = to_markdown(main_table)
+    sweep = md.splitlines()[md.splitlines().index(next(l for l in md.splitlines() if l.startswith("| `vppo_k0.2`"))) + 1]
+    assert sweep.startswith("| | paper |") and "nan" not in md.lower()
+
+
 def test_markdown_shows_label_missing_and_values(main_table):
     md = to_markdown(main_table)
     assert md.splitlines()[2] == "> **SMOKE RUN: tiny vs 7B**"

@@ -111,7 +111,8 @@ def wide_blocks(long: pd.DataFrame) -> tuple[list[str], list[dict]]:
     blocks = []
     for method, group in long.groupby("method", sort=False):
         by_col = {r["benchmark_name"]: r for r in group.to_dict("records")}
-        blocks.append({"method": method, "paper_method": group["paper_method"].iloc[0],
+        paper_method = group["paper_method"].iloc[0]  # NaN in the frame where the paper has no such row
+        blocks.append({"method": method, "paper_method": paper_method if isinstance(paper_method, str) else None,
                        "ours": [(_num(by_col[h]["ours"]), _num(by_col[h]["stderr"])) for h in headers],
                        "paper": [_num(by_col[h]["paper"]) for h in headers],
                        "diff": [_num(by_col[h]["diff"]) for h in headers]})
