@@ -58,6 +58,20 @@ def test_32b_spans_four_nodes_with_ranks_from_slurm():
     assert _flag(inner, "--main_process_port") == str(20000 + 4242)
 
 
+def test_inside_a_snakemake_job_the_node_list_comes_from_squeue(tmp_path, monkeypatch):
+    fake = tmp_path / "squeue"
+    fake.write_text('#!/bin/sh\n[ "$3" = 77 ] && echo "gpu[11-14]"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    env = {"SLURM_JOB_ID": "77", "VPPO_CPUS_PER_NODE": "64"}  # what the train rule's shell sees
+    (srun,) = plan_launch(TRAIN + ["--recipe", "32b"], environ=env, config_dir=CONFIGS).commands
+    assert "--nodelist=gpu11,gpu12,gpu13,gpu14" in srun
+    assert "--cpus-per-task=64" in srun and "--gres=gpu:8" in srun
+    # One node needs no fan-out: the rule already runs inside the plugin's srun step there.
+    (local,) = plan_launch(TRAIN + ["--recipe", "7b"], environ=env, config_dir=CONFIGS).commands
+    assert local[0] == sys.executable and _flag(local, "--num_processes") == "8"
+
+
 def test_vllm_server_mode_takes_one_extra_node():
     env = {"SLURM_JOB_NODELIST": "gpu[01-05]"}
     plan = plan_launch(TRAIN + ["--recipe", "32b", "--set", "vllm_mode=server"], environ=env, config_dir=CONFIGS)

@@ -73,6 +73,15 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
+def squeue_nodelist(environ: dict[str, str]) -> str | None:
+    """The job's node list from ``squeue`` (inside a Snakemake job, whose jobstep strips SLURM_JOB_NODELIST)."""
+    job = environ.get("SLURM_JOB_ID", "")
+    if not job or not shutil.which("squeue"):
+        return None
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
 def accelerate_layout(recipe: Recipe) -> str:
     if recipe.distributed != "none":
         return recipe.distributed
@@ -114,6 +123,9 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
     server = recipe.use_vllm and recipe.vllm_mode == "server"
     nodes_needed = recipe.num_nodes + (1 if server else 0)
     nodelist = environ.get("SLURM_JOB_NODELIST")
+    if not nodelist and nodes_needed > 1:
+        # One node needs no fan-out (and a Snakemake job already runs inside an srun step there); several do.
+        nodelist = squeue_nodelist(environ)
 
     if not nodelist:
         if nodes_needed > 1:  # (vllm_mode server always needs a node of its own)
@@ -134,9 +146,15 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
             "--max-model-len", str(recipe.max_prompt_length + recipe.max_completion_length), "--port", "8000"])
         plan.env["VPPO_VLLM_SERVER_HOST"] = hosts[-1]
     launch = accelerate_command(recipe, config_dir, train_args, len(trainers), "$SLURM_PROCID", trainers[0], port)
+    # A step gets one CPU per task unless told otherwise (and Snakemake's jobstep strips SLURM_CPUS_PER_TASK):
+    # the rule passes the node's CPUs as VPPO_CPUS_PER_NODE. GPUs are named explicitly for the same reason.
+    step = ["srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}"]
+    if environ.get("VPPO_CPUS_PER_NODE"):
+        step.append(f"--cpus-per-task={int(environ['VPPO_CPUS_PER_NODE'])}")
+    if recipe.gpus_per_node:
+        step.append(f"--gres=gpu:{recipe.gpus_per_node}")
     # The machine rank is only known inside each srun task, hence the shell around accelerate.
-    plan.commands.append(["srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}",
-                          "bash", "-c", shlex.join(launch).replace("'$SLURM_PROCID'", '"$SLURM_PROCID"')])
+    plan.commands.append([*step, "bash", "-c", shlex.join(launch).replace("'$SLURM_PROCID'", '"$SLURM_PROCID"')])
     return plan
 
 

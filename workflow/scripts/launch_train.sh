@@ -9,4 +9,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 configs="$(cd "$here/../envs/accelerate" && pwd)"
-exec "${PYTHON:-python3}" -m vppo.training.launch --config-dir "$configs" "$@"
+# Same interpreter and import path as workflow/scripts/vppo: the checkout's code, wherever it is installed.
+export PYTHONPATH="$(cd "$here/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM=false
+exec "${VPPO_PYTHON:-${PYTHON:-python3}}" -m vppo.training.launch --config-dir "$configs" "$@"
