@@ -24,6 +24,17 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     os.environ.setdefault("VPPO_PYTHON", sys.executable)
 
 
+def recipe_file(name):
+    return Path(workflow.basedir) / "vppo" / "training" / "recipes" / f"{name}.yaml"
+
+
+def file_digest(path):
+    """Short sha256 of a file's bytes, for params that must rerun a job when the file changes."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def select_preset(config):
     """``--config preset=NAME`` swaps the default file for workflow/config/NAME.yaml (CLI --config on top).
 
@@ -45,6 +56,12 @@ def check_cross_references(config):
     problems = []
     models = config["models"]
     for name, spec in models.items():
+        recipe = yaml.safe_load(recipe_file(spec["recipe"]).read_text())
+        resources = spec.get("train_resources", {})
+        for key, recipe_key in (("nodes", "num_nodes"), ("gpus_per_node", "gpus_per_node")):
+            if resources.get(key, 1 if key == "nodes" else 0) != recipe[recipe_key]:
+                problems.append(f"models.{name}.train_resources.{key} = {resources.get(key)} but recipe "
+                                f"{spec['recipe']} has {recipe_key} = {recipe[recipe_key]}")
         for method in spec.get("released", {}):
             if method not in spec["methods"]:
                 problems.append(f"models.{name}.released.{method}: not in models.{name}.methods")
@@ -188,17 +205,6 @@ def grown_runtime(spec):
 CPU = config.get("cpu_resources", {})
 
 
-def recipe_file(name):
-    return Path(workflow.basedir) / "vppo" / "training" / "recipes" / f"{name}.yaml"
-
-
-def file_digest(path):
-    """Short sha256 of a file's bytes, for params that must rerun a job when the file changes."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def cli_pairs(flag, mapping):
     """{'n_rows': 3} -> "--option n_rows=3" (shell-quoted values)."""
     import shlex
@@ -208,12 +214,11 @@ def cli_pairs(flag, mapping):
 
 # --------------------------------------------------------------------------------------------- train
 def train_launch_command(wildcards):
-    """`vppo train` directly (CPU, or one node where accelerate is not needed) or the multi-node launcher."""
-    spec = train_spec(wildcards)
+    """`vppo train` directly (CPU) or through the accelerate launcher, which reads the layout from the recipe."""
     if MODELS[wildcards.model].get("launcher", "direct") == "direct":
         return "workflow/scripts/vppo train"
-    return (f"bash workflow/scripts/launch_train.sh --nodes {spec.get('nodes', 1)} "
-            f"--gpus-per-node {spec.get('gpus_per_node', 0)} --")
+    cpus = train_spec(wildcards).get("cpus", 1)
+    return f"VPPO_CPUS_PER_NODE={cpus} bash workflow/scripts/launch_train.sh --"
 
 
 def train_options():
