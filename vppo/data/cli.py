@@ -6,6 +6,8 @@ import argparse
 import importlib
 from pathlib import Path
 
+from vppo.cli import parse_key_values
+
 #: kind -> (module, function); each function takes (source, out, **options) and returns the output Path.
 PREPARERS = {
     "train": ("vppo.data.train_data", "prepare_train_data"),
@@ -22,19 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="preparer option, e.g. n_rows=64, seed=0, repo=chamber111/VPPO-Eval")
 
 
-def _parse_options(pairs: list[str]) -> dict[str, object]:
-    options: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"vppo prepare-data: --option {pair!r} is not KEY=VALUE")
-        options[key] = int(value) if value.lstrip("-").isdigit() else value
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     module_name, function_name = PREPARERS[args.kind]
     prepare = getattr(importlib.import_module(module_name), function_name)
-    out = prepare(args.source, args.out, **_parse_options(args.option))
+    try:
+        options = parse_key_values(args.option, "--option")
+    except ValueError as exc:
+        raise SystemExit(f"vppo prepare-data: {exc}") from None
+    out = prepare(args.source, args.out, **options)
     print(f"{args.kind} data ready in {out}")
     return 0

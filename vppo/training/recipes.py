@@ -153,13 +153,12 @@ def validate(recipe: Recipe, where: str) -> Recipe:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["key=value", ...]`` -> dict with YAML-typed values (so 1e-6, true, null work)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise RecipeError(f"--set {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    from vppo.cli import parse_key_values
+
+    try:
+        return parse_key_values(pairs, "--set")
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
