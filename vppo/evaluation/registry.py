@@ -8,8 +8,6 @@ metadata is stale (an editable install made before the entry point changed).
 
 from __future__ import annotations
 
-from lmms_eval.models.registry_v2 import ModelManifest
-
 #: lmms-eval model name -> chat model class (both are ``is_simple = False`` chat models).
 MODELS = {
     "vppo_hf": "vppo.evaluation.lmms_adapter.VPPOHFModel",
@@ -19,7 +17,11 @@ MODELS = {
 BACKENDS = {"hf": "vppo_hf", "vllm": "vppo_vllm"}
 
 
-def model_manifests() -> list[ModelManifest]:
+def model_manifests() -> list:
+    # Imported here, not at the top: importing lmms_eval.models loads the entry points, which import this
+    # module; a top-level import would make that a circular import of a half-initialised module.
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return [ModelManifest(model_id=name, chat_class_path=path) for name, path in MODELS.items()]
 
 
