@@ -143,3 +143,13 @@ def test_every_table_names_configured_methods(preset):
     config = config_of(preset)
     for name, table in config["tables"].items():
         assert set(table["methods"]) <= set(config["models"][table["model"]]["methods"]), name
+
+
+def test_every_rule_writes_a_log_and_a_benchmark_file():
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        blocks = re.split(r"\n\s*rule (?=\w+:)", smk.read_text())[1:]
+        for block in blocks:
+            name = block.split(":", 1)[0]
+            body = block.split("\n    rule ", 1)[0]
+            assert "\n        log:" in body or "\n    log:" in body, f"{smk.name}: rule {name} has no log"
+            assert "benchmark:" in body, f"{smk.name}: rule {name} has no benchmark file"

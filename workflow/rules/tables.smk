@@ -70,6 +70,8 @@ rule report:
         gpus=gpus_per_job(),
     log:
         "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv"
     conda:
         DRIVER_ENV
     threads: 1
