@@ -9,10 +9,14 @@ from pathlib import Path
 from vppo.catalog import resolve_benchmarks
 
 
+#: where `snakemake` prepares the evaluation data (workflow/rules/data.smk)
+DEFAULT_DATA = Path("resources/data/eval")
+
+
 def add_eval_options(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
     """Options shared by ``vppo eval`` and ``vppo check`` (which may evaluate a checkpoint first)."""
-    parser.add_argument("--data", type=Path, required=data_required,
-                        help="prepared evaluation data (vppo prepare-data eval ...)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA if data_required else None,
+                        help=f"prepared evaluation data (vppo prepare-data eval ...; default {DEFAULT_DATA})")
     parser.add_argument("--benchmarks", default="all", help="all, or comma-separated keys (mathverse,geo3k,...)")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                         help="hf: transformers generate (CPU/one GPU); vllm: vLLM engine, one n=k request per question")
