@@ -149,14 +149,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, default=None, help="also write the table to this Markdown file")
     parser.add_argument("--eval-out", type=Path, default=None, help="where a checkpoint CANDIDATE's results go")
     parser.add_argument("--reference-dir", type=Path, default=None, help="paper tables (default: results/reference)")
-    add_eval_options(parser, data_required=False)
+    add_eval_options(parser)
 
 
 def _candidate_dir(args: argparse.Namespace) -> Path:
     if not (args.candidate / "config.json").is_file():
         return args.candidate
-    if args.eval_out is None or args.data is None:
-        raise CheckInputError(f"{args.candidate} is a checkpoint: pass --data and --eval-out to evaluate it")
+    if args.eval_out is None:
+        raise CheckInputError(f"{args.candidate} is a checkpoint: pass --eval-out (and --data) to evaluate it")
     from vppo.evaluation.cli import request_from_args
     from vppo.evaluation.runner import run_eval
 

@@ -13,9 +13,9 @@ from vppo.catalog import resolve_benchmarks
 DEFAULT_DATA = Path("resources/data/eval")
 
 
-def add_eval_options(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
+def add_eval_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``vppo eval`` and ``vppo check`` (which may evaluate a checkpoint first)."""
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA if data_required else None,
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"prepared evaluation data (vppo prepare-data eval ...; default {DEFAULT_DATA})")
     parser.add_argument("--benchmarks", default="all", help="all, or comma-separated keys (mathverse,geo3k,...)")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
