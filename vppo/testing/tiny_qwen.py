@@ -206,25 +206,29 @@ WARM_START_BATCH = 8
 #: fixture answer kinds, choices weighted as the benchmarks (4 of 8 are multiple choice).
 WARM_START_KINDS = ("count",) * 3 + ("choice",) * 3 + ("number", "expression")
 #: One-token words of the <think> block per kind: responses stay within the smoke run's 16 new tokens.
-_THINK_WORDS = {"count": ("count", "squares", "total"), "choice": ("option", "choose", "answer"),
-                "number": ("area", "product", "value"), "expression": ("ratio", "so", "sum")}
+THINK_WORDS = {"count": ("count", "squares", "total"), "choice": ("option", "choose", "answer"),
+               "number": ("area", "product", "value"), "expression": ("ratio", "so", "sum")}
 
 
-def plausible_answer(kind: str, rng: random.Random) -> str:
-    """A random answer of the set a question of ``kind`` draws from (its content is never looked at)."""
-    if kind == "count":
-        return str(rng.randint(1, 4))  # synthetic_example: 1-4 squares of the asked colour
-    if kind == "choice":
-        return rng.choice("ABCD")
-    if kind == "number":
-        return str(rng.randint(2, 9) * rng.randint(2, 9))  # fixture areas
-    # Fixture ratios \frac{p}{q-p}; "p/r" grades equal under mathruler and is 3 tokens shorter.
-    return f"{rng.randint(1, 5)}/{rng.randint(1, 8)}"
+#: The answers a question of each kind draws from: synthetic_example counts 1-4 squares, fixture choices are
+#: A-D, fixture areas are products of two sides 2-9, fixture ratios \frac{p}{q-p} (p 1-5, q 6-9) are written
+#: p/r, which mathruler grades equal and which is 3 tokens shorter.
+ANSWER_SETS = {
+    "count": tuple(str(n) for n in range(1, 5)),
+    "choice": tuple("ABCD"),
+    "number": tuple(str(n) for n in sorted({a * b for a in range(2, 10) for b in range(2, 10)})),
+    "expression": tuple(f"{p}/{r}" for p in range(1, 6) for r in range(1, 9)),
+}
+
+
+def format_response(word: str, answer: str) -> str:
+    """The assistant turn the warm start teaches: 15 tiny-tokenizer tokens at most, ``<|im_end|>`` included."""
+    return f"<think> {word} </think> \\boxed{{{answer}}}<|im_end|>"
 
 
 def warm_start_response(kind: str, rng: random.Random) -> str:
-    """``<think> word </think> \\boxed{X}<|im_end|>``: 13 tokens at most with the tiny tokenizer."""
-    return f"<think> {rng.choice(_THINK_WORDS[kind])} </think> \\boxed{{{plausible_answer(kind, rng)}}}<|im_end|>"
+    """A response with a random think word and a random answer of the kind (the question is never looked at)."""
+    return format_response(rng.choice(THINK_WORDS[kind]), rng.choice(ANSWER_SETS[kind]))
 
 
 def warm_start_prompt(kind: str, index: int, seed: int):
