@@ -77,7 +77,8 @@ def _sample_answers(policy, text: str, image, n: int = 32) -> list[str | None]:
 def test_counting_prompt_gets_boxed_guesses_within_the_smoke_budget(warm_policy):
     row, image = synthetic_example(0, seed=0)  # the smoke run's first training question
     answers = _sample_answers(warm_policy, training_prompt(row["problem"]), image)
-    assert sum(a in {"1", "2", "3", "4"} for a in answers) >= 24, answers
+    assert sum(bool(a) for a in answers) >= 24, answers  # a non-empty \\boxed{} in most samples
+    assert sum(a in {"1", "2", "3", "4"} for a in answers) >= 16, answers  # mostly guesses of a count
     assert 2 <= len({a for a in answers if a}) and 0 < answers.count(row["answer"]) < len(answers), answers
 
 
@@ -86,7 +87,8 @@ def test_choice_prompt_gets_boxed_letters(warm_policy):
     text, _ = parse_sharegpt_row(_sharegpt("q", "unused.png", question, answer))
     image = tiny_qwen.warm_start_prompt("choice", 0, seed=7)[1]  # any fixture-style picture
     answers = _sample_answers(warm_policy, text, image)
-    assert sum(a in set("ABCD") for a in answers) >= 24, answers
+    assert sum(bool(a) for a in answers) >= 24, answers
+    assert sum(a in set("ABCD") for a in answers) >= 16, answers
     assert len({a for a in answers if a}) >= 2, answers
 
 
