@@ -77,7 +77,7 @@ def _sample_answers(policy, text: str, image, n: int = 32) -> list[str | None]:
 def test_counting_prompt_gets_boxed_guesses_within_the_smoke_budget(warm_policy):
     row, image = synthetic_example(0, seed=0)  # the smoke run's first training question
     answers = _sample_answers(warm_policy, training_prompt(row["problem"]), image)
-    assert sum(bool(a) for a in answers) >= 24, answers  # a non-empty \\boxed{} in most samples
+    assert sum(bool(a) for a in answers) >= 24, answers  # a non-empty \boxed{} in most samples
     assert sum(a in {"1", "2", "3", "4"} for a in answers) >= 16, answers  # mostly guesses of a count
     assert 2 <= len({a for a in answers if a}) and 0 < answers.count(row["answer"]) < len(answers), answers
 
