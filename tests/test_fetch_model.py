@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -13,6 +14,17 @@ from vppo.modeling import CheckpointError, verify_checkpoint_dir
 def test_tiny_source_builds_the_offline_model(tmp_path):
     out = fetch_model("tiny", tmp_path / "models" / "base")
     assert verify_checkpoint_dir(out) == out
+
+
+def test_tiny_warm_source_builds_the_warm_started_model(tmp_path, monkeypatch):
+    from vppo.testing import tiny_qwen
+
+    monkeypatch.setattr(tiny_qwen, "WARM_START_STEPS", 2)  # the fit itself: tests/test_tiny_warm.py
+    out = fetch_model("tiny-warm", tmp_path / "warm")
+    assert verify_checkpoint_dir(out) == out
+    assert json.loads((out / "vppo_tiny.json").read_text())["warm_start"]["steps"] == 2
+    plain = fetch_model("tiny", tmp_path / "plain")
+    assert "warm_start" not in json.loads((plain / "vppo_tiny.json").read_text())
 
 
 def test_local_directory_is_copied_and_verified(tmp_path, tiny_model_dir):

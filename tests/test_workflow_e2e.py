@@ -89,6 +89,25 @@ def test_training_logs_figures_and_report(smoke_run):
     assert (smoke_run / "logs" / "benchmarks" / "train" / "tiny" / "vppo.tsv").is_file()
 
 
+def test_warm_started_base_gives_the_smoke_run_real_rewards(smoke_run):
+    """The default base (tiny-warm) guesses boxed answers: rewards, kept groups and table cells are not all 0."""
+    config = _config()
+    assert config["models"]["tiny"]["base"] == "tiny-warm"
+    info = json.loads((smoke_run / "resources" / "models" / "tiny" / "base" / "vppo_tiny.json").read_text())
+    assert info["warm_start"]["steps"] > 0
+    trained = [m for m in config["models"]["tiny"]["methods"] if m != "base"]
+    logs = {m: [json.loads(line) for line in
+                (smoke_run / "results" / "train" / "tiny" / m / "training_log.jsonl").read_text().splitlines()]
+            for m in trained}
+    assert any(step["reward"] > 0 for m in trained for step in logs[m]), logs
+    # Online filtering found mixed-reward groups: some step needed no zero-advantage padding.
+    assert any(step["padded_groups"] == 0 for step in logs["vppo"]), logs["vppo"]
+    assert any(step["alpha_max"] > step["alpha_min"] for step in logs["vppo"]), logs["vppo"]
+    with open(smoke_run / "results" / "tables" / "main.csv", newline="") as handle:
+        cells = [float(r["ours"]) for r in csv.DictReader(handle) if r["status"] == "ok"]
+    assert any(value > 0 for value in cells), cells
+
+
 def test_nothing_left_to_do_and_a_lost_cell_reruns_alone(smoke_run):
     def dry(*targets: str) -> str:
         done = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1", *targets],

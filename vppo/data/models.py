@@ -1,7 +1,9 @@
 """``vppo fetch-model SOURCE OUT``: put a base or released checkpoint into the local layout.
 
-SOURCE is ``tiny`` (the offline test model, built by :mod:`vppo.testing.tiny_qwen`), an existing local
-directory (copied), or a Hugging Face hub id (downloaded; needs network, so it runs on the submit host).
+SOURCE is ``tiny`` (the offline random-init test model, built by :mod:`vppo.testing.tiny_qwen`), ``tiny-warm``
+(the same model after its warm start: it answers ``<think> .. </think> \\boxed{X}`` at about chance accuracy,
+so smoke runs see non-zero rewards), an existing local directory (copied), or a Hugging Face hub id
+(downloaded; needs network, so it runs on the submit host).
 The result is checked with :func:`vppo.modeling.verify_checkpoint_dir` so a partial download fails here,
 not hours later in a training job. The copy is written to a temporary sibling and renamed at the end.
 """
@@ -14,6 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+#: Offline sources built here rather than fetched.
+TINY_SOURCES = ("tiny", "tiny-warm")
+
 
 def fetch_model(source: str, out: str | Path, revision: str | None = None, seed: int = 0) -> Path:
     out = Path(out)
@@ -22,10 +27,10 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if source == "tiny":
-            from vppo.testing.tiny_qwen import build_tiny_qwen
+        if source in TINY_SOURCES:
+            from vppo.testing.tiny_qwen import WARM_START_STEPS, build_tiny_qwen
 
-            build_tiny_qwen(tmp, seed=seed)
+            build_tiny_qwen(tmp, seed=seed, warm_start_steps=WARM_START_STEPS if source == "tiny-warm" else 0)
         elif Path(source).is_dir():
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         elif Path(source).exists():
@@ -47,10 +52,11 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="tiny | a local checkpoint directory | a hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
+    parser.add_argument("source", help="tiny | tiny-warm | a local checkpoint directory | a hub id "
+                                       "(e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
     parser.add_argument("out", type=Path, help="directory to create")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny models")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,12 +5,21 @@ and with ``AutoModelForImageTextToText``; every stage of the harness (training, 
 the Snakemake DAG) runs on it on a CPU in seconds. Everything is derived from ``seed``: two builds with the
 same seed are byte-identical in weights and tokenizer.
 
-CLI: ``vppo make-tiny-model OUT_DIR [--seed 0]``.
+A random-init model never writes a ``\\boxed{}`` answer, so every reward is 0. ``warm_start_steps > 0`` adds a
+short supervised fit after the random init (``vppo fetch-model tiny-warm``): on ChatML conversations shaped
+like the harness's prompts (synthetic counting questions with the reasoning instruction, fixture-style
+evaluation questions) the model learns to answer ``<think> word </think> \\boxed{X}`` with X drawn at random
+from the answers plausible for the question's kind. It is not taught to be right: sampled at temperature
+1.0 its accuracy is about chance, so groups of samples get mixed rewards and the whole RL path runs on
+non-zero advantages.
+
+CLI: ``vppo make-tiny-model OUT_DIR [--seed 0] [--warm-start-steps N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -155,8 +164,20 @@ def build_generation_config(tokenizer) -> GenerationConfig:
     )
 
 
-def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
-    """Write a complete tiny Qwen2.5-VL checkpoint (weights, config, tokenizer, processor) to ``out_dir``."""
+def build_processor(tokenizer) -> ImageOnlyQwen2_5_VLProcessor:
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
+        patch_size=14, temporal_patch_size=2, merge_size=2,
+    )
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
+                    warm_start_steps: int = 0) -> Path:
+    """Write a complete tiny Qwen2.5-VL checkpoint (weights, config, tokenizer, processor) to ``out_dir``.
+
+    ``warm_start_steps > 0`` fits the random-init model to the answer format first (:func:`warm_start`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(seed)
@@ -164,17 +185,124 @@ def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, n
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config = build_generation_config(tokenizer)
+    processor = build_processor(tokenizer)
+    info = {"builder": "vppo.testing.tiny_qwen", "seed": seed, "hidden_size": hidden_size, "num_layers": num_layers}
+    if warm_start_steps > 0:
+        info["warm_start"] = warm_start(model, processor, seed=seed, steps=warm_start_steps)
     model.save_pretrained(out_dir, safe_serialization=True)
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
-        patch_size=14, temporal_patch_size=2, merge_size=2,
-    )
-    processor = ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "vppo_tiny.json").write_text(json.dumps({"builder": "vppo.testing.tiny_qwen", "seed": seed,
-                                                         "hidden_size": hidden_size, "num_layers": num_layers}) + "\n")
+    (out_dir / "vppo_tiny.json").write_text(json.dumps(info) + "\n")
     return out_dir
+
+
+# ------------------------------------------------------------------ warm start: the answer format, not the answers
+
+#: ``vppo fetch-model tiny-warm``: fit steps, AdamW learning rate, conversations per step.
+WARM_START_STEPS = 80
+WARM_START_LR = 5e-3
+WARM_START_BATCH = 8
+#: Prompt kinds of one batch (cycled for larger batches): the training set's counting questions and the three
+#: fixture answer kinds, choices weighted as the benchmarks (4 of 8 are multiple choice).
+WARM_START_KINDS = ("count",) * 3 + ("choice",) * 3 + ("number", "expression")
+#: One-token words of the <think> block per kind: responses stay within the smoke run's 16 new tokens.
+THINK_WORDS = {"count": ("count", "squares", "total"), "choice": ("option", "choose", "answer"),
+               "number": ("area", "product", "value"), "expression": ("ratio", "so", "sum")}
+
+
+#: The answers a question of each kind draws from: synthetic_example counts 1-4 squares, fixture choices are
+#: A-D, fixture areas are products of two sides 2-9, fixture ratios \frac{p}{q-p} (p 1-5, q 6-9) are written
+#: p/r, which mathruler grades equal and which is 3 tokens shorter.
+ANSWER_SETS = {
+    "count": tuple(str(n) for n in range(1, 5)),
+    "choice": tuple("ABCD"),
+    "number": tuple(str(n) for n in sorted({a * b for a in range(2, 10) for b in range(2, 10)})),
+    "expression": tuple(f"{p}/{r}" for p in range(1, 6) for r in range(1, 9)),
+}
+
+
+def format_response(word: str, answer: str) -> str:
+    """The assistant turn the warm start teaches: 15 tiny-tokenizer tokens at most, ``<|im_end|>`` included."""
+    return f"<think> {word} </think> \\boxed{{{answer}}}<|im_end|>"
+
+
+def warm_start_response(kind: str, rng: random.Random) -> str:
+    """A response with a random think word and a random answer of the kind (the question is never looked at)."""
+    return format_response(rng.choice(THINK_WORDS[kind]), rng.choice(ANSWER_SETS[kind]))
+
+
+def warm_start_prompt(kind: str, index: int, seed: int):
+    """(prompt text, PIL image) as the trainer (count) or the evaluation (fixture kinds) builds them."""
+    from vppo.data.eval_data import FIXTURE_SIZES, _draw_fixture_image, _fixture_question, _sharegpt
+    from vppo.data.train_data import synthetic_example, training_prompt
+    from vppo.evaluation.protocol import parse_sharegpt_row, prepare_image
+
+    if kind == "count":
+        row, image = synthetic_example(index, seed)
+        return training_prompt(row["problem"]), image
+    rng = random.Random(f"warm-{seed}-{kind}-{index}")
+    question, answer, labels = _fixture_question(kind, rng)
+    image = _draw_fixture_image(labels, FIXTURE_SIZES[index % len(FIXTURE_SIZES)], rng)
+    text, _ = parse_sharegpt_row(_sharegpt(f"warm-{index}", "unused.png", question, answer))
+    return text, prepare_image(image)
+
+
+@contextlib.contextmanager
+def _deterministic_torch():
+    """Deterministic kernels on one thread (reductions then do not depend on the machine's core count)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.set_num_threads(previous[1])
+
+
+def _right_padded(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    padded = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    return padded, mask
+
+
+def warm_start(model, processor, seed: int, steps: int = WARM_START_STEPS, lr: float = WARM_START_LR,
+               batch_size: int = WARM_START_BATCH, n_prompt_batches: int = 4) -> dict:
+    """Fit ``model`` in place on format-only conversations; returns the settings for ``vppo_tiny.json``.
+
+    Prompts go through the real chat template and processor (``encode_prompts``: images, mrope
+    ``mm_token_type_ids``) and the loss is the mean response-token NLL of ``response_logprobs``, the same
+    forward path that generation and the trainer use. Prompt batches are encoded once; every step draws
+    fresh answers, so the model learns the distribution of answers, not one answer per prompt.
+    """
+    from vppo.rollout import encode_prompts, join_prompt_and_response, response_logprobs
+
+    kinds = [WARM_START_KINDS[i % len(WARM_START_KINDS)] for i in range(batch_size)]
+    data_seed = 1_000_003 + seed  # questions unlike the smoke run's data (seed 0) and fixtures
+    batches = []
+    for b in range(n_prompt_batches):
+        prompts = [warm_start_prompt(kind, b * batch_size + i, data_seed) for i, kind in enumerate(kinds)]
+        batches.append(encode_prompts(processor, [t for t, _ in prompts], [[im] for _, im in prompts]))
+    rng = random.Random(f"warm-answers-{seed}")
+    losses = []
+    with _deterministic_torch():
+        torch.manual_seed(seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        model.train()
+        for step in range(steps):
+            ids, mask = _right_padded(processor.tokenizer, [warm_start_response(k, rng) for k in kinds])
+            batch = join_prompt_and_response(batches[step % n_prompt_batches], ids, mask)
+            loss = -(response_logprobs(model, batch).sum() / mask.sum())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        model.eval()
+    return {"steps": steps, "lr": lr, "optimizer": "AdamW(weight_decay=0)", "batch_size": batch_size,
+            "prompt_batches": n_prompt_batches, "kinds": sorted(set(kinds)), "seed": seed,
+            "data_seed": data_seed, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -182,9 +310,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--warm-start-steps", type=int, default=0,
+                        help=f"fit the answer format after random init (0: none; {WARM_START_STEPS}: `fetch-model tiny-warm`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    path = build_tiny_qwen(args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    path = build_tiny_qwen(args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                           warm_start_steps=args.warm_start_steps)
     print(f"tiny Qwen2.5-VL written to {path}")
     return 0
