@@ -41,7 +41,7 @@ def converted(trained, tmp_path_factory):
 def test_hf_round_trip_reloads_with_identical_logits(trained, converted):
     (source, model), (out, record) = trained, converted
     assert json.loads((out / MARKER).read_text()) == record
-    assert record["source_format"] == "hf" and record["max_logit_diff"] == 0.0 and len(record["weights_sha256"]) == 64
+    assert record["source_format"] == "hf" and record["max_logit_diff"] == 0.0 and len(record["checkpoint_sha256"]) == 64
     reloaded = load_policy(out).eval()
     processor = load_processor(out)  # tokenizer + processor travelled along
     torch.testing.assert_close(fixed_logits(reloaded, processor), fixed_logits(model.eval(), processor), rtol=0, atol=0)
@@ -67,7 +67,7 @@ def test_fsdp_sharded_state_converts_to_the_same_weights(trained, converted, tin
         convert(sharded, tmp_path / "no-base")
     record = convert(sharded, tmp_path / "hf", base=tiny_model_dir)
     assert record["source_format"] == "fsdp_sharded" and record["max_logit_diff"] == 0.0
-    assert record["weights_sha256"] == hf_record["weights_sha256"]
+    assert record["checkpoint_sha256"] == hf_record["checkpoint_sha256"]
     a, b = load_file(hf_out / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

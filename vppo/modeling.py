@@ -8,6 +8,7 @@ the upstream class's behaviour.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,6 +59,39 @@ def verify_checkpoint_dir(path: str | Path) -> Path:
     if missing:
         raise CheckpointError(f"checkpoint {path}: incomplete, missing {', '.join(missing)}")
     return path
+
+
+#: What identifies a checkpoint's behaviour: its weights and its config (names and contents).
+_HASHED_FILES = ("*.safetensors", "pytorch_model*.bin", "config.json")
+
+
+def checkpoint_sha256(checkpoint: str | Path, cache: str | Path | None = None) -> str:
+    """The one checkpoint hash every result records: sha256 over weight files and config.json, in name order.
+
+    Hashing 7B weights takes tens of seconds: ``cache`` (a JSON file) remembers the digest per
+    (file name, size, mtime), so reruns that write into the same folder skip it.
+    """
+    from vppo.fileio import file_sha256, write_json_atomic
+
+    root = Path(checkpoint)
+    files = sorted({p for pattern in _HASHED_FILES for p in root.glob(pattern) if p.is_file()})
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache_path = Path(cache) if cache else None
+    if cache_path and cache_path.is_file():
+        try:
+            cached = json.loads(cache_path.read_text())
+            if cached.get("checkpoint") == str(root.resolve()) and cached.get("files") == stamp:
+                return cached["sha256"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(bytes.fromhex(file_sha256(path)))
+    value = digest.hexdigest()
+    if cache_path:
+        write_json_atomic(cache_path, {"checkpoint": str(root.resolve()), "files": stamp, "sha256": value})
+    return value
 
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):

@@ -103,7 +103,7 @@ def split_generation(sequences: torch.Tensor, prompt_len: int, eos_ids: list[int
         is_eos |= response == eos
     # Position of the first EOS (or T when none): tokens after it are padding.
     first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], response.shape[1], dtype=torch.long))
-    positions = torch.arange(response.shape[1]).unsqueeze(0)
+    positions = torch.arange(response.shape[1], device=response.device).unsqueeze(0)
     mask = (positions <= first_eos.unsqueeze(1)).long()
     return response.masked_fill(mask == 0, pad_id), mask
 

@@ -36,11 +36,6 @@ class Sampling:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def lmms_gen_kwargs(self) -> str:
-        """The ``gen_kwargs`` string of lmms-eval (overrides the task YAML; same values by default)."""
-        return (f"temperature={self.temperature},top_p={self.top_p},top_k={self.top_k},"
-                f"max_new_tokens={self.max_new_tokens},repetition_penalty={self.repetition_penalty},do_sample=True")
-
 
 PROTOCOL_SAMPLING = Sampling()
 

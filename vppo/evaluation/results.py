@@ -6,9 +6,7 @@ Per benchmark, ``OUT/<benchmark>.json`` (the numbers and their provenance) and `
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -67,18 +65,6 @@ def read_results_dir(root: str | Path, keys: list[str] | None = None) -> dict[st
     return {key: read_result(root / f"{key}.json") for key in keys}
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    os.replace(tmp, path)
-
-
 def read_samples(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -96,36 +82,3 @@ def package_versions() -> dict[str, str | None]:
             "lmms_eval": version("lmms_eval"), "vllm": version("vllm"), "python": platform.python_version()}
 
 
-_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "config.json")
-
-
-def checkpoint_sha256(checkpoint: str | Path, cache: str | Path | None = None) -> str:
-    """sha256 over the checkpoint's weight files and config (names and contents).
-
-    Hashing 7B weights takes tens of seconds: ``cache`` (a JSON file) remembers the digest per
-    (file name, size, mtime) so reruns into the same output directory skip it.
-    """
-    root = Path(checkpoint)
-    files = sorted({p for pattern in _WEIGHT_PATTERNS for p in root.glob(pattern) if p.is_file()})
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache_path = Path(cache) if cache else None
-    if cache_path and cache_path.is_file():
-        try:
-            cached = json.loads(cache_path.read_text())
-            if cached.get("checkpoint") == str(root.resolve()) and cached.get("files") == stamp:
-                return cached["sha256"]
-        except (json.JSONDecodeError, KeyError):
-            pass
-    digest = hashlib.sha256()
-    for path in files:
-        file_digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                file_digest.update(block)
-        digest.update(path.name.encode())
-        digest.update(file_digest.digest())
-    value = digest.hexdigest()
-    if cache_path:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cache_path, {"checkpoint": str(root.resolve()), "files": stamp, "sha256": value})
-    return value

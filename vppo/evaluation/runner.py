@@ -20,9 +20,9 @@ from vppo.data.eval_data import EvalDataError, benchmark_sha256, read_manifest
 from vppo.evaluation import tasklib
 from vppo.evaluation.protocol import ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
 from vppo.evaluation.registry import BACKENDS
-from vppo.evaluation.results import (SCHEMA, checkpoint_sha256, package_versions, read_result, validate_result,
-                                     write_json_atomic, write_jsonl_atomic)
-from vppo.modeling import verify_checkpoint_dir
+from vppo.evaluation.results import SCHEMA, package_versions, read_result, validate_result
+from vppo.fileio import write_json_atomic, write_jsonl_atomic
+from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir
 
 #: The lmms-eval filter ensemble named in benchmarks/_default_template_yaml.
 FILTER_NAME = "all_k"

@@ -17,7 +17,6 @@ full-vocabulary KL with ``--estimator kl``). The JSON (schema ``vppo.analysis/1`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import platform
 import sys
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID, write_json
+from vppo.fileio import write_json_atomic
+from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 THRESHOLDS = (0.001, 0.01, 0.1, 1.0)
@@ -77,19 +77,6 @@ def summarize(per_trajectory: list[list[float]], bins: int = 40) -> dict:
     trajectory = {"values": [float(m) for m in means], **mean_stats, "coefficient_of_variation": spread,
                   "histogram": _histogram(means, _linear_edges(means, min(bins, 20)))}
     return {"token_dependency": token_dependency, "trajectory_mean_dependency": trajectory}
-
-
-def weights_sha256(checkpoint: Path) -> str:
-    """sha256 over the checkpoint's weight files (name and content), in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(list(checkpoint.glob("*.safetensors")) + list(checkpoint.glob("pytorch_model*.bin"))):
-        digest.update(path.name.encode())
-        file_digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                file_digest.update(chunk)
-        digest.update(file_digest.digest())
-    return digest.hexdigest()
 
 
 def pick_rows(data_dir: Path, benchmark_keys: list[str], n_prompts: int) -> list[tuple[str, object]]:
@@ -155,14 +142,14 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
 
 
 def _data_provenance(data_dir: Path, keys: list[str]) -> dict:
-    """Per-benchmark checksums: the manifest's (``vppo prepare-data``), else the benchmark file's own sha256."""
-    from vppo.data.eval_data import benchmark_file, read_manifest
+    """Per-benchmark checksums: the manifest's (``vppo prepare-data``), else computed the manifest's way."""
+    from vppo.data.eval_data import benchmark_sha256, read_manifest
 
     manifest = (read_manifest(data_dir) or {}).get("benchmarks", {})
     sums = {k: manifest.get(k, {}).get("sha256") for k in keys}
-    source = "manifest" if all(sums.values()) else "benchmark file"
+    source = "manifest" if all(sums.values()) else "computed"
     if source != "manifest":
-        sums = {k: hashlib.sha256(benchmark_file(data_dir, k).read_bytes()).hexdigest() for k in keys}
+        sums = {k: benchmark_sha256(data_dir, k) for k in keys}
     return {"path": str(data_dir), "sha256": sums, "sha256_source": source}
 
 
@@ -190,7 +177,7 @@ def analyze(args: argparse.Namespace) -> dict:
     import torch
 
     from vppo.catalog import resolve_benchmarks
-    from vppo.modeling import load_policy, load_processor, verify_checkpoint_dir
+    from vppo.modeling import checkpoint_sha256, load_policy, load_processor, verify_checkpoint_dir
 
     start = time.time()
     checkpoint = verify_checkpoint_dir(args.checkpoint)
@@ -220,7 +207,7 @@ def analyze(args: argparse.Namespace) -> dict:
         "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                      "max_new_tokens": args.max_new_tokens, "n": args.samples},
         "seed": args.seed, "n_prompts": len(rows), "benchmarks": keys, "device": device,
-        "checkpoint": str(checkpoint), "checkpoint_sha256": weights_sha256(checkpoint),
+        "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
         "data": _data_provenance(data_dir, sorted({b for b, _ in rows})),
         "versions": _versions(), "wall_time_s": round(time.time() - start, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -259,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, EvalDataError, ValueError) as exc:
         print(f"vppo analyze: {exc}", file=sys.stderr)
         return 2
-    write_json(args.out, result)
+    write_json_atomic(args.out, result)
     td = result["token_dependency"]
     print(f"vppo analyze: {td['n_tokens']} tokens in {td['n_trajectories']} responses; median dependency "
           f"{td['quantiles']['0.5']}, top-40% share {td['mass_share_top']['0.4']}; wrote {args.out}")

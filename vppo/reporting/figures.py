@@ -29,9 +29,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES  # noqa: E402
+from vppo.fileio import write_json_atomic  # noqa: E402
 from vppo.reporting.results_io import (PaperReference, ResultsError, analysis_file, load_analysis,  # noqa: E402
-                                       load_eval_frame, load_reference, load_training_log, training_log_file,
-                                       write_json)
+                                       load_eval_frame, load_reference, load_training_log, training_log_file)
 from vppo.reporting.tables import average  # noqa: E402
 
 CURVE_PANELS = (("reward", "reward (mean per step)"), ("accuracy", "accuracy (mean per step)"),
@@ -214,7 +214,7 @@ def draw_all(train_root, eval_root, analysis_root, out, reference=None, paper_mo
         _training(index, roots["train"], model, methods, label, out)
         _dependency(index, roots["analysis"], model, methods, label, out)
         _benchmarks(index, roots["eval"], model, methods, reference, paper_model, label, out)
-    write_json(out / "index.json", index)
+    write_json_atomic(out / "index.json", index)
     return index
 
 

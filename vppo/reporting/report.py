@@ -26,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from vppo.reporting import cost as cost_mod
-from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json, write_text
+from vppo.fileio import write_text_atomic
+from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json
 from vppo.reporting.tables import COLUMNS, LEGEND, TABLES, describe
 
 MISSING = "—"
@@ -232,7 +233,7 @@ def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_ma
         sections += ["<h2>Cost per stage and cell</h2>", cost_html(cost_mod.load_costs(cost_root, gpu_mapping))]
     page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>vppo-repro report</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
-    write_text(out, page)
+    write_text_atomic(out, page)
     return page
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -105,31 +103,6 @@ def validate(instance: Any, schema: dict, path: Path) -> None:
     problems = _field_errors(instance, schema)
     if problems:
         raise ResultsError(f"{path}: " + "; ".join(problems))
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Sorted keys, indent 2, written atomically (temp file in the same folder, then rename)."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
-    os.replace(tmp, path)
-    return path
 
 
 # ------------------------------------------------------------------------------------------- eval results

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, resolve_benchmarks
-from vppo.reporting.results_io import PaperReference, ResultsError, load_eval_frame, load_reference, write_text
+from vppo.fileio import write_text_atomic
+from vppo.reporting.results_io import PaperReference, ResultsError, load_eval_frame, load_reference
 
 AVG = "avg"
 MISSING_MD = "—"
@@ -215,9 +216,9 @@ def to_csv(long: pd.DataFrame) -> str:
 def write_table(long: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
     """Write ``<prefix>.md``, ``<prefix>.csv`` and ``<prefix>.tex``."""
     prefix = Path(out_prefix)
-    return [write_text(prefix.with_name(prefix.name + ".md"), to_markdown(long)),
-            write_text(prefix.with_name(prefix.name + ".csv"), to_csv(long)),
-            write_text(prefix.with_name(prefix.name + ".tex"), to_latex(long))]
+    return [write_text_atomic(prefix.with_name(prefix.name + ".md"), to_markdown(long)),
+            write_text_atomic(prefix.with_name(prefix.name + ".csv"), to_csv(long)),
+            write_text_atomic(prefix.with_name(prefix.name + ".tex"), to_latex(long))]
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -15,7 +15,6 @@ max logit difference.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -126,21 +125,11 @@ def fixed_logits(model, processor):
         return model(**inputs, use_cache=False).logits.float()
 
 
-def weights_sha256(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")):
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def convert(source: Path, out: Path, base: Path | None = None) -> dict:
     """Write and verify the standalone checkpoint; returns the record written to ``vppo_convert.json``."""
     from transformers import GenerationConfig
 
-    from vppo.modeling import CheckpointError, load_policy
+    from vppo.modeling import CheckpointError, checkpoint_sha256, load_policy
 
     source, out = Path(source), Path(out)
     if (source / "train_summary.json").is_file() and (source / "final").is_dir():
@@ -172,7 +161,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
         record = {
             "source": str(source), "source_format": fmt, "config_from": str(config_dir),
             "processor_from": str(processor_dir), "base": None if base is None else str(base),
-            "weights_sha256": weights_sha256(tmp), "max_logit_diff": difference,
+            "checkpoint_sha256": checkpoint_sha256(tmp), "max_logit_diff": difference,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
