@@ -65,21 +65,19 @@ def check_cross_references(config):
         for method in spec.get("released", {}):
             if method not in spec["methods"]:
                 problems.append(f"models.{name}.released.{method}: not in models.{name}.methods")
-    for table, spec in config.get("tables", {}).items():
-        if spec["model"] not in models:
-            problems.append(f"tables.{table}.model: {spec['model']!r} is not a key of models")
-            continue
-        missing = [m for m in spec["methods"] if m not in models[spec["model"]]["methods"]]
+    def check_cells(where, model, methods):
+        if model not in models:
+            problems.append(f"{where}.model: {model!r} is not a key of models")
+            return
+        missing = [m for m in methods if m not in models[model]["methods"]]
         if missing:
-            problems.append(f"tables.{table}.methods: {missing} not in models.{spec['model']}.methods")
+            problems.append(f"{where}.methods: {missing} not in models.{model}.methods")
+
+    for table, spec in config.get("tables", {}).items():
+        check_cells(f"tables.{table}", spec["model"], spec["methods"])
     analysis = config.get("analysis")
     if analysis:
-        if analysis["model"] not in models:
-            problems.append(f"analysis.model: {analysis['model']!r} is not a key of models")
-        else:
-            missing = [m for m in analysis["methods"] if m not in models[analysis["model"]]["methods"]]
-            if missing:
-                problems.append(f"analysis.methods: {missing} not in models.{analysis['model']}.methods")
+        check_cells("analysis", analysis["model"], analysis["methods"])
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -149,9 +147,12 @@ def analysis_targets():
     return [f"results/analysis/{analysis['model']}/{method}.json" for method in analysis["methods"]]
 
 
+def table_files():
+    return [f"results/tables/{name}.{ext}" for name in config.get("tables", {}) for ext in ("md", "csv", "tex")]
+
+
 def all_targets():
-    tables = [f"results/tables/{name}.{ext}" for name in config.get("tables", {}) for ext in ("md", "csv", "tex")]
-    return tables + ["results/figures", "results/report.html"]
+    return table_files() + ["results/figures", "results/report.html"]
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -185,6 +186,10 @@ def analysis_spec(wildcards=None):
 
 def check_spec(wildcards=None):
     return config.get("check_resources") or CPU
+
+
+def cpu_spec(wildcards=None):
+    return CPU
 
 
 def convert_spec(wildcards):
@@ -237,27 +242,25 @@ def is_multi_node(wildcards):
 EVAL = config["eval"]
 
 
+def sampling_options(wildcards=None):
+    """The evaluation protocol's options, shared by `vppo eval` and `vppo check`."""
+    options = (f"--backend {EVAL['backend']} --samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} "
+               f"--seed {EVAL['seed']}")
+    return options + (f" --limit {EVAL['limit']}" if EVAL.get("limit") else "")
+
+
 def eval_options(wildcards):
-    options = [
-        f"--backend {EVAL['backend']}",
-        f"--samples {EVAL['samples']}",
-        f"--max-new-tokens {EVAL['max_new_tokens']}",
-        f"--seed {EVAL['seed']}",
-        f"--model-label {wildcards.model}",
-        f"--method-label {wildcards.method}",
-    ]
-    if EVAL.get("limit"):
-        options.append(f"--limit {EVAL['limit']}")
+    options = f"{sampling_options()} --model-label {wildcards.model} --method-label {wildcards.method}"
     gpus = eval_spec(wildcards).get("gpus", 0)
     if EVAL["backend"] == "vllm" and gpus:
-        options.append(f"--tensor-parallel-size {gpus}")
-    return " ".join(options)
+        options += f" --tensor-parallel-size {gpus}"
+    return options
 
 
-def gpu_job_resources(spec):
+def job_resources(spec, partition="GPU"):
     """SLURM resources of a one-node job sized by ``spec(wildcards)`` (gpus, cpus, mem_mb, runtime)."""
     return dict(
-        **slurm_placement("GPU"),
+        **slurm_placement(partition),
         gpu=lambda wildcards: spec(wildcards).get("gpus", 0) or None,
         cpus_per_task=lambda wildcards: spec(wildcards).get("cpus", 1),
         mem_mb=lambda wildcards: spec(wildcards).get("mem_mb", 4000),
@@ -278,15 +281,6 @@ def table_inputs(wildcards):
     return [eval_json(spec["model"], method, bench) for method in spec["methods"] for bench in BENCHMARKS]
 
 
-def cpu_job_resources():
-    return dict(
-        **slurm_placement("CPU"),
-        cpus_per_task=CPU.get("cpus", 1),
-        mem_mb=CPU.get("mem_mb", 4000),
-        runtime=CPU.get("runtime", 60),
-    )
-
-
 def required_config(key, wildcards):
     """A --config value the regression-check rule cannot do without."""
     if not config.get(key):
@@ -294,12 +288,6 @@ def required_config(key, wildcards):
                          "(candidate: a checkpoint or results directory; reference: a results directory "
                          "or paper:<model>/<method>)")
     return config[key]
-
-
-def check_options(wildcards):
-    options = (f"--backend {EVAL['backend']} --samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} "
-               f"--seed {EVAL['seed']}")
-    return options + (f" --limit {EVAL['limit']}" if EVAL.get("limit") else "")
 
 
 def paper_model_pairs():

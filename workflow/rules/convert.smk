@@ -16,9 +16,6 @@ rule convert:
         GPU_ENV
     threads: lambda wildcards: convert_spec(wildcards).get("cpus", 1)
     resources:
-        **slurm_placement("CPU"),
-        cpus_per_task=lambda wildcards: convert_spec(wildcards).get("cpus", 1),
-        mem_mb=lambda wildcards: convert_spec(wildcards).get("mem_mb", 4000),
-        runtime=lambda wildcards: convert_spec(wildcards).get("runtime", 60),
+        **job_resources(convert_spec, "CPU"),
     shell:
         "workflow/scripts/vppo convert {input.trained}/final --out {output} --base {input.base} > {log} 2>&1"

@@ -26,7 +26,7 @@ if EVAL.get("group_benchmarks", False):
         threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
         retries: EVAL["retries"]
         resources:
-            **gpu_job_resources(eval_spec),
+            **job_resources(eval_spec),
         shell:
             "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
             "--out {params.out} {params.options} > {log} 2>&1"
@@ -52,7 +52,7 @@ else:
         threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
         retries: EVAL["retries"]
         resources:
-            **gpu_job_resources(eval_spec),
+            **job_resources(eval_spec),
         shell:
             "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
             "--out {params.out} {params.options} > {log} 2>&1"
@@ -74,6 +74,6 @@ rule analyze_dependency:
         GPU_ENV
     threads: lambda wildcards: analysis_spec(wildcards).get("cpus", 1)
     resources:
-        **gpu_job_resources(analysis_spec),
+        **job_resources(analysis_spec),
     shell:
         "workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule table:
         DRIVER_ENV
     threads: 1
     resources:
-        **cpu_job_resources(),
+        **job_resources(cpu_spec, "CPU"),
     shell:
         "workflow/scripts/vppo tables --table {wildcards.table} --model {params.spec[model]} "
         "--paper-model {params.spec[paper_model]} --methods {params.methods} --benchmarks {params.benchmarks} "
@@ -52,7 +52,7 @@ rule figures:
         DRIVER_ENV
     threads: 1
     resources:
-        **cpu_job_resources(),
+        **job_resources(cpu_spec, "CPU"),
     shell:
         "workflow/scripts/vppo figures --train-root results/train --eval-root results/eval "
         "--analysis-root results/analysis --reference-dir results/reference --models {params.models} "
@@ -61,7 +61,7 @@ rule figures:
 
 rule report:
     input:
-        tables=expand("results/tables/{table}.{ext}", table=list(config["tables"]), ext=["md", "csv", "tex"]),
+        tables=table_files(),
         figures="results/figures",
     output:
         "results/report.html",
@@ -76,7 +76,7 @@ rule report:
         DRIVER_ENV
     threads: 1
     resources:
-        **cpu_job_resources(),
+        **job_resources(cpu_spec, "CPU"),
     shell:
         "workflow/scripts/vppo report --tables results/tables --figures {input.figures} --eval-root results/eval "
         "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} --out {output} "
@@ -96,7 +96,7 @@ rule check:
         reference=lambda wildcards: required_config("reference", wildcards),
         benchmarks=",".join(BENCHMARKS),
         eval_out="results/check/{name}/eval",
-        options=check_options,
+        options=sampling_options,
     log:
         "logs/check/{name}.log",
     benchmark:
@@ -105,7 +105,7 @@ rule check:
         GPU_ENV
     threads: lambda wildcards: check_spec(wildcards).get("cpus", 1)
     resources:
-        **gpu_job_resources(check_spec),
+        **job_resources(check_spec),
     shell:
         "workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
         "--benchmarks {params.benchmarks} --eval-out {params.eval_out} {params.options} "
