@@ -88,4 +88,4 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["check", str(ref), "--against", "paper:qwen2.5-vl-7b/unknown"]) == 2
     (tmp_path / "ref" / "geo3k.json").write_text("{}")
     assert main(["check", str(partial), "--against", str(ref), "--benchmarks", "geo3k"]) == 2
-    assert "field 'accuracy' missing" in capsys.readouterr().out
+    assert "field 'accuracy': missing" in capsys.readouterr().out

@@ -7,38 +7,73 @@ Per benchmark, ``OUT/<benchmark>.json`` (the numbers and their provenance) and `
 from __future__ import annotations
 
 import json
+import math
 import platform
 from importlib import metadata
 from pathlib import Path
 
 SCHEMA = "vppo.eval/1"
 
-#: key -> accepted types of the result JSON (extra keys are allowed; these must be present).
-REQUIRED: dict[str, tuple[type, ...]] = {
-    "schema": (str,), "model": (str,), "method": (str,), "benchmark": (str,), "task": (str,), "metric": (str,),
-    "k": (int,), "accuracy": (float, int), "stderr": (float, int), "n_questions": (int,), "n_samples": (int,),
-    "bad_rows": (int,), "bad_row_details": (list,), "backend": (str,), "versions": (dict,), "sampling": (dict,),
-    "seed": (int,), "limit": (int, type(None)), "checkpoint": (str,), "checkpoint_sha256": (str,), "data": (dict,),
-    "wall_time_s": (float, int), "samples_file": (str,), "created": (str,),
-}
+_INT, _STR = {"type": "integer"}, {"type": "string"}
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "n")
 VERSION_KEYS = ("vppo", "torch", "transformers", "lmms_eval", "vllm", "python")
+
+#: The one contract of a result file: ``vppo eval`` validates what it writes, every reader what it reads.
+#: Extra fields are allowed; these must be present.
+RESULT_JSON_SCHEMA: dict = {
+    "type": "object",
+    "required": ["schema", "model", "method", "benchmark", "task", "metric", "k", "accuracy", "stderr",
+                 "n_questions", "n_samples", "bad_rows", "bad_row_details", "backend", "versions", "sampling",
+                 "seed", "limit", "checkpoint", "checkpoint_sha256", "data", "wall_time_s", "samples_file",
+                 "created"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "model": _STR, "method": _STR, "benchmark": _STR, "task": _STR, "metric": _STR,
+        "k": {"type": "integer", "minimum": 1},
+        "accuracy": {"type": "number", "minimum": 0, "maximum": 100},
+        "stderr": {"type": "number", "minimum": 0},
+        "n_questions": {"type": "integer", "minimum": 0}, "n_samples": {"type": "integer", "minimum": 0},
+        "bad_rows": _INT, "bad_row_details": {"type": "array"},
+        "backend": _STR,  # one of vppo.evaluation.registry.BACKENDS, checked in validate_result
+        "versions": {"type": "object", "required": list(VERSION_KEYS)},
+        "sampling": {"type": "object", "required": list(SAMPLING_KEYS)},
+        "seed": _INT, "limit": {"type": ["integer", "null"]},
+        "checkpoint": _STR, "checkpoint_sha256": _STR,
+        "data": {"type": "object", "required": ["path", "sha256"]},
+        "wall_time_s": {"type": "number", "minimum": 0}, "samples_file": _STR, "created": _STR,
+    },
+}
 
 
 class ResultError(ValueError):
     """A result file is missing, unreadable or not of schema vppo.eval/1 (names the file and the field)."""
 
 
+def field_errors(instance, schema: dict) -> list[str]:
+    """'field ...: problem' strings for every JSON-schema violation (missing fields named one by one)."""
+    import jsonschema
+
+    problems = []
+    for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "required" and isinstance(err.instance, dict):
+            for name in err.validator_value:
+                if name not in err.instance:
+                    problems.append(f"field '{where + '.' if where else ''}{name}': missing")
+        else:
+            problems.append(f"field '{where or '<root>'}': {err.message}")
+    return list(dict.fromkeys(problems))  # jsonschema reports a 'required' failure once per missing name
+
+
 def validate_result(result: dict, source: str = "<result>") -> dict:
-    problems = [f"field {k!r} missing" for k in REQUIRED if k not in result]
-    problems += [f"field {k!r} is {type(result[k]).__name__}, expected {'/'.join(t.__name__ for t in types)}"
-                 for k, types in REQUIRED.items() if k in result and not isinstance(result[k], types)]
-    if result.get("schema") not in (None, SCHEMA):
-        problems.append(f"field 'schema' is {result['schema']!r}, expected {SCHEMA!r}")
-    if isinstance(result.get("sampling"), dict):
-        problems += [f"field 'sampling.{k}' missing" for k in SAMPLING_KEYS if k not in result["sampling"]]
-    if isinstance(result.get("versions"), dict):
-        problems += [f"field 'versions.{k}' missing" for k in VERSION_KEYS if k not in result["versions"]]
+    problems = field_errors(result, RESULT_JSON_SCHEMA)
+    from vppo.evaluation.registry import BACKENDS
+
+    # json.loads accepts NaN, and NaN passes every range check.
+    problems += [f"field '{name}': not finite" for name in ("accuracy", "stderr")
+                 if isinstance(result.get(name), (int, float)) and not math.isfinite(result[name])]
+    if isinstance(result.get("backend"), str) and result["backend"] not in BACKENDS:
+        problems.append(f"field 'backend': {result['backend']!r} is not one of {sorted(BACKENDS)}")
     if problems:
         raise ResultError(f"{source}: " + "; ".join(problems))
     return result
@@ -52,7 +87,14 @@ def read_result(path: str | Path) -> dict:
         raise ResultError(f"{path}: missing") from None
     except json.JSONDecodeError as exc:
         raise ResultError(f"{path}: not valid JSON ({exc})") from None
-    return validate_result(data, str(path))
+    validate_result(data, str(path))
+    from vppo.catalog import BENCHMARK_BY_KEY
+
+    if data["benchmark"] != path.stem:
+        raise ResultError(f"{path}: field 'benchmark' is {data['benchmark']!r} but the file name says {path.stem!r}")
+    if data["benchmark"] not in BENCHMARK_BY_KEY:
+        raise ResultError(f"{path}: field 'benchmark': unknown key {data['benchmark']!r}")
+    return data
 
 
 def read_results_dir(root: str | Path, keys: list[str] | None = None) -> dict[str, dict]:

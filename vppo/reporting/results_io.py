@@ -13,17 +13,15 @@ raises :class:`ResultsError` naming the file and the field: a wrong number must 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
 import pandas as pd
 
-from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES
+from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES
+from vppo.evaluation.results import ResultError, field_errors, read_result
 
-EVAL_SCHEMA_ID = "vppo.eval/1"
 ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
 
 
@@ -31,33 +29,7 @@ class ResultsError(ValueError):
     """An input of the reporting stage is malformed; the message names the file and the field."""
 
 
-_NUMBER = {"type": "number"}
-_INT = {"type": "integer"}
-_STR = {"type": "string"}
-
-#: The contract of ``vppo eval`` result files (helper_context "Contracts"). Extra fields are allowed.
-EVAL_JSON_SCHEMA: dict = {
-    "type": "object",
-    "required": ["schema", "model", "method", "benchmark", "metric", "k", "accuracy", "stderr", "n_questions",
-                 "n_samples", "backend", "versions", "sampling", "seed", "checkpoint", "checkpoint_sha256",
-                 "data", "wall_time_s"],
-    "properties": {
-        "schema": {"const": EVAL_SCHEMA_ID},
-        "model": _STR, "method": _STR, "benchmark": _STR, "task": _STR, "metric": _STR,
-        "k": {"type": "integer", "minimum": 1},
-        "accuracy": {"type": "number", "minimum": 0, "maximum": 100},
-        "stderr": {"type": "number", "minimum": 0},
-        "n_questions": {"type": "integer", "minimum": 0}, "n_samples": {"type": "integer", "minimum": 0},
-        "bad_rows": _INT, "bad_row_details": {"type": "array"},
-        "backend": {"enum": ["hf", "vllm"]},
-        "versions": {"type": "object", "required": ["vppo", "torch", "transformers"]},
-        "sampling": {"type": "object", "required": ["temperature", "top_p", "top_k", "max_new_tokens", "n"]},
-        "seed": _INT, "limit": {"type": ["integer", "null"]},
-        "checkpoint": _STR, "checkpoint_sha256": _STR,
-        "data": {"type": "object", "required": ["path", "sha256"]},
-        "wall_time_s": {"type": "number", "minimum": 0}, "samples_file": _STR, "created": _STR,
-    },
-}
+_NUMBER, _INT, _STR = {"type": "number"}, {"type": "integer"}, {"type": "string"}
 
 _HISTOGRAM = {"type": "object", "required": ["edges", "counts"],
               "properties": {"edges": {"type": "array", "items": _NUMBER}, "counts": {"type": "array", "items": _INT}}}
@@ -78,20 +50,6 @@ ANALYSIS_JSON_SCHEMA: dict = {
 }
 
 
-def _field_errors(instance: Any, schema: dict) -> list[str]:
-    """'field: problem' strings for every schema violation (missing fields named one by one)."""
-    problems = []
-    for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.path)):
-        where = ".".join(str(p) for p in err.absolute_path)
-        if err.validator == "required" and isinstance(err.instance, dict):
-            for name in err.validator_value:
-                if name not in err.instance:
-                    problems.append(f"field '{where + '.' if where else ''}{name}': missing")
-        else:
-            problems.append(f"field '{where or '<root>'}': {err.message}")
-    return list(dict.fromkeys(problems))  # jsonschema reports a 'required' failure once per missing name
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -100,7 +58,7 @@ def read_json(path: Path) -> Any:
 
 
 def validate(instance: Any, schema: dict, path: Path) -> None:
-    problems = _field_errors(instance, schema)
+    problems = field_errors(instance, schema)
     if problems:
         raise ResultsError(f"{path}: " + "; ".join(problems))
 
@@ -120,15 +78,10 @@ def eval_file(eval_root: str | Path, model: str, method: str, benchmark: str) ->
 def load_eval_json(path: str | Path) -> dict:
     """One validated result file; the file name must agree with its ``benchmark`` field."""
     path = Path(path)
-    data = read_json(path)
-    validate(data, EVAL_JSON_SCHEMA, path)
-    if data["benchmark"] != path.stem:
-        raise ResultsError(f"{path}: field 'benchmark' is {data['benchmark']!r} but the file name says {path.stem!r}")
-    if data["benchmark"] not in BENCHMARK_BY_KEY:
-        raise ResultsError(f"{path}: field 'benchmark': unknown key {data['benchmark']!r}")
-    for name in ("accuracy", "stderr"):
-        if not math.isfinite(data[name]):
-            raise ResultsError(f"{path}: field '{name}': not finite")
+    try:
+        data = read_result(path)
+    except ResultError as exc:
+        raise ResultsError(str(exc)) from None
     return data
 
 

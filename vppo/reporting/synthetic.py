@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID, EVAL_SCHEMA_ID, analysis_file, eval_file, training_log_file
+from vppo.evaluation.results import SCHEMA
+from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID, analysis_file, eval_file, training_log_file
 
 
 def eval_result(model: str, method: str, benchmark: str, accuracy: float, stderr: float, **overrides) -> dict:
     data = {
-        "schema": EVAL_SCHEMA_ID, "model": model, "method": method, "benchmark": benchmark,
+        "schema": SCHEMA, "model": model, "method": method, "benchmark": benchmark,
         "task": f"vppo_{benchmark}", "metric": "avg@8", "k": 8, "accuracy": accuracy, "stderr": stderr,
         "n_questions": 5, "n_samples": 40, "bad_rows": 0, "bad_row_details": [], "backend": "hf",
         "versions": {"vppo": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "lmms_eval": "0.7.3",
