@@ -173,3 +173,19 @@ def test_prompt_token_counts_match_the_processor(tiny_model_dir, tmp_path):
     for row, count in zip(dataset, counts):
         encoded = encode_prompts(processor, [row["prompt"][-1]["content"]], [row["images"]])
         assert count == int(encoded["attention_mask"].sum())
+
+
+def test_a_bad_hub_row_leaves_no_partial_training_data(tmp_path):
+    from vppo.data.train_data import TrainDataError, convert_dataset
+
+    good = {"problem": "<image>How many?", "answer": "2", "images": [Image.new("RGB", (28, 28))]}
+    rows = [good, {**good, "answer": ""}]
+    with pytest.raises(TrainDataError, match="row 1: field 'answer'"):
+        convert_dataset(rows, tmp_path / "train", source="test")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary sibling
+    keep = tmp_path / "busy"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("someone's work")
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_dataset([good], keep, source="test")
+    assert (keep / "notes.txt").read_text() == "someone's work"

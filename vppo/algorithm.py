@@ -166,9 +166,9 @@ def trajectory_scores(
 ) -> torch.Tensor:
     """score_i = sum_t(dep_t * mask_t) / max(n_valid_i, 1)  (PROTOCOL 3) -> float32 [B].
 
-    mask_t is the TGF mask when ``token_mask`` is given (PROTOCOL 3 reuses the ``mask`` that section 2
-    defines: 1 on kept tokens, 0 elsewhere), else the response mask (TAS without TGF). The denominator
-    is always the number of VALID tokens, not the kept ones, as in the protocol's formula.
+    mask_t is the response mask: the official code (dp_actor.py) scores every valid token. ``token_mask``
+    (the TGF mask) restricts the sum to the kept tokens, the ``tas_score_kept_tokens_only`` variant. The
+    denominator is always the number of VALID tokens, not the kept ones.
     """
     _check_same_shape("dependency", dependency, "response_mask", response_mask)
     weight = _valid(response_mask).float()
@@ -189,7 +189,8 @@ def tas_scale(
     """The code's advantage shaping factor alpha_i, float32 [B] (PROTOCOL 3).
 
     dependency, response_mask (, token_mask): [B, T] of the current micro-batch; scores come from
-    :func:`trajectory_scores` (pass the TGF mask as ``token_mask`` when TGF is on, as the code does).
+    :func:`trajectory_scores` (``token_mask`` only for the ``tas_score_kept_tokens_only`` variant; the official
+    code scores all valid tokens).
     minibatch_scores: 1-D scores of the whole update mini-batch (responses with n_valid > 0), computed with
     the same mask convention; min/max come from them, else from this batch's rows with n_valid > 0.
     mu is the mean of norm_i over this batch's rows with n_valid > 0. alpha = 1 for every row when

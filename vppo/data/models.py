@@ -11,10 +11,10 @@ not hours later in a training job. The copy is written to a temporary sibling an
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from vppo.fileio import publish_dir
 
 #: Offline sources built here rather than fetched.
 TINY_SOURCES = ("tiny", "tiny-warm")
@@ -24,9 +24,7 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: already exists and is not empty; remove it to fetch {source!r} again")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with publish_dir(out) as tmp:
         if source in TINY_SOURCES:
             from vppo.testing.tiny_qwen import WARM_START_STEPS, build_tiny_qwen
 
@@ -42,12 +40,6 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         from vppo.modeling import verify_checkpoint_dir
 
         verify_checkpoint_dir(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

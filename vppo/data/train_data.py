@@ -19,15 +19,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vppo.fileio import publish_dir, write_json_atomic
 from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION
 
 HUB_REPO = "chamber111/VPPO_ViRL39K_train"
@@ -120,23 +118,19 @@ def write_layout(examples: Iterable[tuple[dict, list[Image.Image]]], out: str | 
     out = Path(out)
     if (out / MANIFEST_FILE).is_file():
         raise FileExistsError(f"{out}: training data already prepared (manifest.json exists); remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    (tmp / IMAGES_DIR).mkdir()
-    lines = []
-    for row, images in examples:
-        paths = []
-        for k, image in enumerate(images):
-            rel = f"{IMAGES_DIR}/{row['id']}-{k}.png"
-            image.save(tmp / rel, format="PNG", optimize=False)  # no timestamps in PNG: byte-stable
-            paths.append(rel)
-        lines.append(json.dumps({**row, "images": paths}, sort_keys=True, ensure_ascii=False))
-    (tmp / ROWS_FILE).write_text("\n".join(lines) + "\n")
-    manifest = {"rows": len(lines), "sha256": _sha256_dir(tmp), "source": source}
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with publish_dir(out) as tmp:
+        (tmp / IMAGES_DIR).mkdir()
+        lines = []
+        for row, images in examples:
+            paths = []
+            for k, image in enumerate(images):
+                rel = f"{IMAGES_DIR}/{row['id']}-{k}.png"
+                image.save(tmp / rel, format="PNG", optimize=False)  # no timestamps in PNG: byte-stable
+                paths.append(rel)
+            lines.append(json.dumps({**row, "images": paths}, sort_keys=True, ensure_ascii=False))
+        (tmp / ROWS_FILE).write_text("\n".join(lines) + "\n")
+        manifest = {"rows": len(lines), "sha256": _sha256_dir(tmp), "source": source}
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
     return out
 
 

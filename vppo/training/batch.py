@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
-#: per-row scalars / vectors that need no padding
-ROW_KEYS = ("advantages",)
 #: keys that are not per-row and are recomputed after a merge
 GLOBAL_KEYS = ("num_items_in_batch",)
 

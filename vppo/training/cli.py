@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         overrides = parse_overrides(args.overrides)
         # Fail on a bad recipe key or method name before the heavy imports.
-        load_recipe(args.recipe, {**overrides, **({"max_steps": args.max_steps} if args.max_steps else {})})
+        load_recipe(args.recipe, overrides, args.max_steps)
         get_method(args.method)
     except (RecipeError, ValueError) as exc:
         print(f"vppo train: {exc}", file=sys.stderr)

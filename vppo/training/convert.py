@@ -15,13 +15,13 @@ max logit difference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from vppo.fileio import publish_dir, write_json_atomic
 
 MARKER = "vppo_convert.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -144,9 +144,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
         raise CheckpointError(f"{source}: no tokenizer/processor files; pass --base BASE_MODEL_DIR")
     processor = _processor_from(processor_dir)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with publish_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
         processor.save_pretrained(tmp)
         processor.tokenizer.save_pretrained(tmp)
@@ -156,7 +154,8 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
         reloaded = load_policy(tmp, dtype="auto").eval()
         reference = fixed_logits(model, processor)
         difference = float((fixed_logits(reloaded, _processor_from(tmp)) - reference).abs().max())
-        if difference > LOGIT_TOLERANCE * max(1.0, float(reference.abs().max())):
+        # `not <=` so that a NaN difference (a broken conversion) fails too
+        if not difference <= LOGIT_TOLERANCE * max(1.0, float(reference.abs().max())):
             raise CheckpointError(f"{out}: the converted checkpoint's logits differ from {source}'s by {difference}")
         record = {
             "source": str(source), "source_format": fmt, "config_from": str(config_dir),
@@ -165,13 +164,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / MARKER, record)
     return record
 
 

@@ -116,10 +116,7 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
     parser = argparse.ArgumentParser(prog="launch_train.sh -- ", add_help=False)
     configure(parser)
     parsed = parser.parse_args(train_args)
-    overrides = parse_overrides(parsed.overrides)
-    if parsed.max_steps is not None:
-        overrides["max_steps"] = parsed.max_steps
-    recipe = load_recipe(parsed.recipe, overrides)
+    recipe = load_recipe(parsed.recipe, parse_overrides(parsed.overrides), parsed.max_steps)
     server = recipe.use_vllm and recipe.vllm_mode == "server"
     nodes_needed = recipe.num_nodes + (1 if server else 0)
     nodelist = environ.get("SLURM_JOB_NODELIST")
@@ -140,10 +137,12 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
     trainers = hosts[:recipe.num_nodes]
     plan = Plan(commands=[])
     if server:
+        # The port the trainers connect to (vppo.training.runner reads the same variable).
+        server_port = environ.get("VPPO_VLLM_SERVER_PORT", "8000")
         plan.background.append([
             "srun", "--nodes=1", "--ntasks=1", f"--nodelist={hosts[-1]}", "trl", "vllm-serve", "--model",
             str(parsed.model), "--tensor-parallel-size", str(max(recipe.gpus_per_node, 1)),
-            "--max-model-len", str(recipe.max_prompt_length + recipe.max_completion_length), "--port", "8000"])
+            "--max-model-len", str(recipe.max_model_length), "--port", server_port])
         plan.env["VPPO_VLLM_SERVER_HOST"] = hosts[-1]
     launch = accelerate_command(recipe, config_dir, train_args, len(trainers), "$SLURM_PROCID", trainers[0], port)
     # A step gets one CPU per task unless told otherwise (and Snakemake's jobstep strips SLURM_CPUS_PER_TASK):

@@ -18,6 +18,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from vppo.fileio import write_jsonl_atomic
+
 #: Keys every line of training_log.jsonl carries (contract with the reporting stage).
 LOG_KEYS = (
     "step", "reward", "accuracy", "format", "kept_token_fraction", "dependency_kept_mean",
@@ -32,25 +34,26 @@ REDUCERS = {
 }
 
 
+def sync_cuda() -> None:
+    """Wait for queued GPU work, so wall time is attributed to the phase that launched it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 class PhaseTimer:
     """Wall time per phase, accumulated until :meth:`take`; synchronises CUDA so GPU work is attributed."""
 
     def __init__(self):
         self.totals = {phase: 0.0 for phase in PHASES}
 
-    @staticmethod
-    def _sync():
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-
     @contextmanager
     def phase(self, name: str):
-        self._sync()
+        sync_cuda()
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            sync_cuda()
             self.totals[name] += time.perf_counter() - start
 
     def take(self) -> dict[str, float]:
@@ -84,9 +87,8 @@ class JsonlLogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [line for line in read_log(self.path) if line["step"] <= self.resumed_step] if self.path.exists() else []
-        self.path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
+        write_jsonl_atomic(self.path, kept)  # a kill here must not lose the log of the steps before the resume
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:

@@ -82,6 +82,11 @@ class Recipe:
     distributed: str
 
     @property
+    def max_model_length(self) -> int:
+        """Prompt + response tokens: vLLM's context length."""
+        return self.max_prompt_length + self.max_completion_length
+
+    @property
     def world_size(self) -> int:
         return self.num_nodes * max(self.gpus_per_node, 1)
 
@@ -172,8 +177,11 @@ def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
     return validate(Recipe(name=name, **values), where)
 
 
-def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Recipe:
-    """A recipe by name (``smoke``, ``7b``, ``32b``) or YAML path, with ``overrides`` applied and validated."""
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None, max_steps: int | None = None) -> Recipe:
+    """A recipe by name (``smoke``, ``7b``, ``32b``) or YAML path, with ``overrides`` (and ``--max-steps``,
+    when given) applied and validated."""
+    if max_steps is not None:
+        overrides = {**(overrides or {}), "max_steps": max_steps}
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPE_DIR / f"{name_or_path}.yaml"
@@ -231,7 +239,7 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         use_vllm=recipe.use_vllm,
         vllm_mode=recipe.vllm_mode,
         vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
-        vllm_max_model_length=recipe.max_prompt_length + recipe.max_completion_length,
+        vllm_max_model_length=recipe.max_model_length,
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -244,8 +252,3 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
     else:
         kwargs["warmup_ratio"] = recipe.warmup_ratio
     return kwargs
-
-
-def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
-    """A validated copy of ``recipe`` with ``changes`` (used by tests and the bench)."""
-    return validate(replace(recipe, **changes), f"recipe {recipe.name} with {sorted(changes)}")

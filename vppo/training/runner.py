@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from vppo.algorithm import MethodPreset, get_method
+from vppo.fileio import write_json_atomic
 from vppo.modeling import verify_checkpoint_dir
+from vppo.rollout import chat_prompt
 from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
 
 logger = logging.getLogger(__name__)
@@ -78,9 +80,7 @@ def prompt_token_counts(dataset, processor) -> list[int]:
     undecoded = dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))["images"]
     counts = []
     for prompt, images in zip(dataset["prompt"], undecoded):
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt[-1]["content"]}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
+        text = chat_prompt(processor, prompt[-1]["content"], len(images))  # no placeholders: images first
         n = len(tokenizer(text)["input_ids"]) - len(images)  # each image's single placeholder is expanded below
         for image in images:
             with Image.open(image["path"] or io.BytesIO(image["bytes"])) as opened:
@@ -114,7 +114,7 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     if "activation_checkpointing" in {f.name for f in dataclasses.fields(GRPOConfig)}:  # newer transformers renamed it
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     # disable_dropout: the old-log-prob and masked passes must see the same network as the update
-    kwargs.update(save_total_limit=2, vllm_importance_sampling_correction=False, disable_dropout=True,
+    kwargs.update(save_total_limit=2, disable_dropout=True,
                   model_init_kwargs={"dtype": "bfloat16" if recipe.bf16 else "float32"})
     generation = _generation_kwargs(request.model, recipe)
     if generation:
@@ -159,10 +159,7 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
 
     ``callbacks`` and ``reward`` are for tests (crash injection, a steered grader).
     """
-    overrides = dict(request.overrides)
-    if request.max_steps is not None:
-        overrides["max_steps"] = request.max_steps
-    recipe = load_recipe(request.recipe, overrides)
+    recipe = load_recipe(request.recipe, request.overrides, request.max_steps)
     with cpu_threads(recipe):
         return _run_training(request, recipe, callbacks, reward)
 
@@ -182,7 +179,7 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
             raise TrainError(f"{work_dir}: holds a run with different {', '.join(changed)} ({path}); use another "
                              "--work-dir or remove this one")
     elif write:
-        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(path, current)  # every rank reads it: never half-written
 
 
 @dataclass

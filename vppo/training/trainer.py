@@ -31,7 +31,7 @@ from vppo.algorithm import (MethodPreset, dynamic_sampling_keep, grpo_advantages
                             token_vision_dependency, vppo_weights)
 from vppo.training.batch import concat_rollouts, micro_batch_rows, select_rows, update_rows
 from vppo.training.dependency import mask_row_images, masked_pixel_values
-from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric
+from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric, sync_cuda
 from vppo.training.rewards import GradingReward
 
 logger = logging.getLogger(__name__)
@@ -303,8 +303,7 @@ class VPPOTrainer(GRPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch):
         start, before = time.perf_counter(), sum(self.timer.totals.values())
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+        sync_cuda()
         rollout = sum(self.timer.totals.values()) - before
         self.timer.totals["update"] += time.perf_counter() - start - rollout
         return loss
