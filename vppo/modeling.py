@@ -43,21 +43,33 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         return out
 
 
+def hf_weights_missing(path: str | Path) -> list[str] | None:
+    """None if ``path`` holds no HF weights at all, else the pieces a complete checkpoint would add
+    (config.json, index shards); an empty list means complete."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if not (index.is_file() or any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))):
+        return None
+    missing = [] if (path / "config.json").is_file() else ["config.json"]
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index}: unreadable safetensors index ({exc})") from exc
+        missing += sorted(s for s in shards if not (path / s).is_file())
+    return missing
+
+
 def verify_checkpoint_dir(path: str | Path) -> Path:
     """Raise :class:`CheckpointError` naming the missing piece unless ``path`` is a complete HF checkpoint."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such directory")
     missing = [name for name in REQUIRED_CHECKPOINT_FILES if not (path / name).is_file()]
-    weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
-    if not weights:
-        missing.append("*.safetensors")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        missing += sorted(s for s in shards if not (path / s).is_file())
+    weights_missing = hf_weights_missing(path)
+    missing += ["*.safetensors"] if weights_missing is None else weights_missing
     if missing:
-        raise CheckpointError(f"checkpoint {path}: incomplete, missing {', '.join(missing)}")
+        raise CheckpointError(f"checkpoint {path}: incomplete, missing {', '.join(dict.fromkeys(missing))}")
     return path
 
 
@@ -96,7 +108,11 @@ def checkpoint_sha256(checkpoint: str | Path, cache: str | Path | None = None) -
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
     """Image-only Qwen2.5-VL processor from a checkpoint directory; pixel bounds override the saved ones."""
-    path = verify_checkpoint_dir(path)
+    return processor_from_dir(verify_checkpoint_dir(path), min_pixels, max_pixels)
+
+
+def processor_from_dir(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """:func:`load_processor` for a folder that holds the processor files but need not hold weights."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
     if min_pixels is not None or max_pixels is not None:

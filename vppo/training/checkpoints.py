@@ -10,31 +10,13 @@ weights, optimizer and RNG states) and the weights in one of the formats below a
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from vppo.modeling import CheckpointError
+from vppo.modeling import CheckpointError, hf_weights_missing
 
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _hf_missing(path: Path) -> list[str] | None:
-    """None if ``path`` holds no HF weights at all, else the list of missing pieces (empty = complete)."""
-    index = path / "model.safetensors.index.json"
-    safetensors = sorted(path.glob("*.safetensors"))
-    bins = sorted(path.glob("pytorch_model*.bin"))
-    if not (index.is_file() or safetensors or bins):
-        return None
-    missing = [] if (path / "config.json").is_file() else ["config.json"]
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index}: unreadable safetensors index ({exc})") from exc
-        missing += sorted(s for s in shards if not (path / s).is_file())
-    return missing
 
 
 def _deepspeed_missing(path: Path) -> list[str] | None:
@@ -59,7 +41,7 @@ def _fsdp_missing(path: Path) -> list[str] | None:
     return missing + ([] if list(folder.glob("*.distcp")) else [f"{folder.name}/*.distcp"])
 
 
-FORMATS = {"hf": _hf_missing, "deepspeed": _deepspeed_missing, "fsdp_sharded": _fsdp_missing}
+FORMATS = {"hf": hf_weights_missing, "deepspeed": _deepspeed_missing, "fsdp_sharded": _fsdp_missing}
 
 
 def weights_format(path: str | Path) -> str:

@@ -69,17 +69,6 @@ def _first_with(name: str, *dirs: Path | None) -> Path | None:
     return next((d for d in dirs if d is not None and (d / name).is_file()), None)
 
 
-def _processor_from(directory: Path):
-    from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from vppo.modeling import ImageOnlyQwen2_5_VLProcessor
-
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    return ImageOnlyQwen2_5_VLProcessor(Qwen2VLImageProcessorPil.from_pretrained(directory), tokenizer,
-                                        chat_template=getattr(tokenizer, "chat_template", None))
-
-
 def load_source_model(source: Path, base: Path | None):
     """(model in eval mode, weights format, directory that supplied the config)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -129,7 +118,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
     """Write and verify the standalone checkpoint; returns the record written to ``vppo_convert.json``."""
     from transformers import GenerationConfig
 
-    from vppo.modeling import CheckpointError, checkpoint_sha256, load_policy
+    from vppo.modeling import CheckpointError, checkpoint_sha256, load_policy, processor_from_dir
 
     source, out = Path(source), Path(out)
     if (source / "train_summary.json").is_file() and (source / "final").is_dir():
@@ -142,7 +131,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
     processor_dir = _first_with("tokenizer_config.json", source, base)
     if processor_dir is None:
         raise CheckpointError(f"{source}: no tokenizer/processor files; pass --base BASE_MODEL_DIR")
-    processor = _processor_from(processor_dir)
+    processor = processor_from_dir(processor_dir)
 
     with publish_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
@@ -153,7 +142,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
             GenerationConfig.from_pretrained(generation_dir).save_pretrained(tmp)
         reloaded = load_policy(tmp, dtype="auto").eval()
         reference = fixed_logits(model, processor)
-        difference = float((fixed_logits(reloaded, _processor_from(tmp)) - reference).abs().max())
+        difference = float((fixed_logits(reloaded, processor_from_dir(tmp)) - reference).abs().max())
         # `not <=` so that a NaN difference (a broken conversion) fails too
         if not difference <= LOGIT_TOLERANCE * max(1.0, float(reference.abs().max())):
             raise CheckpointError(f"{out}: the converted checkpoint's logits differ from {source}'s by {difference}")
