@@ -15,23 +15,17 @@ import argparse
 import os
 import time
 
-from vppo.evaluation.protocol import Sampling, prepare_image
+from vppo.evaluation.protocol import Sampling
 from vppo.evaluation.requests import GenerationJob
 
 
 def jobs_from_data(data: str, benchmark: str, questions: int, sampling: Sampling) -> list[GenerationJob]:
-    from PIL import Image
-
     from vppo.data.eval_data import scan_benchmark
+    from vppo.evaluation.tasklib import doc_to_visual
 
-    jobs = []
-    for row in scan_benchmark(data, benchmark).rows[:questions]:
-        images = []
-        for path in row.images:
-            with Image.open(path) as img:
-                images.append(prepare_image(img))
-        jobs.append(GenerationJob(row.prompt, images, sampling, key=(benchmark, "test", row.row_id)))
-    return jobs
+    return [GenerationJob(row.prompt, doc_to_visual({"image_paths": row.images}), sampling,
+                          key=(benchmark, "test", row.row_id))
+            for row in scan_benchmark(data, benchmark).rows[:questions]]
 
 
 def timed(engine, prompts, params) -> tuple[float, int]:

@@ -37,3 +37,12 @@ def test_lmms_hooks_aggregate_to_the_hand_value():
     assert [item["correct"] for item in items] == HAND
     assert [item["score"] for item in items] == [37.5, 100.0, 50.0]
     assert tasklib.aggregate_avg_at_k(items) == pytest.approx(62.5)
+
+
+def test_a_row_whose_image_entry_is_not_a_path_is_a_bad_row_not_a_crash(tmp_path):
+    from vppo.data.eval_data import scan_rows
+
+    row = {"id": "q1", "images": [None], "conversations": [{"from": "human", "value": "<image>Q"},
+                                                             {"from": "gpt", "value": "1"}]}
+    scan = scan_rows(tmp_path, "geo3k", [row])
+    assert scan.rows == [] and [(b.row_id, b.reason.startswith("malformed row")) for b in scan.bad] == [("q1", True)]

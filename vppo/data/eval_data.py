@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, Benchmark
 from vppo.evaluation.protocol import parse_sharegpt_row
+from vppo.fileio import file_sha256, write_json_atomic, write_text_atomic
 from vppo.rollout import REASONING_INSTRUCTION
 
 EVAL_REPO = "chamber111/VPPO-Eval"
@@ -62,10 +63,6 @@ class BenchmarkScan:
     rows: list[EvalRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
 
-    @property
-    def n_total(self) -> int:
-        return len(self.rows) + len(self.bad)
-
 
 def benchmark_file(root: str | Path, key: str) -> Path:
     return Path(root) / f"{key}.json"
@@ -93,7 +90,7 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def scan_rows(root: str | Path, key: str, raw_rows: list[dict], check_images: bool = True) -> BenchmarkScan:
+def scan_rows(root: str | Path, key: str, raw_rows: list[dict]) -> BenchmarkScan:
     """Split raw rows into usable :class:`EvalRow` and :class:`BadRow` (pure apart from reading images)."""
     root = Path(root).resolve()
     scan = BenchmarkScan(key)
@@ -111,14 +108,14 @@ def scan_rows(root: str | Path, key: str, raw_rows: list[dict], check_images: bo
             images = raw.get("images") or []
             if isinstance(images, str):
                 images = [images]
-        except ValueError as exc:
+            paths = [root / p for p in images]
+        except (ValueError, TypeError) as exc:  # TypeError: an image entry that is not a path (null, a number)
             scan.bad.append(BadRow(key, row_id, f"malformed row: {exc}"))
             continue
         if not answer:
             scan.bad.append(BadRow(key, row_id, "empty answer"))
             continue
-        paths = [(root / p) for p in images]
-        reasons = [r for r in (_check_image(p) for p in paths) if r] if check_images else []
+        reasons = [r for r in (_check_image(p) for p in paths) if r]
         if reasons:
             scan.bad.append(BadRow(key, row_id, "; ".join(reasons)))
             continue
@@ -126,15 +123,15 @@ def scan_rows(root: str | Path, key: str, raw_rows: list[dict], check_images: bo
     return scan
 
 
-def scan_benchmark(root: str | Path, key: str, check_images: bool = True) -> BenchmarkScan:
-    return scan_rows(root, key, load_raw_rows(root, key), check_images)
+def scan_benchmark(root: str | Path, key: str) -> BenchmarkScan:
+    return scan_rows(root, key, load_raw_rows(root, key))
 
 
 def _sha256_files(paths: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(str(path.relative_to(root)).encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(bytes.fromhex(file_sha256(path)))  # streamed: images can be large
     return digest.hexdigest()
 
 
@@ -228,7 +225,7 @@ def write_fixtures(out: str | Path, n_rows: int = 5, seed: int = 0, benchmarks: 
         if plant_bad_rows:
             rows.append(_sharegpt(f"{bench.key}-missing", f"images/{bench.key}/absent.png", "Question?", "1"))
             rows.append(_sharegpt(f"{bench.key}-noanswer", f"images/{bench.key}/0000.png", "Question?", "  "))
-        benchmark_file(out, bench.key).write_text(json.dumps(rows, indent=1) + "\n")
+        write_text_atomic(benchmark_file(out, bench.key), json.dumps(rows, indent=1) + "\n")
     return out
 
 
@@ -256,7 +253,7 @@ def _import_directory(src: Path, out: Path, benchmarks: list[Benchmark], name_ma
         images_src = found.parent / "images"
         if images_src.is_dir() and not (out / "images").exists():
             (out / "images").symlink_to(images_src.resolve(), target_is_directory=True)
-        benchmark_file(out, bench.key).write_text(json.dumps(rows) + "\n")
+        write_text_atomic(benchmark_file(out, bench.key), json.dumps(rows) + "\n")
 
 
 def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str]:
@@ -285,7 +282,10 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
         write_fixtures(out, n_rows, int(options.get("seed", 0)), benchmarks, bool(int(options.get("plant_bad_rows", 0))))
         expected = {b.key: n_rows + (2 if int(options.get("plant_bad_rows", 0)) else 0) for b in benchmarks}
     elif source == "hub":
-        downloaded, revision = _download_hub(out, str(options.get("repo", EVAL_REPO)), options.get("revision"))
+        # str(): options are YAML-typed, and an all-digit commit prefix would arrive as an int
+        requested = options.get("revision")
+        downloaded, revision = _download_hub(out, str(options.get("repo", EVAL_REPO)),
+                                             None if requested is None else str(requested))
         _import_directory(downloaded, out, benchmarks, name_map)
         expected = None
     elif Path(source).is_dir():
@@ -296,7 +296,7 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     body = verify_eval_dir(out, benchmarks, expected)
     manifest = {"source": source, "revision": revision, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **body}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(out / MANIFEST, manifest)  # written last: its presence means the data is complete
     for key, info in body["benchmarks"].items():
         if info["bad_rows"]:
             print(f"[eval data] {key}: {info['bad_rows']} bad row(s): "

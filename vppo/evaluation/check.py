@@ -20,7 +20,8 @@ from pathlib import Path
 from statistics import NormalDist
 
 from vppo.catalog import BENCHMARK_BY_KEY, MODEL_PAPER_NAMES, METHOD_PAPER_NAMES, resolve_benchmarks
-from vppo.evaluation.results import ResultError, read_results_dir
+from vppo.evaluation.results import read_results_dir
+from vppo.fileio import write_text_atomic
 
 AVG = "avg"
 
@@ -165,6 +166,8 @@ def _candidate_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vppo.evaluation.cli import eval_input_errors
+
     if not 0 < args.alpha < 1:
         print(f"vppo check: --alpha {args.alpha} must lie in (0, 1)")
         return 2
@@ -190,14 +193,13 @@ def run(args: argparse.Namespace) -> int:
             raise CheckInputError(f"reference {args.against}: no value for {', '.join(missing)}")
         compared = [k for k in keys if k in reference]
         rows = compare(with_average(candidate, keys), with_average(reference, keys), compared, args.alpha, args.max_drop)
-    except (ResultError, CheckInputError, FileNotFoundError, ValueError) as exc:
+    except (ValueError, FileNotFoundError, *eval_input_errors()) as exc:  # ResultError, CheckInputError: ValueErrors
         print(f"vppo check: {exc}")
         return 2
     table = render(rows, header)
     print(table)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(table)
+        write_text_atomic(args.report, table)
     regressions = [row.benchmark for row in rows if row.verdict == "REGRESSION"]
     if regressions:
         print(f"vppo check: REGRESSION on {', '.join(regressions)}")

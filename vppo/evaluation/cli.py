@@ -26,7 +26,8 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-label", default=None, help="model name recorded in the results (default: dir name)")
     parser.add_argument("--method-label", default=None, help="method name recorded in the results")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (each k times)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="questions per generate call, each k times (default: hf 8, vllm 512)")
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm: default from the model size")
     parser.add_argument("--tasks-dir", type=Path, default=None, help="lmms-eval task folder (default: benchmarks/)")
     parser.add_argument("--overwrite", action="store_true", help="re-evaluate even when matching results exist")
@@ -52,18 +53,23 @@ def request_from_args(args: argparse.Namespace, checkpoint: Path, out: Path):
                        tasks_dir=args.tasks_dir, overwrite=args.overwrite)
 
 
-def run(args: argparse.Namespace) -> int:
-    from vppo.evaluation.runner import run_eval
-
+def eval_input_errors() -> tuple[type[Exception], ...]:
+    """What an evaluation raises for bad input (exit 2 with the message, never a traceback)."""
     from vppo.data.eval_data import EvalDataError
     from vppo.evaluation.runner import ProtocolError
     from vppo.evaluation.tasklib import TaskDataError
     from vppo.modeling import CheckpointError
 
+    return CheckpointError, EvalDataError, ProtocolError, TaskDataError
+
+
+def run(args: argparse.Namespace) -> int:
+    from vppo.evaluation.runner import run_eval
+
     started = time.perf_counter()
     try:
         results = run_eval(request_from_args(args, args.checkpoint, args.out))
-    except (CheckpointError, EvalDataError, ProtocolError, TaskDataError) as exc:
+    except eval_input_errors() as exc:
         print(f"vppo eval: {exc}")
         return 2
     print(f"{'benchmark':<12} {'avg@k':>7} {'stderr':>7} {'n':>6} {'bad':>4}")

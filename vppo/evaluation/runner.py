@@ -46,7 +46,7 @@ class EvalRequest:
     seed: int = 0
     model_label: str | None = None
     method_label: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the backend's own default (hf 8, vllm 512 questions per call)
     tensor_parallel_size: int | None = None
     tasks_dir: Path | None = None
     overwrite: bool = False
@@ -146,15 +146,16 @@ def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: di
     return validate_result(result, f"{bench.key}.json"), lines
 
 
-def _reusable(path: Path, req: EvalRequest, checkpoint_hash: str, data_hash: str) -> bool:
+def _reusable_result(path: Path, req: EvalRequest, checkpoint_hash: str, data_hash: str) -> dict | None:
+    """The finished result at ``path`` if it was made from the same inputs, else None (evaluate again)."""
     try:
         old = read_result(path)
     except Exception:
-        return False
+        return None
     same = (old["checkpoint_sha256"] == checkpoint_hash and old["data"].get("sha256") == data_hash
             and old["sampling"] == req.sampling.as_dict() and old["seed"] == req.seed and old["limit"] == req.limit
             and old["backend"] == req.backend)
-    return same and (path.parent / old["samples_file"]).is_file()
+    return old if same and (path.parent / old["samples_file"]).is_file() else None
 
 
 def data_checksum(root: Path, key: str) -> str:
@@ -171,11 +172,11 @@ def data_checksum(root: Path, key: str) -> str:
 # ------------------------------------------------------------------------------------------- driver
 
 def model_args(req: EvalRequest) -> dict:
-    args = {"pretrained": str(req.checkpoint), "max_new_tokens": req.max_new_tokens, "seed": req.seed,
-            "batch_size": req.batch_size}
+    args = {"pretrained": str(req.checkpoint), "max_new_tokens": req.max_new_tokens, "seed": req.seed}
+    if req.batch_size is not None:
+        args["batch_size"] = req.batch_size
     if req.backend == "vllm":
         args["tensor_parallel_size"] = req.tensor_parallel_size
-        args["batch_size"] = max(req.batch_size, 512)
     return args
 
 
@@ -221,9 +222,10 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
     pending = []
     for bench in req.benchmarks:
         path = req.out / f"{bench.key}.json"
-        if not req.overwrite and _reusable(path, req, checkpoint_hash, data_hashes[bench.key]):
+        old = None if req.overwrite else _reusable_result(path, req, checkpoint_hash, data_hashes[bench.key])
+        if old is not None:
             log(f"[vppo eval] {bench.key}: reusing {path} (same checkpoint, data, sampling, seed, limit, backend)")
-            results[bench.key] = read_result(path)
+            results[bench.key] = old
         else:
             pending.append(bench)
     if not pending:

@@ -25,7 +25,7 @@ from typing import Callable
 from PIL import Image
 
 from vppo.evaluation.protocol import avg_at_k, prepare_image, score_responses
-from vppo.rollout import IMAGE_PLACEHOLDER
+from vppo.rollout import user_content
 
 DATA_ENV = "VPPO_EVAL_DATA"
 #: The metric name in the task YAML and in lmms-eval's per-sample logs.
@@ -130,20 +130,12 @@ def doc_to_messages(doc: dict, lmms_eval_specific_kwargs: dict | None = None) ->
     A prompt without placeholders gets its images first (the convention of Qwen2.5-VL datasets).
     """
     images = doc_to_visual(doc)
-    pieces = doc["prompt"].split(IMAGE_PLACEHOLDER)
-    if len(pieces) - 1 not in (0, len(images)):
-        raise ValueError(f"row {doc.get('row_id')}: {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders "
-                         f"but {len(images)} images")
-    content: list[dict] = []
-    if len(pieces) == 1:
-        content += [{"type": "image", "url": img} for img in images]
-        content.append({"type": "text", "text": pieces[0]})
-    else:
-        for i, piece in enumerate(pieces):
-            if i:
-                content.append({"type": "image", "url": images[i - 1]})
-            if piece:
-                content.append({"type": "text", "text": piece})
+    try:
+        parts = user_content(doc["prompt"], len(images))
+    except ValueError as exc:
+        raise ValueError(f"row {doc.get('row_id')}: {exc}") from None
+    in_order = iter(images)
+    content = [{"type": "image", "url": next(in_order)} if part["type"] == "image" else part for part in parts]
     return [{"role": "user", "content": content}]
 
 
