@@ -27,13 +27,14 @@ responses, bf16). Any size field can be overridden (--layers, --response-length,
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+
+from vppo.fileio import write_json_atomic
 
 SIZES = {
     "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=512, vision_hidden=32, vision_depth=2,
@@ -51,41 +52,22 @@ PHASES = ("generation", "old_logp", "masked_pass", "update")
 
 def write_model(out: Path, size: dict, seed: int) -> Path:
     """A random-init Qwen2.5-VL checkpoint with the tiny model's tokenizer and a processor with ``size``'s bounds."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from vppo.modeling import ImageOnlyQwen2_5_VLProcessor
-    from vppo.testing.tiny_qwen import CHAT_TEMPLATE, SPECIAL_TOKENS, build_generation_config, build_tokenizer
+    from vppo.testing.tiny_qwen import build_config, build_generation_config, build_processor, build_tokenizer
 
     tokenizer = build_tokenizer(seed)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    half = size["hidden"] // size["heads"] // 2
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=max(size["vocab"], len(tokenizer)), hidden_size=size["hidden"],
-                         intermediate_size=size["mlp"], num_hidden_layers=size["layers"],
-                         num_attention_heads=size["heads"], num_key_value_heads=size["kv_heads"],
-                         max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                          "mrope_section": [half - 2 * (half // 3), half // 3, half // 3]},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=size["vision_depth"], hidden_size=size["vision_hidden"],
-                           intermediate_size=size["vision_mlp"], num_heads=size["vision_heads"],
-                           out_hidden_size=size["hidden"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           window_size=112, fullatt_block_indexes=[size["vision_depth"] - 1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
+    config = build_config(
+        tokenizer, size["hidden"], size["layers"], size["vision_depth"], num_heads=size["heads"],
+        num_kv_heads=size["kv_heads"], intermediate_size=size["mlp"], vocab_size=max(size["vocab"], len(tokenizer)),
+        vision_hidden=size["vision_hidden"], vision_mlp=size["vision_mlp"], vision_heads=size["vision_heads"],
+        rope_theta=1e6, max_position_embeddings=32768, window_size=112)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16 if size["bf16"] else torch.float32)
-    generation = build_generation_config(tokenizer)
     # A random model rarely samples <|im_end|>: responses run to the length limit, the realistic worst case.
-    model.generation_config = generation
+    model.generation_config = build_generation_config(tokenizer)
     model.save_pretrained(out)
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": size["min_pixels"],
-                                                     "longest_edge": size["max_pixels"]},
-                                               patch_size=14, temporal_patch_size=2, merge_size=2)
-    ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE).save_pretrained(out)
+    build_processor(tokenizer, size["min_pixels"], size["max_pixels"]).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -160,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "rollouts_measured": max(args.rollouts - 1, 1), "updates_per_rollout": args.updates_per_rollout,
         "responses_per_rollout": size["prompts"] * size["generations"], "seconds_per_rollout": results,
-        "masked_over_old": vppo["masked_pass"] / vppo["old_logp"] if vppo["old_logp"] else None,
+        "masked_over_old": vppo["masked_pass"] / vppo["old_logp"],  # vppo always runs the old log-prob pass
         "overhead_phases": vppo["masked_pass"] / (vppo["step"] - vppo["masked_pass"]),
         "overhead_wall": vppo["step"] / dapo["step"] - 1.0,
     }
@@ -172,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"masked pass / old log-prob pass = {report['masked_over_old']:.2f}   "
           f"VPPO overhead: {100 * report['overhead_phases']:.1f}% by phases, {100 * report['overhead_wall']:+.1f}% wall")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(args.out, report)
     return 0
 
 

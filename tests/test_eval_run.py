@@ -13,7 +13,8 @@ from vppo.catalog import BENCHMARKS, resolve_benchmarks
 from vppo.cli import main
 from vppo.data.eval_data import EvalDataError, prepare_eval_data
 from vppo.evaluation.results import read_result, read_samples
-from vppo.evaluation.runner import EvalRequest, data_checksum, run_eval
+from vppo.data.eval_data import data_checksum
+from vppo.evaluation.runner import EvalRequest, run_eval
 from vppo.testing.scripted_lmms import BACKEND, n_correct, register_scripted
 
 pytestmark = pytest.mark.slow

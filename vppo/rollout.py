@@ -108,10 +108,15 @@ def split_generation(sequences: torch.Tensor, prompt_len: int, eos_ids: list[int
     return response.masked_fill(mask == 0, pad_id), mask
 
 
-def response_logprobs(model, batch: ScoredBatch, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(y_t | prompt, images, y_<t) for every response token: [B, T], zero on padding."""
+def response_logits(model, batch: ScoredBatch) -> torch.Tensor:
+    """The model's logits at every response position, [B, T, V] in the model's dtype (unscaled)."""
     outputs = model(**batch.inputs, use_cache=False)
     t = batch.response_ids.shape[1]
-    logits = outputs.logits[:, -t - 1:-1, :].float() / temperature  # the logit at i predicts token i+1
+    return outputs.logits[:, -t - 1:-1, :]  # the logit at i predicts token i+1
+
+
+def response_logprobs(model, batch: ScoredBatch, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | prompt, images, y_<t) for every response token: [B, T], zero on padding."""
+    logits = response_logits(model, batch).float() / temperature
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     return logp * batch.response_mask

@@ -143,6 +143,17 @@ def benchmark_sha256(root: str | Path, key: str) -> str:
     return _sha256_files(files, root)
 
 
+def data_checksum(root: str | Path, key: str) -> str:
+    """The benchmark's checksum now; must equal the manifest's when there is one (fails loudly otherwise)."""
+    value = benchmark_sha256(root, key)
+    manifest = read_manifest(root)
+    recorded = ((manifest or {}).get("benchmarks") or {}).get(key, {}).get("sha256")
+    if recorded and recorded != value:
+        raise EvalDataError(f"{root}/{key}.json (+ images/{key}): checksum {value[:12]} differs from manifest.json's "
+                            f"{recorded[:12]}: the data changed since it was prepared; prepare it again")
+    return value
+
+
 def verify_eval_dir(root: str | Path, benchmarks: list[Benchmark] | None = None,
                     expected_rows: dict[str, int] | None = None) -> dict:
     """Manifest body for ``root``: per-benchmark row and bad-row counts and checksums.

@@ -20,6 +20,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 from vppo.catalog import BENCHMARK_BY_KEY, MODEL_PAPER_NAMES, METHOD_PAPER_NAMES, resolve_benchmarks
+from vppo.evaluation.protocol import benchmark_average
 from vppo.evaluation.results import read_results_dir
 from vppo.fileio import write_text_atomic
 
@@ -87,9 +88,8 @@ def with_average(scores: dict[str, Score], keys: list[str]) -> dict[str, Score]:
     """Add the unweighted mean over ``keys`` (unless the source states its own, as the paper does)."""
     if AVG in scores or len(keys) < 2 or not all(k in scores for k in keys):
         return scores
-    ses = [scores[k].stderr for k in keys]
-    stderr = None if any(s is None for s in ses) else math.sqrt(sum(s * s for s in ses)) / len(keys)
-    return {**scores, AVG: Score(sum(scores[k].accuracy for k in keys) / len(keys), stderr)}
+    mean, stderr = benchmark_average([scores[k].accuracy for k in keys], [scores[k].stderr for k in keys])
+    return {**scores, AVG: Score(mean, stderr)}
 
 
 def compare(candidate: dict[str, Score], reference: dict[str, Score], keys: list[str], alpha: float,

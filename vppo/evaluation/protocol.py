@@ -5,6 +5,7 @@
 - :func:`parse_sharegpt_row`: the stored prompt text and answer of one VPPO-Eval row, untouched.
 - :func:`score_responses`: every response graded by :func:`vppo.reward.grade` (last ``\\boxed{}``, mathruler).
 - :func:`avg_at_k` / :func:`avg_at_k_stderr`: total correct / total samples, and the per-question std / sqrt(n).
+- :func:`benchmark_average`: the paper's Avg over benchmarks and its standard error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from PIL import Image
-
-from vppo.reward import grade
 
 MAX_PIXELS = 768 * 768
 MIN_PIXELS = 32 * 32
@@ -103,6 +102,8 @@ class ScoredQuestion:
 
 
 def score_responses(responses: Sequence[str], answer: str) -> ScoredQuestion:
+    from vppo.reward import grade  # mathruler pulls in sympy: only where responses are graded
+
     grades = [grade(r, answer) for r in responses]
     return ScoredQuestion(list(responses), [g.extracted for g in grades], [int(g.accuracy) for g in grades])
 
@@ -122,3 +123,11 @@ def avg_at_k_stderr(correct_per_question: Sequence[Sequence[int]]) -> float:
     mu = sum(means) / n
     var = sum((m - mu) ** 2 for m in means) / (n - 1)
     return math.sqrt(var / n)
+
+
+def benchmark_average(accuracies: Sequence[float], stderrs: Sequence[float | None]) -> tuple[float, float | None]:
+    """The paper's "Avg": the unweighted mean of the benchmark accuracies, with the standard error of that
+    mean for independent benchmarks, sqrt(sum se^2) / n (None when any benchmark has no standard error)."""
+    n = len(accuracies)
+    stderr = None if any(s is None for s in stderrs) else math.sqrt(sum(s * s for s in stderrs)) / n
+    return sum(accuracies) / n, stderr

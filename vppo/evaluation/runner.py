@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vppo.catalog import Benchmark
-from vppo.data.eval_data import EvalDataError, benchmark_sha256, read_manifest
+from vppo.data.eval_data import EvalDataError, data_checksum
 from vppo.evaluation import tasklib
 from vppo.evaluation.protocol import ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
 from vppo.evaluation.registry import BACKENDS
@@ -156,17 +156,6 @@ def _reusable_result(path: Path, req: EvalRequest, checkpoint_hash: str, data_ha
             and old["sampling"] == req.sampling.as_dict() and old["seed"] == req.seed and old["limit"] == req.limit
             and old["backend"] == req.backend)
     return old if same and (path.parent / old["samples_file"]).is_file() else None
-
-
-def data_checksum(root: Path, key: str) -> str:
-    """The benchmark's checksum now; must equal the manifest's when there is one (fails loudly otherwise)."""
-    value = benchmark_sha256(root, key)
-    manifest = read_manifest(root)
-    recorded = ((manifest or {}).get("benchmarks") or {}).get(key, {}).get("sha256")
-    if recorded and recorded != value:
-        raise EvalDataError(f"{root}/{key}.json (+ images/{key}): checksum {value[:12]} differs from manifest.json's "
-                            f"{recorded[:12]}: the data changed since it was prepared; prepare it again")
-    return value
 
 
 # ------------------------------------------------------------------------------------------- driver

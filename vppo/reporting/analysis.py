@@ -17,15 +17,17 @@ full-vocabulary KL with ``--estimator kl``). The JSON (schema ``vppo.analysis/1`
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from vppo.evaluation.results import package_versions
 from vppo.fileio import write_json_atomic
-from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID
+
+#: The schema of what ``vppo analyze`` writes (validated by vppo.reporting.results_io when read).
+ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 THRESHOLDS = (0.001, 0.01, 0.1, 1.0)
@@ -92,13 +94,6 @@ def pick_rows(data_dir: Path, benchmark_keys: list[str], n_prompts: int) -> list
     return picked
 
 
-def _response_logits(model, batch):
-    """Full-vocabulary logits at every response position: [B, T, V] (for the "kl" estimator)."""
-    outputs = model(**batch.inputs, use_cache=False)
-    t = batch.response_ids.shape[1]
-    return outputs.logits[:, -t - 1:-1, :]
-
-
 def dependency_for_prompt(model, processor, prompt_text: str, images: list, args, rng: np.random.Generator):
     """Sample ``args.samples`` responses to one prompt; return per-response valid-token dependencies."""
     import torch
@@ -107,16 +102,20 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
     from vppo.algorithm import token_vision_dependency
     from vppo.evaluation.protocol import prepare_image
     from vppo.masking import mask_image
-    from vppo.rollout import encode_prompts, join_prompt_and_response, repeat_prompt_batch, response_logprobs, split_generation
+    from vppo.rollout import (encode_prompts, join_prompt_and_response, repeat_prompt_batch, response_logits,
+                              response_logprobs, split_generation)
+    from vppo.training.dependency import masked_pixel_values
 
     device = next(model.parameters()).device
     pictures = []
     for path in images:
         with Image.open(path) as img:
             pictures.append(prepare_image(img))
-    masked = [mask_image(p, args.mask_strategy, rng=rng) for p in pictures]
     prompt = encode_prompts(processor, [prompt_text], [pictures])
-    masked_prompt = encode_prompts(processor, [prompt_text], [masked])
+    # The trainer's masked pass: same prompt ids, only the pixels of the masked images change.
+    masked = [mask_image(p, args.mask_strategy, rng=rng) for p in pictures]
+    masked_prompt = {**prompt, "pixel_values": masked_pixel_values(processor.image_processor, [masked],
+                                                                   prompt["image_grid_thw"])}
     tok = processor.tokenizer
     eos = model.generation_config.eos_token_id
     eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
@@ -132,25 +131,22 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
         for batch in batches:
             batch.inputs = {k: v.to(device) for k, v in batch.inputs.items()}
             batch.response_ids, batch.response_mask = batch.response_ids.to(device), batch.response_mask.to(device)
+        # Scored at the sampling temperature, as the trainer scores its rollouts.
         if args.estimator == "kl":
-            real, blind = (_response_logits(model, b) for b in batches)
+            real, blind = (response_logits(model, b) / args.temperature for b in batches)
         else:
-            real, blind = (response_logprobs(model, b) for b in batches)
+            real, blind = (response_logprobs(model, b, temperature=args.temperature) for b in batches)
         dep = token_vision_dependency(real, blind, batches[0].response_mask, estimator=args.estimator).cpu()
     valid = mask.bool()
     return [dep[i][valid[i]].tolist() for i in range(dep.shape[0])]
 
 
 def _data_provenance(data_dir: Path, keys: list[str]) -> dict:
-    """Per-benchmark checksums: the manifest's (``vppo prepare-data``), else computed the manifest's way."""
-    from vppo.data.eval_data import benchmark_sha256, read_manifest
+    """Per-benchmark checksums, computed now and checked against manifest.json where there is one."""
+    from vppo.data.eval_data import data_checksum, read_manifest
 
-    manifest = (read_manifest(data_dir) or {}).get("benchmarks", {})
-    sums = {k: manifest.get(k, {}).get("sha256") for k in keys}
-    source = "manifest" if all(sums.values()) else "computed"
-    if source != "manifest":
-        sums = {k: benchmark_sha256(data_dir, k) for k in keys}
-    return {"path": str(data_dir), "sha256": sums, "sha256_source": source}
+    source = "verified against manifest" if read_manifest(data_dir) else "computed (no manifest)"
+    return {"path": str(data_dir), "sha256": {k: data_checksum(data_dir, k) for k in keys}, "sha256_source": source}
 
 
 def _strategy_defaults(strategy: str) -> dict:
@@ -161,16 +157,6 @@ def _strategy_defaults(strategy: str) -> dict:
 
     parameters = inspect.signature(MASKING_STRATEGIES[strategy]).parameters.values()
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-
-
-def _versions() -> dict:
-    import torch
-    import transformers
-
-    import vppo
-
-    return {"vppo": getattr(vppo, "__version__", None), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
 
 
 def analyze(args: argparse.Namespace) -> dict:
@@ -209,7 +195,7 @@ def analyze(args: argparse.Namespace) -> dict:
         "seed": args.seed, "n_prompts": len(rows), "benchmarks": keys, "device": device,
         "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
         "data": _data_provenance(data_dir, sorted({b for b, _ in rows})),
-        "versions": _versions(), "wall_time_s": round(time.time() - start, 3),
+        "versions": package_versions(), "wall_time_s": round(time.time() - start, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -120,6 +120,11 @@ def load_costs(cost_root: str | Path, gpu_mapping: dict | None = None) -> pd.Dat
                                        "max_rss_mb", "gpus", "gpus_source", "gpu_hours", "file"])
 
 
+def sum_if_all_known(values: pd.Series) -> float:
+    """A total only when every part is known: one job with an unknown GPU count makes the GPU-hours unknown."""
+    return values.sum() if values.notna().all() else float("nan")
+
+
 def cost_per_cell(costs: pd.DataFrame) -> pd.DataFrame:
     """Sums per (stage, model, method); GPU-hours only when every file of the group knows its GPUs."""
     if costs.empty:
@@ -129,7 +134,7 @@ def cost_per_cell(costs: pd.DataFrame) -> pd.DataFrame:
     out = grouped.agg(jobs=("file", "count"), runs=("runs", "sum"), seconds=("seconds", "sum"),
                       cpu_time_s=("cpu_time_s", lambda s: s.sum(min_count=1)),
                       max_rss_mb=("max_rss_mb", "max"),
-                      gpu_hours=("gpu_hours", lambda s: s.sum() if s.notna().all() else float("nan")))
+                      gpu_hours=("gpu_hours", sum_if_all_known))
     return out.reset_index()
 
 

@@ -31,7 +31,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
 from vppo.reporting.results_io import (PaperReference, ResultsError, analysis_file, load_analysis,  # noqa: E402
-                                       load_eval_frame, load_reference, load_training_log, training_log_file)
+                                       load_eval_frame, load_reference, load_training_log, subdirs,
+                                       training_log_file)
 from vppo.reporting.tables import average  # noqa: E402
 
 CURVE_PANELS = (("reward", "reward (mean per step)"), ("accuracy", "accuracy (mean per step)"),
@@ -192,10 +193,6 @@ def benchmark_figure(cells, model: str, methods: list[str], reference, paper_mod
 
 # ---------------------------------------------------------------------------------------------- driver
 
-def _subdirs(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path and path.is_dir() else []
-
-
 def draw_all(train_root, eval_root, analysis_root, out, reference=None, paper_models=None, label="",
              models=None, methods=None) -> dict:
     """Draw every figure the inputs allow; return the index (also written to ``out/index.json``)."""
@@ -203,7 +200,7 @@ def draw_all(train_root, eval_root, analysis_root, out, reference=None, paper_mo
     roots = {name: Path(r) if r else None for name, r in
              (("train", train_root), ("eval", eval_root), ("analysis", analysis_root))}
     paper_models = paper_models or {}
-    found = sorted({m for r in roots.values() if r for m in _subdirs(r)})
+    found = sorted({m for r in roots.values() if r for m in subdirs(r)})
     index = {"label": label, "figures": [], "skipped": [], "errors": [],
              "inputs": {k: (str(v) if v else None) for k, v in roots.items()}}
     for name, root in roots.items():
@@ -227,7 +224,7 @@ def _training(index, root, model, methods, label, out) -> None:
     if root is None or not (root / model).is_dir():
         return
     logs, inputs, skipped = {}, [], []
-    for method in _method_order(methods or _subdirs(root / model)):
+    for method in _method_order(methods or subdirs(root / model)):
         path = training_log_file(root, model, method)
         if not path.is_file():
             skipped.append({"what": f"training curves of {model}/{method}", "reason": f"missing {path}"})
@@ -268,7 +265,7 @@ def _dependency(index, root, model, methods, label, out) -> None:
 def _benchmarks(index, root, model, methods, reference, paper_model, label, out) -> None:
     if root is None or not (root / model).is_dir():
         return
-    wanted = _method_order(methods or _subdirs(root / model))
+    wanted = _method_order(methods or subdirs(root / model))
     cells = None
     try:
         cells = load_eval_frame(root, [model], wanted)

@@ -28,7 +28,7 @@ import pandas as pd
 from vppo.reporting import cost as cost_mod
 from vppo.fileio import write_text_atomic
 from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json
-from vppo.reporting.tables import COLUMNS, LEGEND, TABLES, describe
+from vppo.reporting.tables import COLUMNS, LEGEND, TABLES, describe, wide_blocks
 
 MISSING = "—"
 STYLE = """
@@ -83,22 +83,20 @@ def _cell_title(record: dict) -> str:
 
 def table_html(long: pd.DataFrame, source: Path) -> str:
     info = describe(long)
-    headers = list(dict.fromkeys(long["benchmark_name"]))
+    headers, blocks = wide_blocks(long)
     parts = [f"<h3>{esc(info['title'])} <span class=note>({esc(source.name)})</span></h3>"]
     if info["label"]:
         parts.append(f"<div class=banner>{esc(info['label'])}</div>")
     parts.append(f"<p class=note>{esc(info['comparison'])}</p><div class=scroll><table><tr><th class=l>Method</th>"
                  "<th class=l>Row</th>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>")
-    for method, group in long.groupby("method", sort=False):
-        by_col = {r["benchmark_name"]: r for r in group.to_dict("records")}
-        ours = [(_num(by_col[h]["ours"]), _num(by_col[h]["stderr"])) for h in headers]
-        paper_method = group["paper_method"].iloc[0]
-        parts.append(f"<tr class='ours first'><td class=l><code>{esc(method)}</code></td><td class=l>ours</td>"
-                     + "".join(_td(f"{v} ± {s}" if v is not None else None, title=_cell_title(by_col[h]))
-                               for (v, s), h in zip(ours, headers)) + "</tr>")
+    for block in blocks:
+        parts.append(f"<tr class='ours first'><td class=l><code>{esc(block['method'])}</code></td><td class=l>ours</td>"
+                     + "".join(_td(f"{_num(v)} ± {_num(s)}" if v is not None else None, title=_cell_title(record))
+                               for (v, s), record in zip(block["ours"], block["records"])) + "</tr>")
+        paper_method = block["paper_method"]
         parts.append(f"<tr><td></td><td class=l>paper{' (' + esc(paper_method) + ')' if paper_method else ''}</td>"
-                     + "".join(_td(_num(by_col[h]["paper"])) for h in headers) + "</tr>")
-        diffs = [_num(by_col[h]["diff"], signed=True) for h in headers]
+                     + "".join(_td(_num(v)) for v in block["paper"]) + "</tr>")
+        diffs = [_num(d, signed=True) for d in block["diff"]]
         parts.append("<tr><td></td><td class=l>Δ</td>" + "".join(
             _td(d, "neg" if d and d.startswith("-") else "pos" if d else "") for d in diffs) + "</tr>")
     parts.append(f"</table></div><p class=note>{esc(LEGEND)}</p>")
@@ -190,7 +188,7 @@ def cost_html(costs: pd.DataFrame) -> str:
                     + _td(str(r["runs"])) + _td(cost_mod.hms(r["seconds"])) + _td(_num(r["seconds"], 1))
                     + _td(_num(r["cpu_time_s"], 1)) + _td(_num(r["max_rss_mb"], 0)) + _td(_num(r["gpu_hours"], 3)) + "</tr>")
     totals = per_cell.groupby("stage").agg(seconds=("seconds", "sum"), gpu_hours=(
-        "gpu_hours", lambda s: s.sum() if s.notna().all() else float("nan"))).reset_index()
+        "gpu_hours", cost_mod.sum_if_all_known)).reset_index()
     rows.append("<tr><th class=l colspan=10>Totals per stage</th></tr>")
     for r in totals.to_dict("records"):
         rows.append("<tr>" + _td(r["stage"], "l") + "<td></td><td></td><td></td><td></td>" + _td(cost_mod.hms(r["seconds"]))

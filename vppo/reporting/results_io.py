@@ -21,8 +21,8 @@ import pandas as pd
 
 from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES
 from vppo.evaluation.results import ResultError, field_errors, read_result
+from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID
 
-ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
 
 
 class ResultsError(ValueError):
@@ -108,10 +108,10 @@ def load_eval_frame(eval_root: str | Path, models: Iterable[str] | None = None, 
     """
     root = Path(eval_root)
     bench_keys = list(benchmarks) if benchmarks is not None else [b.key for b in BENCHMARKS]
-    model_keys = list(models) if models is not None else _subdirs(root)
+    model_keys = list(models) if models is not None else subdirs(root)
     rows = []
     for model in model_keys:
-        method_keys = list(methods) if methods is not None else _subdirs(root / model)
+        method_keys = list(methods) if methods is not None else subdirs(root / model)
         for method in method_keys:
             for bench in bench_keys:
                 path = eval_file(root, model, method, bench)
@@ -120,8 +120,11 @@ def load_eval_frame(eval_root: str | Path, models: Iterable[str] | None = None, 
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def _subdirs(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+def subdirs(path: Path | None) -> list[str]:
+    """Names of the visible folders under ``path`` (model or method keys), sorted; none if it is absent."""
+    if path is None or not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 # --------------------------------------------------------------------------------------- paper reference

@@ -8,13 +8,14 @@ body, :func:`analysis_result` a ``vppo.analysis/1`` file. Numbers are made up; n
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from vppo.evaluation.results import SCHEMA
-from vppo.reporting.results_io import ANALYSIS_SCHEMA_ID, analysis_file, eval_file, training_log_file
+from vppo.fileio import write_json_atomic, write_jsonl_atomic
+from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID
+from vppo.reporting.results_io import analysis_file, eval_file, training_log_file
 
 
 def eval_result(model: str, method: str, benchmark: str, accuracy: float, stderr: float, **overrides) -> dict:
@@ -38,9 +39,7 @@ def eval_result(model: str, method: str, benchmark: str, accuracy: float, stderr
 def write_eval_result(eval_root: str | Path, model: str, method: str, benchmark: str, accuracy: float,
                       stderr: float, **overrides) -> Path:
     path = eval_file(eval_root, model, method, benchmark)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(eval_result(model, method, benchmark, accuracy, stderr, **overrides),
-                               indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, eval_result(model, method, benchmark, accuracy, stderr, **overrides))
     return path
 
 
@@ -65,9 +64,8 @@ def training_log_records(method: str, steps: int = 10, seed: int = 0) -> list[di
 
 def write_training_log(train_root: str | Path, model: str, method: str, steps: int = 10) -> Path:
     path = training_log_file(train_root, model, method)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seed = int(hashlib.sha256(method.encode()).hexdigest()[:8], 16)
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in training_log_records(method, steps, seed)))
+    write_jsonl_atomic(path, training_log_records(method, steps, seed))
     return path
 
 
@@ -83,6 +81,5 @@ def analysis_result(model: str, method: str, seed: int = 0, n_trajectories: int 
 
 def write_analysis(analysis_root: str | Path, model: str, method: str, seed: int = 0) -> Path:
     path = analysis_file(analysis_root, model, method)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(analysis_result(model, method, seed), indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, analysis_result(model, method, seed))
     return path

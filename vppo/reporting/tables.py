@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, resolve_benchmarks
+from vppo.evaluation.protocol import benchmark_average
 from vppo.fileio import write_text_atomic
 from vppo.reporting.results_io import PaperReference, ResultsError, load_eval_frame, load_reference
 
@@ -50,8 +51,7 @@ def average(accuracies: list[float | None], stderrs: list[float | None]) -> tupl
     """(mean, sqrt(sum se^2) / n) of the benchmark accuracies, or (None, None) when any is missing."""
     if not accuracies or any(a is None for a in accuracies) or any(s is None for s in stderrs):
         return None, None
-    n = len(accuracies)
-    return sum(accuracies) / n, math.sqrt(sum(s * s for s in stderrs)) / n
+    return benchmark_average(accuracies, stderrs)
 
 
 def build_table(table: str, model: str, paper_model: str | None, methods: list[str], benchmarks: list[str],
@@ -107,7 +107,8 @@ def _row(table, label, model, paper_model, method, bench, column, ours, se, refe
 # ------------------------------------------------------------------------------------------ rendering
 
 def wide_blocks(long: pd.DataFrame) -> tuple[list[str], list[dict]]:
-    """(column headers, one block per method: {method, paper_method, ours: [(v, se)], paper: [v], diff: [v]})."""
+    """(column headers, one block per method: {method, paper_method, ours: [(v, se)], paper: [v], diff: [v],
+    records: [the long-frame row of each column, for per-cell provenance]})."""
     headers = list(dict.fromkeys(long["benchmark_name"]))
     blocks = []
     for method, group in long.groupby("method", sort=False):
@@ -116,7 +117,8 @@ def wide_blocks(long: pd.DataFrame) -> tuple[list[str], list[dict]]:
         blocks.append({"method": method, "paper_method": paper_method if isinstance(paper_method, str) else None,
                        "ours": [(_num(by_col[h]["ours"]), _num(by_col[h]["stderr"])) for h in headers],
                        "paper": [_num(by_col[h]["paper"]) for h in headers],
-                       "diff": [_num(by_col[h]["diff"]) for h in headers]})
+                       "diff": [_num(by_col[h]["diff"]) for h in headers],
+                       "records": [by_col[h] for h in headers]})
     return headers, blocks
 
 

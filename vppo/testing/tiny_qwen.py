@@ -106,35 +106,39 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> PreTrainedTokenizer
     return fast
 
 
-def build_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2) -> Qwen2_5_VLConfig:
+def build_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2, *,
+                 num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
+                 vocab_size: int | None = None, vision_hidden: int = 32, vision_mlp: int = 64, vision_heads: int = 2,
+                 rope_theta: float = 10000.0, max_position_embeddings: int = 4096,
+                 window_size: int = 56) -> Qwen2_5_VLConfig:
+    """The real Qwen2.5-VL architecture at any width (defaults: the tiny test model; the bench widens it)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    num_heads = 4
     head_dim = hidden_size // num_heads
     half = head_dim // 2  # mrope sections (temporal, height, width) must sum to head_dim / 2
     mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
     text_config = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
     vision_config = dict(
         depth=vision_depth,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_mlp,
+        num_heads=vision_heads,
         out_hidden_size=hidden_size,
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
-        window_size=56,
+        window_size=window_size,
         fullatt_block_indexes=[vision_depth - 1],
     )
     return Qwen2_5_VLConfig(
@@ -164,9 +168,10 @@ def build_generation_config(tokenizer) -> GenerationConfig:
     )
 
 
-def build_processor(tokenizer) -> ImageOnlyQwen2_5_VLProcessor:
+def build_processor(tokenizer, min_pixels: int = TINY_MIN_PIXELS,
+                    max_pixels: int = TINY_MAX_PIXELS) -> ImageOnlyQwen2_5_VLProcessor:
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         patch_size=14, temporal_patch_size=2, merge_size=2,
     )
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
