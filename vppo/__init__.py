@@ -1,3 +1,23 @@
 """vppo: the reproduction harness for VPPO (visually-perceptive policy optimisation) on Qwen2.5-VL."""
 
 __version__ = "0.1.0"
+
+
+#: Packages whose versions every result records (``vppo eval``, ``vppo analyze``, ``vppo train``).
+RECORDED_PACKAGES = ("torch", "transformers", "lmms_eval", "vllm")
+
+
+def package_versions(*extra: str) -> dict[str, str | None]:
+    """Versions that produced a result: python, vppo, RECORDED_PACKAGES and ``extra`` (None when not installed)."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    # vppo's own version from the code that runs (the rules put the checkout on PYTHONPATH, uninstalled).
+    return {"vppo": __version__, "python": platform.python_version(),
+            **{name: version(name) for name in (*RECORDED_PACKAGES, *extra)}}

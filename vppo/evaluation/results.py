@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-from importlib import metadata
 from pathlib import Path
 
 SCHEMA = "vppo.eval/1"
@@ -109,18 +107,3 @@ def read_results_dir(root: str | Path, keys: list[str] | None = None) -> dict[st
 
 def read_samples(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def package_versions() -> dict[str, str | None]:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    import vppo
-
-    return {"vppo": vppo.__version__, "torch": version("torch"), "transformers": version("transformers"),
-            "lmms_eval": version("lmms_eval"), "vllm": version("vllm"), "python": platform.python_version()}
-
-

@@ -20,7 +20,8 @@ from vppo.data.eval_data import EvalDataError, data_checksum
 from vppo.evaluation import tasklib
 from vppo.evaluation.protocol import ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
 from vppo.evaluation.registry import BACKENDS
-from vppo.evaluation.results import SCHEMA, package_versions, read_result, validate_result
+from vppo import package_versions
+from vppo.evaluation.results import SCHEMA, read_result, validate_result
 from vppo.fileio import write_json_atomic, write_jsonl_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vppo.evaluation.results import package_versions
+from vppo import package_versions
 from vppo.fileio import write_json_atomic
 
 #: The schema of what ``vppo analyze`` writes (validated by vppo.reporting.results_io when read).

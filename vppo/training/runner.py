@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vppo import package_versions
 from vppo.algorithm import MethodPreset, get_method
 from vppo.fileio import write_json_atomic
 from vppo.modeling import verify_checkpoint_dir
@@ -49,18 +49,6 @@ class TrainRequest:
     seed: int = 0
     max_steps: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("vppo", "torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "vllm", "mathruler"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def prompt_token_counts(dataset, processor) -> list[int]:
@@ -130,7 +118,7 @@ def _summary(request, recipe, preset, trainer, data_info, wall, resumed_from, fi
         "model": str(request.model), "method": preset.name, "preset": dataclasses.asdict(preset),
         "recipe": dataclasses.asdict(recipe), "overrides": request.overrides, "seed": request.seed,
         "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps, "data": data_info,
-        "versions": _versions(), "world_size": trainer.accelerator.num_processes, "wall_time_s": round(wall, 3),
+        "versions": package_versions("trl", "accelerate", "datasets", "deepspeed", "mathruler"), "world_size": trainer.accelerator.num_processes, "wall_time_s": round(wall, 3),
         "resumed_from": None if resumed_from is None else str(resumed_from), "final_format": final_format,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
