@@ -12,7 +12,7 @@ Sources (:data:`SOURCES`):
 - a local directory already in the layout: validated (every row, every image) and copied.
 
 :func:`load_train_dataset` turns a layout directory into the ``datasets.Dataset`` TRL's GRPOTrainer consumes
-(conversational ``prompt`` = problem + blank line + the PROTOCOL instruction, ``images``, ``answer``).
+(conversational ``prompt`` = problem + blank line + the reasoning instruction, ``images``, ``answer``).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:
 # ------------------------------------------------------------------ what the trainer reads
 
 def training_prompt(problem: str) -> str:
-    """The problem text without image placeholders, a blank line, then the PROTOCOL instruction suffix."""
+    """The problem text without image placeholders, a blank line, then the reasoning instruction suffix."""
     return problem.replace(IMAGE_PLACEHOLDER, "").strip() + "\n\n" + REASONING_INSTRUCTION
 
 

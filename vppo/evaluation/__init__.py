@@ -2,7 +2,7 @@
 
 Layout (data flows one way, top to bottom):
 
-- ``protocol``: the pure parts of PROTOCOL.md section 5 (sampling, image bounds, row parsing, avg@k, stderr).
+- ``protocol``: the pure parts of the avg@8 protocol (sampling, image pre-processing and bounds, scoring, avg@k, stderr).
 - ``tasklib``: the lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (data from
   ``$VPPO_EVAL_DATA``, bad rows dropped and reported, images in place of ``<image>``, mathruler scoring).
 - ``requests``: lmms-eval requests -> generation jobs (the k repeats of a question become one n=k job) and back.

@@ -80,7 +80,7 @@ def apply_overrides(task, sampling: Sampling) -> None:
 
 
 def protocol_violations(task, sampling: Sampling) -> list[str]:
-    """Every way the task as lmms-eval will run it differs from PROTOCOL.md section 5 with ``sampling``."""
+    """Every way the task as lmms-eval will run it differs from the avg@8 protocol with ``sampling``."""
     from lmms_eval.api.reasoning import parse_reasoning_tags_config
     from lmms_eval.filters.selection import TakeKFilter
 

@@ -1,4 +1,4 @@
-"""lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (PROTOCOL.md section 5).
+"""lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (the avg@8 protocol, README "Evaluation").
 
 Each ``benchmarks/<key>/vppo_<key>.yaml`` includes ``benchmarks/_default_template_yaml`` (the protocol: sampling,
 repeats, filter, metric) and names its data file and doc processor through ``benchmarks/<key>/utils.py``, which
@@ -106,7 +106,7 @@ def doc_to_target(doc: dict) -> str:
 
 
 def doc_to_visual(doc: dict) -> list[Image.Image]:
-    """The row's images as the model sees them (RGB, resized into the protocol's pixel bounds)."""
+    """The row's images as the model sees them (LLaMA-Factory's pre-processing, :func:`prepare_image`)."""
     images = []
     for path in doc["image_paths"]:
         with Image.open(path) as img:
