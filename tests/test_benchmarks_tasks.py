@@ -84,12 +84,12 @@ def test_docs_keep_the_stored_prompt_and_every_row(geo3k_task, eval_data):
 
 
 def test_images_replace_placeholders_in_place_and_are_resized(geo3k_task):
-    doc = dict(geo3k_task.test_docs()[1])  # a 900x880 image: over 768*768, downscaled
+    doc = dict(geo3k_task.test_docs()[1])  # a 20x24 palette image: under 32*32, upscaled, then RGB
     doc["prompt"] = "A<image>B<image>C"
     doc["image_paths"] = [doc["image_paths"][0]] * 2
     content = tasklib.doc_to_messages(doc)[0]["content"]
     assert [p["type"] for p in content] == ["text", "image", "text", "image", "text"]
-    assert content[1]["url"].width * content[1]["url"].height <= 768 * 768
+    assert content[1]["url"].size == (29, 35) and content[1]["url"].mode == "RGB"
     doc["prompt"] = "no placeholder"
     assert [p["type"] for p in tasklib.doc_to_messages(doc)[0]["content"]] == ["image", "image", "text"]
     doc["prompt"] = "one <image> only"
