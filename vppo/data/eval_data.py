@@ -228,8 +228,6 @@ def read_manifest(root: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-
-
 # ----------------------------------------------------------------------------------------------- import
 
 def _place_image(source: Path, target: Path, where: str) -> None:
