@@ -57,7 +57,7 @@ def test_analyze_tiny_model_writes_valid_finite_json(tiny_model_dir, eval_data, 
     assert _finite(data)
     token, traj = data["token_dependency"], data["trajectory_mean_dependency"]
     assert [(t["benchmark"], t["row_id"]) for t in data["trajectories"][::2]] == [
-        ("mathverse", "mathverse-0000"), ("geo3k", "geo3k-0000"), ("mathverse", "mathverse-0001")]
+        ("mathverse", "0"), ("geo3k", "0"), ("mathverse", "1")]  # rows are keyed by their index
     assert len(traj["values"]) == token["n_trajectories"] == 6
     assert token["n_tokens"] == sum(t["n_tokens"] for t in data["trajectories"]) > 6
     assert sum(token["histogram"]["counts"]) == token["n_tokens"]

@@ -18,7 +18,7 @@ TASKS = [b.task for b in BENCHMARKS]
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    return write_fixtures(tmp_path_factory.mktemp("eval-data"), n_rows=3, plant_bad_rows=True)
+    return write_fixtures(tmp_path_factory.mktemp("eval-data"), n_rows=3, plant_empty_answer=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +70,26 @@ def test_overrides_change_k_and_tokens_and_the_check_catches_drift(geo3k_task):
     assert geo3k_task._filters[0].name == FILTER_NAME
 
 
-def test_docs_keep_the_stored_prompt_and_drop_bad_rows(geo3k_task, eval_data):
+def test_docs_keep_the_stored_prompt_and_every_row(geo3k_task, eval_data):
     docs = geo3k_task.test_docs()
-    assert [d["row_id"] for d in docs] == ["geo3k-0000", "geo3k-0001", "geo3k-0002"]
+    assert [d["row_id"] for d in docs] == ["0", "1", "2", "3"]  # keyed by index; the empty answer stays in
     import json
 
     stored = json.loads((Path(eval_data) / "geo3k.json").read_text())
-    assert docs[0]["prompt"] == stored[0]["conversations"][0]["value"]
-    assert docs[0]["answer"] == stored[0]["conversations"][1]["value"]
+    assert docs[0]["prompt"] == stored[0]["messages"][0]["content"]
+    assert docs[0]["answer"] == stored[0]["messages"][1]["content"]
+    assert docs[3]["answer"] == ""
     reasons = {b.row_id: b.reason for b in tasklib.bad_rows(eval_data, "geo3k")}
-    assert set(reasons) == {"geo3k-missing", "geo3k-noanswer"} and "missing image" in reasons["geo3k-missing"]
+    assert set(reasons) == {"3"} and reasons["3"].startswith("empty answer")
 
 
 def test_images_replace_placeholders_in_place_and_are_resized(geo3k_task):
-    doc = dict(geo3k_task.test_docs()[1])  # a 900x880 image: over 768*768, downscaled
+    doc = dict(geo3k_task.test_docs()[1])  # a 20x24 palette image: under 32*32, upscaled, then RGB
     doc["prompt"] = "A<image>B<image>C"
     doc["image_paths"] = [doc["image_paths"][0]] * 2
     content = tasklib.doc_to_messages(doc)[0]["content"]
     assert [p["type"] for p in content] == ["text", "image", "text", "image", "text"]
-    assert content[1]["url"].width * content[1]["url"].height <= 768 * 768
+    assert content[1]["url"].size == (29, 35) and content[1]["url"].mode == "RGB"
     doc["prompt"] = "no placeholder"
     assert [p["type"] for p in tasklib.doc_to_messages(doc)[0]["content"]] == ["image", "image", "text"]
     doc["prompt"] = "one <image> only"
@@ -105,16 +106,28 @@ def test_missing_data_variable_is_a_clear_error(monkeypatch, tmp_path):
         tasklib.data_files("geo3k")
 
 
-def test_duplicate_and_null_ids_are_reported_not_merged(tmp_path):
+def test_rows_are_keyed_by_index_whatever_ids_they_carry(tmp_path):
     import json
 
     from vppo.data.eval_data import scan_benchmark
 
     root = write_fixtures(tmp_path, n_rows=3, benchmarks=[b for b in BENCHMARKS if b.key == "geo3k"])
     rows = json.loads((root / "geo3k.json").read_text())
-    rows[2]["id"] = rows[0]["id"]
+    rows[0]["id"] = rows[2]["id"] = "same"
     rows.append({**rows[1], "id": None})
     (root / "geo3k.json").write_text(json.dumps(rows))
     scan = scan_benchmark(root, "geo3k")
-    assert [r.row_id for r in scan.rows] == ["geo3k-0000", "geo3k-0001", "3"]
-    assert [b.reason for b in scan.bad] == ["duplicate id 'geo3k-0000' (first at row 0)"]
+    assert [r.row_id for r in scan.rows] == ["0", "1", "2", "3"] and scan.bad == []
+
+
+def test_an_image_removed_after_preparation_stops_the_task(geo3k_task, eval_data, tmp_path, monkeypatch):
+    import shutil
+
+    from vppo.data.eval_data import EvalDataError
+
+    copy = tmp_path / "data"
+    shutil.copytree(eval_data, copy)
+    (copy / "images" / "geo3k" / "hiyouga_geometry3k" / "0001.png").unlink()
+    monkeypatch.setenv(tasklib.DATA_ENV, str(copy))
+    with pytest.raises(EvalDataError, match=r"geo3k \(.*\) row 1: missing image"):
+        tasklib.docs_processor("geo3k")(geo3k_task.dataset["test"])

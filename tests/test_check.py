@@ -10,6 +10,7 @@ import pytest
 from vppo.catalog import BENCHMARK_KEYS
 from vppo.cli import main
 from vppo.evaluation.check import Score, compare, paper_reference, default_reference_dir
+from vppo.evaluation.protocol import protocol_image_bounds
 from vppo.evaluation.results import SCHEMA, validate_result
 
 PAPER_VPPO_7B = dict(zip(BENCHMARK_KEYS, [71.6, 68.1, 82.8, 46.5, 33.3, 71.5, 47.9, 37.9]))
@@ -28,7 +29,8 @@ def write_results(root, accuracies: dict[str, float], stderr: float = 1.0, **ove
                          "repetition_penalty": 1.0, "n": 8},
             "seed": 0, "limit": None, "checkpoint": "/ckpt", "checkpoint_sha256": "ab" * 32,
             "data": {"path": "/data", "sha256": "cd" * 32}, "wall_time_s": 1.0,
-            "samples_file": f"{key}.samples.jsonl", "created": "2026-01-01T00:00:00Z", **overrides}
+            "samples_file": f"{key}.samples.jsonl", "created": "2026-01-01T00:00:00Z",
+            "image_bounds": protocol_image_bounds(), **overrides}
         (root / f"{key}.json").write_text(json.dumps(validate_result(result), indent=2, sort_keys=True))
     return root
 

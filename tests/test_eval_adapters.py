@@ -4,7 +4,6 @@ not installable here: these tests are what verifies the adapter on CPU."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest

@@ -39,10 +39,21 @@ def test_lmms_hooks_aggregate_to_the_hand_value():
     assert tasklib.aggregate_avg_at_k(items) == pytest.approx(62.5)
 
 
-def test_a_row_whose_image_entry_is_not_a_path_is_a_bad_row_not_a_crash(tmp_path):
-    from vppo.data.eval_data import scan_rows
+def test_a_row_whose_image_entry_is_not_a_path_stops_the_scan_naming_the_row(tmp_path):
+    from vppo.data.eval_data import EvalDataError, scan_rows
 
-    row = {"id": "q1", "images": [None], "conversations": [{"from": "human", "value": "<image>Q"},
-                                                             {"from": "gpt", "value": "1"}]}
-    scan = scan_rows(tmp_path, "geo3k", [row])
-    assert scan.rows == [] and [(b.row_id, b.reason.startswith("malformed row")) for b in scan.bad] == [("q1", True)]
+    good = {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "1"}],
+            "images": []}
+    bad = {**good, "images": [None]}
+    with pytest.raises(EvalDataError, match=r"geo3k \(.*geo3k.json\) row 1: field 'images'"):
+        scan_rows(tmp_path, "geo3k", [{**good, "messages": [good["messages"][0] | {"content": "Q"},
+                                                            good["messages"][1]]}, bad])
+
+
+def test_an_empty_answer_is_wrong_even_against_an_empty_box():
+    from vppo.evaluation.protocol import score_responses
+
+    scored = score_responses([r"\boxed{}", "", r"<think>x</think>\boxed{3}"], "  ")
+    assert scored.correct == [0, 0, 0] and scored.accuracy == 0.0
+    item = tasklib.process_results({"answer": "", "row_id": "4"}, [r"\boxed{}"] * 8)[tasklib.METRIC]
+    assert item["correct"] == [0] * 8 and item["score"] == 0.0

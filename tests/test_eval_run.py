@@ -18,12 +18,12 @@ from vppo.evaluation.runner import EvalRequest, run_eval
 from vppo.testing.scripted_lmms import BACKEND, n_correct, register_scripted
 
 pytestmark = pytest.mark.slow
-N_ROWS = 3
+N_ROWS = 3  # + one planted row with an empty answer: scored, always wrong
 
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    return prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_bad_rows=1)
+    return prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_empty_answers=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,20 @@ def test_tiny_run_writes_eight_results_with_eight_samples_per_question(tiny_eval
         assert (result["benchmark"], result["task"], result["model"], result["method"]) == \
                (bench.key, bench.task, "tiny", "base")
         assert result["k"] == 8 and result["metric"] == "avg@8" and result["backend"] == "hf"
-        assert result["n_questions"] == N_ROWS and result["n_samples"] == 8 * N_ROWS
-        assert result["bad_rows"] == 2 and {d["row_id"] for d in result["bad_row_details"]} == \
-               {f"{bench.key}-missing", f"{bench.key}-noanswer"}
+        assert result["n_questions"] == N_ROWS + 1 and result["n_samples"] == 8 * (N_ROWS + 1)
+        assert result["bad_rows"] == 1 and [d["row_id"] for d in result["bad_row_details"]] == [str(N_ROWS)]
+        assert result["image_bounds"] == {"resize": {"min_pixels": 1024, "max_pixels": 589824},
+                                          "processor": {"min_pixels": 3136, "max_pixels": 12845056}}
         assert result["sampling"] == {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "max_new_tokens": 8,
                                       "repetition_penalty": 1.0, "n": 8}
         assert result["data"]["sha256"] == json.loads((eval_data / "manifest.json").read_text())[
             "benchmarks"][bench.key]["sha256"]
         samples = read_samples(out / result["samples_file"])
-        assert [s["row_id"] for s in samples] == [f"{bench.key}-{i:04d}" for i in range(N_ROWS)]
+        assert [s["row_id"] for s in samples] == [str(i) for i in range(N_ROWS + 1)]
+        assert samples[-1]["answer"] == "" and samples[-1]["correct"] == [0] * 8
         assert all(len(s["responses"]) == len(s["extracted"]) == len(s["correct"]) == 8 for s in samples)
         total = sum(sum(s["correct"]) for s in samples)
-        assert result["accuracy"] == pytest.approx(100 * total / (8 * N_ROWS))
+        assert result["accuracy"] == pytest.approx(100 * total / (8 * (N_ROWS + 1)))
         assert result["lmms_eval"]["metric"] == pytest.approx(result["accuracy"])
 
 
@@ -78,22 +80,22 @@ def test_check_on_a_checkpoint_reuses_its_results_and_flags_the_drop(tiny_eval, 
 
 
 def test_avg_at_8_through_lmms_eval_equals_the_hand_count(monkeypatch, tiny_model_dir, eval_data, tmp_path):
-    """Rows 0, 1, 2 get 3, 8 and 4 right answers out of 8 -> 15 / 24 = 62.5 %. The right answers are boxed
-    inside <think>: lmms-eval's reasoning-tag stripping would have made them wrong."""
+    """Rows 0, 1, 2 get 3, 8 and 4 right answers out of 8, row 3 (no answer) none -> 15 / 32 = 46.875 %. The
+    right answers are boxed inside <think>: lmms-eval's reasoning-tag stripping would have made them wrong."""
     register_scripted(monkeypatch)
-    assert [n_correct(r) for r in range(N_ROWS)] == [3, 8, 4]
+    assert [n_correct(r) for r in range(N_ROWS + 1)] == [3, 8, 4, 0]
     req = EvalRequest(checkpoint=tiny_model_dir, data=eval_data, benchmarks=resolve_benchmarks("geo3k,mmmu_pro"),
                       out=tmp_path, backend=BACKEND)
     results = run_eval(req)
-    per_question = [37.5, 100.0, 50.0]
-    mean = sum(per_question) / 3
-    hand_stderr = math.sqrt(sum((x - mean) ** 2 for x in per_question) / 2 / 3)
+    per_question = [37.5, 100.0, 50.0, 0.0]
+    mean = sum(per_question) / 4
+    hand_stderr = math.sqrt(sum((x - mean) ** 2 for x in per_question) / 3 / 4)
     for key in ("geo3k", "mmmu_pro"):
-        assert results[key]["accuracy"] == pytest.approx(62.5)
+        assert results[key]["accuracy"] == pytest.approx(46.875)
         assert results[key]["stderr"] == pytest.approx(hand_stderr)
         assert results[key]["lmms_eval"]["stderr_clt"] == pytest.approx(hand_stderr)
         samples = read_samples(tmp_path / f"{key}.samples.jsonl")
-        assert [sum(s["correct"]) for s in samples] == [3, 8, 4]
+        assert [sum(s["correct"]) for s in samples] == [3, 8, 4, 0]
         assert samples[0]["responses"][0].startswith("<think>")
     # A different seed is a different request: evaluated again, not reused.
     req.seed = 1

@@ -179,3 +179,14 @@ def test_cli_writes_three_formats_and_reports_bad_input(eval_root, tmp_path, cap
     code = vppo_main(["tables", "--table", "main", "--model", "tiny", "--methods", "vppo", "--eval-root", str(bad),
                       "--reference-dir", str(REFERENCE), "--out", str(out)])
     assert code == 2 and "geo3k.json" in capsys.readouterr().err
+
+
+def test_baseline_rows_say_their_settings_are_ours(main_table, eval_root):
+    md = to_markdown(main_table)
+    note = next(line for line in md.splitlines() if line.startswith("Note: "))
+    assert "dapo settings are ours" in note and "grpo" not in note  # only the methods shown
+    cells = load_eval_frame(eval_root, ["tiny"])
+    with_grpo = build_table("main", "tiny", "qwen2.5-vl-7b", ["grpo", "vppo"], KEYS, cells, load_reference(REFERENCE))
+    assert "grpo settings are ours" in to_markdown(with_grpo) and "grpo settings are ours" in to_latex(with_grpo)
+    only_vppo = build_table("ablation", "tiny", "qwen2.5-vl-7b", ["vppo"], KEYS, cells, load_reference(REFERENCE))
+    assert "Note:" not in to_markdown(only_vppo) and "Note:" not in to_latex(only_vppo)

@@ -14,9 +14,9 @@ import random
 import pytest
 import torch
 
-from vppo.data.eval_data import _fixture_question, _sharegpt
+from vppo.data.eval_data import parse_sharegpt_row
+from vppo.data.eval_fixtures import _fixture_question, _sharegpt
 from vppo.data.train_data import synthetic_example, training_prompt
-from vppo.evaluation.protocol import parse_sharegpt_row
 from vppo.modeling import load_policy, load_processor
 from vppo.reward import extract_answer
 from vppo.rollout import encode_prompts, split_generation

@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     prepare = getattr(importlib.import_module(module_name), function_name)
     try:
         options = parse_key_values(args.option, "--option")
-    except ValueError as exc:
-        raise SystemExit(f"vppo prepare-data: {exc}") from None
-    out = prepare(args.source, args.out, **options)
+        out = prepare(args.source, args.out, **options)
+    except ValueError as exc:  # EvalDataError, TrainDataError, a bad option: one line, nothing half-published
+        print(f"vppo prepare-data: {' '.join(str(exc).split())}")
+        return 2
     print(f"{args.kind} data ready in {out}")
     return 0

@@ -1,54 +1,62 @@
-"""Evaluation data in the local layout of chamber111/VPPO-Eval, and its verification.
+"""Evaluation data: chamber111/VPPO-Eval imported into a local layout, and its verification.
 
-Layout of a prepared directory ``ROOT``::
+The source is a LLaMA-Factory data folder (:mod:`vppo.data.llamafactory`): the hub download, a local copy of it,
+or the offline fixtures, which :mod:`vppo.data.eval_fixtures` writes in that same layout so every source goes
+through one importer. Layout of a prepared directory ``ROOT``::
 
-    ROOT/<benchmark>.json           a JSON list of ShareGPT rows {"id", "images": ["images/<benchmark>/<file>"],
-                                    "conversations": [{"from": "human", "value": "<image>..."}, {"from": "gpt", "value": ANSWER}]}
-    ROOT/images/<benchmark>/...     the images, paths in rows are relative to ROOT
-    ROOT/manifest.json              {"source", "revision", "benchmarks": {key: {"rows", "bad_rows", "sha256"}}, "sha256"}
+    ROOT/<benchmark>.json           the source rows in source order, as stored, except ``images``, which name
+                                    the local copies ("images/<benchmark>/..."); ``source_images`` keeps the
+                                    references as stored. A row is keyed by its index in this list.
+    ROOT/images/<benchmark>/...     the images (hard links to the source files where the file system allows)
+    ROOT/manifest.json              {"source", "revision", "files": {key: source JSON}, "benchmarks": {key:
+                                    {"rows", "bad_rows", "sha256", ...}}, "sha256"}
 
-``prepare_eval_data(source, out, **kw)`` with source ``"fixtures"`` (deterministic PIL drawings, offline),
-``"hub"`` (``huggingface_hub.snapshot_download`` of chamber111/VPPO-Eval; cluster only) or a local directory
-holding such JSON files. Row counts are checked against ``vppo.catalog`` (``expected_rows``) for real data and
-a mismatch raises :class:`EvalDataError`. Bad rows (missing or unreadable image, empty answer, malformed row)
-never stop a run and are never dropped silently: :func:`scan_benchmark` returns them with their reason.
+Every row is scored. A row whose image is missing or unreadable, or that has no question, stops the import
+(and any later scan) with :class:`EvalDataError` naming the benchmark, the row index and the path: numbers from
+such data would not be the paper's. A row with an empty answer is kept and counted wrong; it is reported as a
+bad row. Real data must have the catalog's row counts (``expected_rows``).
 """
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
-import random
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, Benchmark
-from vppo.evaluation.protocol import parse_sharegpt_row
+from vppo.catalog import BENCHMARKS, Benchmark
+from vppo.data import llamafactory
 from vppo.fileio import file_sha256, write_json_atomic, write_text_atomic
-from vppo.rollout import REASONING_INSTRUCTION
+from vppo.rollout import user_content
 
 EVAL_REPO = "chamber111/VPPO-Eval"
 MANIFEST = "manifest.json"
+IMAGES = "images"
 
 
 class EvalDataError(ValueError):
-    """The evaluation data directory does not match what the protocol expects (names the file and field)."""
+    """The evaluation data does not match what the protocol expects (one line: benchmark, row, field, path)."""
 
 
 @dataclass(frozen=True)
 class EvalRow:
-    row_id: str
+    row_id: str  # the row's index in its benchmark file
     prompt: str  # exactly as stored, "<image>" placeholders included
-    answer: str
+    answer: str  # may be empty: such a row is scored, and always wrong
     images: list[str]  # absolute paths
 
 
 @dataclass(frozen=True)
 class BadRow:
+    """A row that is scored but cannot be answered right (today: its answer is empty)."""
+
     benchmark: str
     row_id: str
     reason: str
@@ -60,8 +68,75 @@ class BadRow:
 @dataclass
 class BenchmarkScan:
     benchmark: str
-    rows: list[EvalRow] = field(default_factory=list)
-    bad: list[BadRow] = field(default_factory=list)
+    rows: list[EvalRow] = field(default_factory=list)  # every row, in order
+    bad: list[BadRow] = field(default_factory=list)  # the rows of ``rows`` that can only be wrong
+
+
+_USER_ROLES = ("user", "human")
+_ASSISTANT_ROLES = ("assistant", "gpt")
+
+
+def _turns(row: dict) -> list[tuple[str, str]]:
+    turns = row.get("messages", row.get("conversations"))
+    if not isinstance(turns, list):
+        raise ValueError("row has neither 'messages' nor 'conversations' (a list of turns)")
+    out = []
+    for turn in turns:
+        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+        text = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        if not isinstance(role, str) or not isinstance(text, str):
+            raise ValueError(f"turn {turn!r} lacks a string role ('role'/'from') or text ('content'/'value')")
+        out.append((role, text))
+    return out
+
+
+def parse_sharegpt_row(row: dict) -> tuple[str, str]:
+    """(prompt text exactly as stored, answer) of a ShareGPT row; raises ``ValueError`` naming the field.
+
+    A missing assistant turn is an error; an assistant turn with empty text is an empty answer.
+    """
+    turns = _turns(row)
+    prompts = [text for role, text in turns if role in _USER_ROLES]
+    answers = [text for role, text in turns if role in _ASSISTANT_ROLES]
+    if not prompts:
+        raise ValueError("row has no user turn")
+    if not answers:
+        raise ValueError("row has no assistant turn (the answer)")
+    return prompts[0], answers[-1].strip()
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the image at ``path`` cannot be used (missing or unreadable), or ``None``."""
+    if not path.is_file():
+        return "missing image"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # PIL raises many types for broken files
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_row(where: str, raw, resolve: Callable[[str], Path]) -> tuple[str, str, list[str], list[Path]]:
+    """(prompt, answer, image references, image paths) of one stored row, or :class:`EvalDataError` naming
+    ``where`` (benchmark, file, row index), the field and the path."""
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError(f"row is a {type(raw).__name__}, not an object")
+        prompt, answer = parse_sharegpt_row(raw)
+        references = raw.get("images") or []
+        references = [references] if isinstance(references, str) else references
+        if not isinstance(references, list) or not all(isinstance(r, str) and r for r in references):
+            raise ValueError(f"field 'images' must be a list of paths, got {raw.get('images')!r}")
+        user_content(prompt, len(references))  # placeholders and images agree (raises ValueError)
+    except ValueError as exc:
+        raise EvalDataError(f"{where}: {exc}") from None
+    paths = [resolve(r) for r in references]
+    for reference, path in zip(references, paths):
+        problem = image_problem(path)
+        if problem:
+            raise EvalDataError(f"{where}: {problem} {reference!r} ({path})")
+    return prompt, answer, references, paths
 
 
 def benchmark_file(root: str | Path, key: str) -> Path:
@@ -78,48 +153,17 @@ def load_raw_rows(root: str | Path, key: str) -> list[dict]:
     return rows
 
 
-def _check_image(path: Path) -> str | None:
-    """Reason the image cannot be used, or ``None``."""
-    if not path.is_file():
-        return f"missing image file {path}"
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as exc:  # PIL raises many types for broken files
-        return f"unreadable image {path}: {type(exc).__name__}: {exc}"
-    return None
-
-
-def scan_rows(root: str | Path, key: str, raw_rows: list[dict]) -> BenchmarkScan:
-    """Split raw rows into usable :class:`EvalRow` and :class:`BadRow` (pure apart from reading images)."""
+def scan_rows(root: str | Path, key: str, raw_rows: list) -> BenchmarkScan:
+    """Every row of a prepared benchmark as :class:`EvalRow` (row id = index); empty answers also listed in
+    ``bad``. A row that cannot be shown to the model raises :class:`EvalDataError` (nothing is dropped)."""
     root = Path(root).resolve()
     scan = BenchmarkScan(key)
-    seen: dict[str, int] = {}
     for index, raw in enumerate(raw_rows):
-        row_id = str(raw["id"]) if isinstance(raw, dict) and raw.get("id") is not None else str(index)
-        if row_id in seen:  # rows are matched by id downstream (lmms-eval docs, samples files)
-            scan.bad.append(BadRow(key, f"{row_id}@{index}", f"duplicate id {row_id!r} (first at row {seen[row_id]})"))
-            continue
-        seen[row_id] = index
-        try:
-            if not isinstance(raw, dict):
-                raise ValueError(f"row is a {type(raw).__name__}, not an object")
-            prompt, answer = parse_sharegpt_row(raw)
-            images = raw.get("images") or []
-            if isinstance(images, str):
-                images = [images]
-            paths = [root / p for p in images]
-        except (ValueError, TypeError) as exc:  # TypeError: an image entry that is not a path (null, a number)
-            scan.bad.append(BadRow(key, row_id, f"malformed row: {exc}"))
-            continue
+        where = f"{key} ({benchmark_file(root, key)}) row {index}"
+        prompt, answer, _, paths = check_row(where, raw, lambda ref: root / ref)
+        scan.rows.append(EvalRow(str(index), prompt, answer, [str(p) for p in paths]))
         if not answer:
-            scan.bad.append(BadRow(key, row_id, "empty answer"))
-            continue
-        reasons = [r for r in (_check_image(p) for p in paths) if r]
-        if reasons:
-            scan.bad.append(BadRow(key, row_id, "; ".join(reasons)))
-            continue
-        scan.rows.append(EvalRow(row_id, prompt, answer, [str(p) for p in paths]))
+            scan.bad.append(BadRow(key, str(index), "empty answer: scored, every response counted wrong"))
     return scan
 
 
@@ -138,7 +182,7 @@ def _sha256_files(paths: list[Path], root: Path) -> str:
 def benchmark_sha256(root: str | Path, key: str) -> str:
     """Checksum of one benchmark's JSON and its image folder (the manifest's per-benchmark ``sha256``)."""
     root = Path(root).resolve()
-    image_dir = root / "images" / key
+    image_dir = root / IMAGES / key
     files = [benchmark_file(root, key)] + ([p for p in image_dir.rglob("*") if p.is_file()] if image_dir.is_dir() else [])
     return _sha256_files(files, root)
 
@@ -158,8 +202,8 @@ def verify_eval_dir(root: str | Path, benchmarks: list[Benchmark] | None = None,
                     expected_rows: dict[str, int] | None = None) -> dict:
     """Manifest body for ``root``: per-benchmark row and bad-row counts and checksums.
 
-    Raises :class:`EvalDataError` listing every benchmark whose row count differs from ``expected_rows``
-    (default: the catalog's counts, i.e. PROTOCOL.md section 5).
+    Raises :class:`EvalDataError` (one line) listing every benchmark whose row count differs from
+    ``expected_rows`` (default: the catalog's counts) and for the first row that cannot be used.
     """
     root = Path(root).resolve()
     benchmarks = benchmarks or list(BENCHMARKS)
@@ -174,7 +218,7 @@ def verify_eval_dir(root: str | Path, benchmarks: list[Benchmark] | None = None,
         body[bench.key] = {"rows": len(raw), "bad_rows": len(scan.bad), "sha256": benchmark_sha256(root, bench.key),
                            "bad_row_details": [b.as_dict() for b in scan.bad]}
     if mismatches:
-        raise EvalDataError("evaluation data row counts do not match the protocol:\n  " + "\n  ".join(mismatches))
+        raise EvalDataError("row counts differ from the protocol's: " + "; ".join(mismatches))
     combined = hashlib.sha256("".join(body[k]["sha256"] for k in sorted(body)).encode()).hexdigest()
     return {"benchmarks": body, "sha256": combined}
 
@@ -184,87 +228,62 @@ def read_manifest(root: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-# ----------------------------------------------------------------------------------------------- fixtures
+# ----------------------------------------------------------------------------------------------- import
 
-def _fixture_question(kind: str, rng: random.Random) -> tuple[str, str, list[tuple[str, str]]]:
-    """(question, answer, labels to draw) of one fixture row of the given answer kind."""
-    if kind == "number":
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        return f"The rectangle has sides {a} and {b}. What is its area?", str(a * b), [(str(a), "w"), (str(b), "h")]
-    if kind == "expression":
-        p, q = rng.randint(1, 5), rng.randint(6, 9)
-        return (f"A segment of length {p} is cut from a segment of length {q}. Express the ratio of the pieces "
-                f"as a fraction.", f"\\frac{{{p}}}{{{q - p}}}", [(f"{p}", "w"), (f"{q}", "h")])
-    options = [rng.randint(10, 99) for _ in range(4)]
-    correct = rng.randrange(4)
-    letters = "ABCD"
-    choices = "\n".join(f"{letters[i]}. {v}" for i, v in enumerate(options))
-    return (f"Which value is written in the box?\nChoices:\n{choices}", letters[correct],
-            [(str(options[correct]), "w")])
+def _place_image(source: Path, target: Path, where: str) -> None:
+    """``target`` becomes ``source``'s content: a hard link where possible (no second copy of 1.5 GB of
+    images), a copy otherwise. Two references to the same local name must be the same file."""
+    if target.exists():
+        if not filecmp.cmp(source, target, shallow=False):
+            raise EvalDataError(f"{where}: {source} and an image already imported as {target} differ")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
 
 
-def _draw_fixture_image(labels: list[tuple[str, str]], size: tuple[int, int], rng: random.Random) -> Image.Image:
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    w, h = size
-    draw.rectangle([w // 8, h // 8, 7 * w // 8, 7 * h // 8], outline=(rng.randint(0, 200), 0, 0), width=2)
-    for i, (text, _) in enumerate(labels):
-        draw.text((w // 4, h // 4 + i * max(h // 6, 8)), text, fill=(0, 0, 0))
-    return img
+def import_benchmark(root: Path, json_path: Path, out: Path, key: str) -> int:
+    """Rows of one LLaMA-Factory JSON into ``out/<key>.json`` and their images into ``out/images/<key>/``;
+    returns the row count. Raises :class:`EvalDataError` at the first row that cannot be used."""
+    label = f"{key} ({json_path.relative_to(root)})"
+    try:
+        raw_rows = json.loads(json_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvalDataError(f"{label}: not valid JSON ({exc})") from None
+    if not isinstance(raw_rows, list):
+        raise EvalDataError(f"{label}: expected a JSON list of rows, got {type(raw_rows).__name__}")
+    local_rows = []
+    for index, raw in enumerate(raw_rows):
+        where = f"{label} row {index}"
+        _, _, references, paths = check_row(where, raw, lambda ref: llamafactory.resolve_image(root, ref))
+        local = []
+        for reference, path in zip(references, paths):
+            try:
+                name = llamafactory.local_image_name(reference)
+            except ValueError as exc:
+                raise EvalDataError(f"{where}: {exc}") from None
+            rel = f"{IMAGES}/{key}/{name}"
+            _place_image(path, out / rel, where)
+            local.append(rel)
+        local_rows.append({**raw, "images": local, "source_images": references})
+    write_text_atomic(benchmark_file(out, key), json.dumps(local_rows, ensure_ascii=False) + "\n")
+    return len(local_rows)
 
 
-#: Image sizes cycled through the fixture rows: ordinary, too large (downscaled), too small (upscaled).
-FIXTURE_SIZES = ((224, 168), (900, 880), (20, 24), (320, 240), (112, 300))
-
-
-def write_fixtures(out: str | Path, n_rows: int = 5, seed: int = 0, benchmarks: list[Benchmark] | None = None,
-                   plant_bad_rows: bool = False) -> Path:
-    """Deterministic fixture set for every benchmark in the VPPO-Eval layout (``n_rows`` rows each).
-
-    ``plant_bad_rows`` appends two bad rows per benchmark (a missing image, an empty answer) for tests.
-    """
-    out = Path(out)
-    for bench in benchmarks or BENCHMARKS:
-        rng = random.Random(f"{seed}-{bench.key}")
-        (out / "images" / bench.key).mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in range(n_rows):
-            question, answer, labels = _fixture_question(bench.answer_kind, rng)
-            rel = f"images/{bench.key}/{i:04d}.png"
-            _draw_fixture_image(labels, FIXTURE_SIZES[i % len(FIXTURE_SIZES)], rng).save(out / rel)
-            rows.append(_sharegpt(f"{bench.key}-{i:04d}", rel, question, answer))
-        if plant_bad_rows:
-            rows.append(_sharegpt(f"{bench.key}-missing", f"images/{bench.key}/absent.png", "Question?", "1"))
-            rows.append(_sharegpt(f"{bench.key}-noanswer", f"images/{bench.key}/0000.png", "Question?", "  "))
-        write_text_atomic(benchmark_file(out, bench.key), json.dumps(rows, indent=1) + "\n")
-    return out
-
-
-def _sharegpt(row_id: str, image: str, question: str, answer: str) -> dict:
-    return {"id": row_id, "images": [image], "conversations": [
-        {"from": "human", "value": f"<image>{question}\n\n{REASONING_INSTRUCTION}"},
-        {"from": "gpt", "value": answer}]}
-
-
-# ----------------------------------------------------------------------------------------------- sources
-
-def _import_directory(src: Path, out: Path, benchmarks: list[Benchmark], name_map: dict[str, str]) -> None:
-    """Bring ``src`` (a VPPO-Eval checkout: JSONs + images) into ``out``'s layout."""
-    json_files = {p.stem.lower(): p for p in src.rglob("*.json") if p.name != MANIFEST}
+def import_llamafactory(source: str | Path, out: Path, benchmarks: list[Benchmark],
+                        name_map: dict[str, str] | None = None) -> dict[str, str]:
+    """Import a LLaMA-Factory data folder (the VPPO-Eval layout) into ``out``; returns {key: source file}."""
+    try:
+        root = llamafactory.find_root(source)
+        files = llamafactory.locate(root, [b.key for b in benchmarks], name_map)
+    except llamafactory.LayoutError as exc:
+        raise EvalDataError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     for bench in benchmarks:
-        candidates = [name_map.get(bench.key, ""), bench.key, bench.paper_name.lower().replace("-", ""),
-                      bench.paper_name.lower()]
-        found = next((json_files[c.lower()] for c in candidates if c and c.lower() in json_files), None)
-        if found is None:
-            raise EvalDataError(f"{src}: no JSON file for benchmark {bench.key!r} (tried {candidates}); "
-                                f"pass name_map_{bench.key}=<file stem>")
-        rows = json.loads(found.read_text())
-        # Image paths are relative to the JSON's folder in the source: link that folder's images/ into out.
-        images_src = found.parent / "images"
-        if images_src.is_dir() and not (out / "images").exists():
-            (out / "images").symlink_to(images_src.resolve(), target_is_directory=True)
-        write_text_atomic(benchmark_file(out, bench.key), json.dumps(rows) + "\n")
+        import_benchmark(root, files[bench.key], out, bench.key)
+    return {key: str(path.relative_to(root)) for key, path in files.items()}
 
 
 def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str]:
@@ -278,38 +297,56 @@ def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str
 def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     """Prepare evaluation data into ``out`` (see module docstring); returns ``out``.
 
-    Options: ``n_rows`` (fixtures, default 5), ``seed`` (fixtures, 0), ``plant_bad_rows`` (fixtures, 0),
-    ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub), ``benchmarks`` ("all" or keys),
-    ``name_map_<key>`` (source file stem for a benchmark).
+    ``source``: ``fixtures`` (written offline into ``out/_fixtures`` in the VPPO-Eval layout, then imported),
+    ``hub`` (chamber111/VPPO-Eval downloaded into ``out/_download``, then imported) or a local folder in that
+    layout (the folder holding ``data/``, or ``data/`` itself).
+    Options: ``n_rows`` (fixtures, default 5), ``seed`` (fixtures, 0), ``plant_empty_answers`` (fixtures: one
+    more row per benchmark whose answer is empty), ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub),
+    ``benchmarks`` ("all" or keys), ``name_map_<key>`` (LLaMA-Factory name of a benchmark's file),
+    ``expected_rows`` (rows per benchmark for a folder or hub source that is not the real set; default: the
+    catalog's counts).
     """
     from vppo.catalog import resolve_benchmarks
+    from vppo.data.eval_fixtures import write_llamafactory_fixtures
 
     out = Path(out)
     benchmarks = resolve_benchmarks(str(options.get("benchmarks", "all")))
     name_map = {k[len("name_map_"):]: str(v) for k, v in options.items() if k.startswith("name_map_")}
+    unknown = sorted(set(name_map) - set(llamafactory.DATASET_NAMES))
+    if unknown:
+        raise EvalDataError(f"name_map_{unknown[0]}: {unknown[0]!r} is not a benchmark key "
+                            f"({', '.join(llamafactory.DATASET_NAMES)})")
     revision = None
+    expected = {b.key: int(options["expected_rows"]) for b in benchmarks} if "expected_rows" in options else None
     if source == "fixtures":
-        n_rows = int(options.get("n_rows", 5))
-        write_fixtures(out, n_rows, int(options.get("seed", 0)), benchmarks, bool(int(options.get("plant_bad_rows", 0))))
-        expected = {b.key: n_rows + (2 if int(options.get("plant_bad_rows", 0)) else 0) for b in benchmarks}
+        n_rows, planted = int(options.get("n_rows", 5)), bool(int(options.get("plant_empty_answers", 0)))
+        folder = write_llamafactory_fixtures(out / "_fixtures", n_rows, int(options.get("seed", 0)), benchmarks,
+                                             planted)
+        expected = {b.key: n_rows + int(planted) for b in benchmarks}
     elif source == "hub":
         # str(): options are YAML-typed, and an all-digit commit prefix would arrive as an int
         requested = options.get("revision")
-        downloaded, revision = _download_hub(out, str(options.get("repo", EVAL_REPO)),
-                                             None if requested is None else str(requested))
-        _import_directory(downloaded, out, benchmarks, name_map)
-        expected = None
+        folder, revision = _download_hub(out, str(options.get("repo", EVAL_REPO)),
+                                         None if requested is None else str(requested))
     elif Path(source).is_dir():
-        _import_directory(Path(source), out, benchmarks, name_map)
-        expected = None
+        folder = Path(source)
     else:
         raise EvalDataError(f"eval data source {source!r}: expected 'fixtures', 'hub' or an existing directory")
+    files = import_llamafactory(folder, out, benchmarks, name_map)
     body = verify_eval_dir(out, benchmarks, expected)
-    manifest = {"source": source, "revision": revision, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **body}
+    manifest = {"source": source, "revision": revision, "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **body}
     write_json_atomic(out / MANIFEST, manifest)  # written last: its presence means the data is complete
     for key, info in body["benchmarks"].items():
         if info["bad_rows"]:
-            print(f"[eval data] {key}: {info['bad_rows']} bad row(s): "
-                  + "; ".join(f"{b['row_id']}: {b['reason']}" for b in info["bad_row_details"][:5]))
+            print(f"[eval data] {key}: {info['bad_rows']} row(s) scored as wrong: "
+                  + "; ".join(f"row {b['row_id']}: {b['reason']}" for b in info["bad_row_details"][:5]))
     return out
+
+
+def write_fixtures(out: str | Path, n_rows: int = 5, seed: int = 0, benchmarks: list[Benchmark] | None = None,
+                   plant_empty_answer: bool = False) -> Path:
+    """Prepared fixture data in ``out``: :func:`prepare_eval_data` with source ``fixtures``."""
+    keys = ",".join(b.key for b in benchmarks) if benchmarks else "all"
+    return prepare_eval_data("fixtures", out, n_rows=n_rows, seed=seed, benchmarks=keys,
+                             plant_empty_answers=int(plant_empty_answer))

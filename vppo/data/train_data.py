@@ -6,12 +6,13 @@ problem holds one ``<image>`` placeholder per image; ``manifest.json`` holds ``{
 Sources (:data:`SOURCES`):
 - ``synthetic``: counting questions on generated pictures ("how many red squares?"), answerable only by
   looking at the image; deterministic (same seed -> byte-identical files).
-- ``hub``: the paper's set (``chamber111/VPPO_ViRL39K_train``) through ``datasets.load_dataset``; the
-  row conversion :func:`record_from_hub_row` is a pure function, tested on an in-memory ``datasets.Dataset``.
+- ``hub``: the paper's set (``chamber111/VPPO_ViRL39K_train``) through ``datasets.load_dataset``; option
+  ``repo`` may also name a local folder in the hub's form, which :func:`write_hub_fixture` writes offline
+  (parquet under ``data/``, columns images / problem / answer), so tests run this very code path.
 - a local directory already in the layout: validated (every row, every image) and copied.
 
 :func:`load_train_dataset` turns a layout directory into the ``datasets.Dataset`` TRL's GRPOTrainer consumes
-(conversational ``prompt`` = problem + blank line + the PROTOCOL instruction, ``images``, ``answer``).
+(conversational ``prompt`` = problem + blank line + the reasoning instruction, ``images``, ``answer``).
 """
 
 from __future__ import annotations
@@ -181,6 +182,32 @@ def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | No
     return convert_dataset(dataset, out, source=repo, n_rows=n_rows)
 
 
+def write_hub_fixture(folder: str | Path, n_rows: int = 8, seed: int = 0) -> Path:
+    """The synthetic counting rows in the training set's on-hub form, offline: ``data/train-00000-of-00001.parquet``
+    written by ``datasets`` as ``push_to_hub`` stores it (``images``: a list of ``datasets.Image``, parquet structs
+    {bytes, path} that ``datasets`` decodes to PIL images; ``problem``, ``answer``: strings) and a dataset card
+    naming those features; ``datasets.load_dataset(folder, split="train")`` reads it as it reads the hub."""
+    import datasets
+
+    folder = Path(folder)
+    columns: dict[str, list] = {"images": [], "problem": [], "answer": []}
+    for index in range(int(n_rows)):
+        row, image = synthetic_example(index, seed)
+        columns["images"].append([image])
+        columns["problem"].append(row["problem"])
+        columns["answer"].append(row["answer"])
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "problem": datasets.Value("string"),
+                                  "answer": datasets.Value("string")})
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+    (folder / "README.md").write_text(
+        "---\ndataset_info:\n  features:\n  - name: images\n    sequence: image\n  - name: problem\n"
+        "    dtype: string\n  - name: answer\n    dtype: string\n  splits:\n  - name: train\n"
+        f"    num_examples: {int(n_rows)}\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+        "    path: data/train-*\n---\nOffline fixture in the form of chamber111/VPPO_ViRL39K_train.\n")
+    return folder
+
+
 def convert_dataset(dataset, out: str | Path, source: str, n_rows: int | None = None) -> Path:
     """Write any iterable of hub-style rows (e.g. a ``datasets.Dataset``) into the layout."""
     limit = len(dataset) if n_rows is None else min(int(n_rows), len(dataset))
@@ -213,7 +240,7 @@ def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:
 # ------------------------------------------------------------------ what the trainer reads
 
 def training_prompt(problem: str) -> str:
-    """The problem text without image placeholders, a blank line, then the PROTOCOL instruction suffix."""
+    """The problem text without image placeholders, a blank line, then the reasoning instruction suffix."""
     return problem.replace(IMAGE_PLACEHOLDER, "").strip() + "\n\n" + REASONING_INSTRUCTION
 
 

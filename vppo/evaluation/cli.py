@@ -1,4 +1,4 @@
-"""``vppo eval CHECKPOINT --data DIR --benchmarks all --out DIR``: avg@k through lmms-eval (PROTOCOL.md section 5)."""
+"""``vppo eval CHECKPOINT --data DIR --benchmarks all --out DIR``: avg@k through lmms-eval (the avg@8 protocol, README "Evaluation")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Registered through lmms-eval's ``lmms_eval.models`` entry point (:mod:`vppo.evaluation.registry`). The k
 repeats of a question are drawn in one ``generate`` call with ``num_return_sequences=k``, several questions
 per call (``batch_size`` prompts, each k times). Every sampling parameter comes from the task (the checkpoint's
-own generation config, e.g. Qwen2.5-VL-Instruct's repetition_penalty 1.05 and top_k 1, never leaks in).
+own generation config, e.g. Qwen2.5-VL-Instruct's repetition_penalty 1.05 and top_k 1, never leaks in), and the
+image processor runs with the protocol's pixel bounds whatever the checkpoint's processor config says.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
+from vppo.evaluation.protocol import PROCESSOR_BOUNDS, PixelBounds
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_policy, load_processor
 from vppo.rollout import encode_prompts, split_generation
@@ -34,7 +36,10 @@ class VPPOHFModel(lmms):
         self.default_max_new_tokens = int(max_new_tokens)
         self.seed = int(seed)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.processor = load_processor(self.pretrained)
+        self.processor = load_processor(self.pretrained, PROCESSOR_BOUNDS.min_pixels, PROCESSOR_BOUNDS.max_pixels)
+        size = self.processor.image_processor.size
+        #: the bounds the processor really holds (recorded in every result, checked against the protocol)
+        self.image_bounds = PixelBounds(int(size["shortest_edge"]), int(size["longest_edge"]))
         self._model = load_policy(self.pretrained, dtype=dtype, device=self._device).eval()
         tok = self.processor.tokenizer
         eos = self._model.generation_config.eos_token_id

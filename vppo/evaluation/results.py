@@ -23,7 +23,7 @@ RESULT_JSON_SCHEMA: dict = {
     "required": ["schema", "model", "method", "benchmark", "task", "metric", "k", "accuracy", "stderr",
                  "n_questions", "n_samples", "bad_rows", "bad_row_details", "backend", "versions", "sampling",
                  "seed", "limit", "checkpoint", "checkpoint_sha256", "data", "wall_time_s", "samples_file",
-                 "created"],
+                 "created", "image_bounds"],
     "properties": {
         "schema": {"const": SCHEMA},
         "model": _STR, "method": _STR, "benchmark": _STR, "task": _STR, "metric": _STR,
@@ -39,6 +39,7 @@ RESULT_JSON_SCHEMA: dict = {
         "checkpoint": _STR, "checkpoint_sha256": _STR,
         "data": {"type": "object", "required": ["path", "sha256"]},
         "wall_time_s": {"type": "number", "minimum": 0}, "samples_file": _STR, "created": _STR,
+        "image_bounds": {"type": "object", "required": ["resize", "processor"]},  # equal to the protocol's
     },
 }
 
@@ -72,6 +73,11 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
                  if isinstance(result.get(name), (int, float)) and not math.isfinite(result[name])]
     if isinstance(result.get("backend"), str) and result["backend"] not in BACKENDS:
         problems.append(f"field 'backend': {result['backend']!r} is not one of {sorted(BACKENDS)}")
+    from vppo.evaluation.protocol import protocol_image_bounds
+
+    if isinstance(result.get("image_bounds"), dict) and result["image_bounds"] != protocol_image_bounds():
+        problems.append(f"field 'image_bounds': {result['image_bounds']} is not the protocol's "
+                        f"{protocol_image_bounds()} (a number made with other image sizes is not comparable)")
     if problems:
         raise ResultError(f"{source}: " + "; ".join(problems))
     return result

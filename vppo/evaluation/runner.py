@@ -18,7 +18,8 @@ from pathlib import Path
 from vppo.catalog import Benchmark
 from vppo.data.eval_data import EvalDataError, data_checksum
 from vppo.evaluation import tasklib
-from vppo.evaluation.protocol import ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
+from vppo.evaluation.protocol import (PROCESSOR_BOUNDS, ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr,
+                                      protocol_image_bounds)
 from vppo.evaluation.registry import BACKENDS
 from vppo import package_versions
 from vppo.evaluation.results import SCHEMA, read_result, validate_result
@@ -79,7 +80,7 @@ def apply_overrides(task, sampling: Sampling) -> None:
 
 
 def protocol_violations(task, sampling: Sampling) -> list[str]:
-    """Every way the task as lmms-eval will run it differs from PROTOCOL.md section 5 with ``sampling``."""
+    """Every way the task as lmms-eval will run it differs from the avg@8 protocol with ``sampling``."""
     from lmms_eval.api.reasoning import parse_reasoning_tags_config
     from lmms_eval.filters.selection import TakeKFilter
 
@@ -104,6 +105,15 @@ def protocol_violations(task, sampling: Sampling) -> list[str]:
     return [f"{cfg.task}: {p}" for p in problems]
 
 
+def model_violations(lm) -> list[str]:
+    """Every way the loaded model adapter differs from the protocol: today its image processor's pixel bounds
+    (``lm.image_bounds``, which each backend sets from the protocol whatever the checkpoint says)."""
+    bounds = getattr(lm, "image_bounds", None)
+    if bounds != PROCESSOR_BOUNDS:
+        return [f"model {type(lm).__name__}: image processor bounds {bounds}, protocol {PROCESSOR_BOUNDS}"]
+    return []
+
+
 # ------------------------------------------------------------------------------------------- results
 
 def scored_questions(logged_samples: list[dict], k: int, task: str) -> list[tuple[dict, ScoredQuestion]]:
@@ -120,7 +130,8 @@ def scored_questions(logged_samples: list[dict], k: int, task: str) -> list[tupl
 
 
 def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: dict, *, checkpoint_hash: str,
-                 data_hash: str, bad_rows: list, wall_time_s: float, extra: dict) -> tuple[dict, list[dict]]:
+                 data_hash: str, bad_rows: list, image_bounds, wall_time_s: float,
+                 extra: dict) -> tuple[dict, list[dict]]:
     correct = [q.correct for _, q in questions]
     accuracy = 100.0 * avg_at_k(correct)
     stderr = 100.0 * avg_at_k_stderr(correct)
@@ -136,7 +147,7 @@ def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: di
         "versions": package_versions(), "sampling": req.sampling.as_dict(), "seed": req.seed, "limit": req.limit,
         "checkpoint": str(req.checkpoint.resolve()), "checkpoint_sha256": checkpoint_hash,
         "data": {"path": str(req.data.resolve()), "sha256": data_hash}, "wall_time_s": round(wall_time_s, 3),
-        "samples_file": f"{bench.key}.samples.jsonl",
+        "samples_file": f"{bench.key}.samples.jsonl", "image_bounds": protocol_image_bounds(image_bounds),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "lmms_eval": {"task_version": lmms_results["versions"].get(bench.task), "metric": lmms_value,
                       "stderr_clt": metrics.get(f"{tasklib.METRIC}_stderr_clt,{FILTER_NAME}"), "filter": FILTER_NAME},
@@ -235,6 +246,9 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
     model_cls = get_model(BACKENDS[req.backend])
     lm = model_cls.create_from_arg_string("", model_args(req))
     model_load_s = time.perf_counter() - started
+    violations = model_violations(lm)
+    if violations:
+        raise ProtocolError("model configuration differs from the protocol:\n  " + "\n  ".join(violations))
     task_type = "simple" if lm.is_simple else "chat"
     # Only our folder is indexed: lmms-eval's ~2000 built-in tasks cost ~7 s to index and are never used.
     task_manager = TaskManager(verbosity="WARNING", include_path=str(req.tasks_dir or default_tasks_dir()),
@@ -254,10 +268,10 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
         bad = tasklib.bad_rows(req.data, bench.key)
         result, lines = build_result(
             req, bench, questions, lmms_results, checkpoint_hash=checkpoint_hash, data_hash=data_hashes[bench.key],
-            bad_rows=bad, wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3)})
+            bad_rows=bad, image_bounds=lm.image_bounds, wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3)})
         write_jsonl_atomic(req.out / result["samples_file"], lines)
         write_json_atomic(req.out / f"{bench.key}.json", result)  # last: its presence means complete
         log(f"[vppo eval] {bench.key}: avg@{req.samples} {result['accuracy']:.2f} ± {result['stderr']:.2f} "
-            f"({result['n_questions']} questions, {result['bad_rows']} bad rows, {result['wall_time_s']:.1f} s)")
+            f"({result['n_questions']} questions, {result['bad_rows']} without an answer, {result['wall_time_s']:.1f} s)")
         results[bench.key] = result
     return results

@@ -1,4 +1,4 @@
-"""lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (PROTOCOL.md section 5).
+"""lmms-eval task hooks shared by the eight task folders under ``benchmarks/`` (the avg@8 protocol, README "Evaluation").
 
 Each ``benchmarks/<key>/vppo_<key>.yaml`` includes ``benchmarks/_default_template_yaml`` (the protocol: sampling,
 repeats, filter, metric) and names its data file and doc processor through ``benchmarks/<key>/utils.py``, which
@@ -9,15 +9,15 @@ Where the data is: the environment variable ``VPPO_EVAL_DATA`` (a directory in t
 attribute of a module, so ``data_files: !function utils.DATA_FILES`` reads the variable when lmms-eval loads
 the task (``vppo eval --data DIR`` sets it in-process; standalone lmms-eval runs export it).
 
-Docs after :func:`docs_processor`: the stored row plus ``row_id``, ``prompt`` (exactly as stored, ``<image>``
-placeholders included), ``answer`` and ``image_paths`` (absolute). Bad rows are removed from the docs with a
-logged report; :func:`bad_rows` gives them to the runner, which records them in the result JSON.
+Docs after :func:`docs_processor`: every stored row, in order, plus ``row_id`` (its index), ``prompt`` (exactly
+as stored, ``<image>`` placeholders included), ``answer`` and ``image_paths`` (absolute). Nothing is dropped: a
+row with an empty answer is scored and always wrong (:func:`bad_rows` lists such rows for the result JSON), and
+a row that cannot be shown to the model stops the run (:class:`vppo.data.eval_data.EvalDataError`).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -30,8 +30,6 @@ from vppo.rollout import user_content
 DATA_ENV = "VPPO_EVAL_DATA"
 #: The metric name in the task YAML and in lmms-eval's per-sample logs.
 METRIC = "avg_at_k"
-
-log = logging.getLogger(__name__)
 
 
 class TaskDataError(RuntimeError):
@@ -59,7 +57,7 @@ def data_files(key: str) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=32)
 def _scan(root: str, key: str, mtime_ns: int):
-    from vppo.data.eval_data import scan_benchmark  # imported late: eval_data imports protocol, not us
+    from vppo.data.eval_data import scan_benchmark  # imported late: only where a task reads its rows
 
     return scan_benchmark(root, key)
 
@@ -80,23 +78,15 @@ def docs_processor(key: str) -> Callable:
 
     def process_docs(dataset):
         result = scan(root, key)
-        usable = {row.row_id: row for row in result.rows}
-        for bad in result.bad:
-            log.warning("[%s] bad row %s skipped: %s", key, bad.row_id, bad.reason)
+        if len(dataset) != len(result.rows):
+            raise TaskDataError(f"{root / (key + '.json')}: lmms-eval loaded {len(dataset)} rows, the file has "
+                                f"{len(result.rows)}")
         if result.bad:
-            print(f"[vppo_{key}] {len(result.bad)} bad row(s) skipped and reported: "
-                  + "; ".join(f"{b.row_id}: {b.reason}" for b in result.bad[:5]), flush=True)
-        # Row ids as scan_rows assigns them (the "id" field, else the index); a duplicate id is a bad row
-        # there, so only its first occurrence may be kept here.
-        ids = [str(doc["id"]) if doc.get("id") is not None else str(i) for i, doc in enumerate(dataset)]
-        first = {}
-        for i, row_id in enumerate(ids):
-            first.setdefault(row_id, i)
-        keep = [i for i, row_id in enumerate(ids) if row_id in usable and first[row_id] == i]
-        dataset = dataset.select(keep)
+            print(f"[vppo_{key}] {len(result.bad)} row(s) scored as wrong: "
+                  + "; ".join(f"row {b.row_id}: {b.reason}" for b in result.bad[:5]), flush=True)
 
         def add_fields(doc, index):
-            row = usable[ids[keep[index]]]
+            row = result.rows[index]
             return {"row_id": row.row_id, "prompt": row.prompt, "answer": row.answer, "image_paths": row.images}
 
         return dataset.map(add_fields, with_indices=True)
@@ -116,7 +106,7 @@ def doc_to_target(doc: dict) -> str:
 
 
 def doc_to_visual(doc: dict) -> list[Image.Image]:
-    """The row's images as the model sees them (RGB, resized into the protocol's pixel bounds)."""
+    """The row's images as the model sees them (LLaMA-Factory's pre-processing, :func:`prepare_image`)."""
     images = []
     for path in doc["image_paths"]:
         with Image.open(path) as img:

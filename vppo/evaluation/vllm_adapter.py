@@ -22,16 +22,13 @@ from typing import Any
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
-from vppo.evaluation.protocol import Sampling
+from vppo.evaluation.protocol import PROCESSOR_BOUNDS, Sampling
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_processor, verify_checkpoint_dir
 from vppo.rollout import chat_prompt
 
 #: Weights per GPU above which the tensor-parallel size doubles (bf16 weights; the rest is KV cache).
 WEIGHT_BUDGET_PER_GPU = 30 * 1024**3
-#: Images never exceed 768*768 px after the protocol's resize (+ rounding to 28 px): a larger bound only
-#: costs vLLM profiling memory, so the processor bound is capped here without changing any input.
-MAX_PIXELS_CAP = 1280 * 28 * 28
 
 
 def auto_tensor_parallel_size(checkpoint: str | Path, n_gpus: int) -> int:
@@ -76,8 +73,9 @@ class VPPOVLLMModel(lmms):
         self.batch_size_per_gpu = int(batch_size)  # questions per engine call (each with its n samples)
         engine_kwargs.pop("max_batch_size", None)
         engine_kwargs.pop("device", None)
-        self.processor = load_processor(self.pretrained)
-        max_pixels = min(int(self.processor.image_processor.size["longest_edge"]), MAX_PIXELS_CAP)
+        self.processor = load_processor(self.pretrained, PROCESSOR_BOUNDS.min_pixels, PROCESSOR_BOUNDS.max_pixels)
+        #: vLLM's processor gets the protocol's pixel bounds, never the checkpoint's saved ones
+        self.image_bounds = PROCESSOR_BOUNDS
         if engine is None:
             import torch
 
@@ -92,7 +90,7 @@ class VPPOVLLMModel(lmms):
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
                          gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=int(max_model_len),
                          limit_mm_per_prompt={"image": int(max_images_per_prompt)},
-                         mm_processor_kwargs={"max_pixels": max_pixels}, **engine_kwargs)
+                         mm_processor_kwargs=self.image_bounds.as_dict(), **engine_kwargs)
         if sampling_params_cls is None:
             from vllm import SamplingParams as sampling_params_cls
         self.tensor_parallel_size = int(tensor_parallel_size or 1)

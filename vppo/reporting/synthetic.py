@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vppo.evaluation.protocol import protocol_image_bounds
 from vppo.evaluation.results import SCHEMA
 from vppo.fileio import write_json_atomic, write_jsonl_atomic
 from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID
@@ -31,6 +32,7 @@ def eval_result(model: str, method: str, benchmark: str, accuracy: float, stderr
         "checkpoint_sha256": hashlib.sha256(f"{model}/{method}".encode()).hexdigest(),
         "data": {"path": "data/eval", "sha256": f"{benchmark}-sha"}, "wall_time_s": 12.5,
         "samples_file": f"{benchmark}.samples.jsonl", "created": "2026-01-01T00:00:00Z",
+        "image_bounds": protocol_image_bounds(),
     }
     data.update(overrides)
     return data

@@ -11,6 +11,7 @@ from __future__ import annotations
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 
+from vppo.evaluation.protocol import PROCESSOR_BOUNDS
 from vppo.evaluation.requests import group_repeats
 
 BACKEND = "scripted"
@@ -24,6 +25,7 @@ def n_correct(row_index: int, k: int = 8) -> int:
 
 class ScriptedModel(lmms):
     is_simple = False
+    image_bounds = PROCESSOR_BOUNDS  # it reads no image, but declares the protocol's bounds like every backend
 
     def __init__(self, pretrained: str = "", **kwargs) -> None:
         super().__init__()

@@ -238,9 +238,10 @@ def warm_start_response(kind: str, rng: random.Random) -> str:
 
 def warm_start_prompt(kind: str, index: int, seed: int):
     """(prompt text, PIL image) as the trainer (count) or the evaluation (fixture kinds) builds them."""
-    from vppo.data.eval_data import FIXTURE_SIZES, _draw_fixture_image, _fixture_question, _sharegpt
+    from vppo.data.eval_data import parse_sharegpt_row
+    from vppo.data.eval_fixtures import FIXTURE_SIZES, _draw_fixture_image, _fixture_question, _sharegpt
     from vppo.data.train_data import synthetic_example, training_prompt
-    from vppo.evaluation.protocol import parse_sharegpt_row, prepare_image
+    from vppo.evaluation.protocol import prepare_image
 
     if kind == "count":
         row, image = synthetic_example(index, seed)
