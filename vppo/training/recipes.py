@@ -27,8 +27,9 @@ bf16, gradient_checkpointing  bf16, gradient_checkpointing
 
 Not expressible in GRPOConfig, handled by us: ``max_prompt_length`` (TRL 1.16 has no prompt limit: rows
 whose encoded prompt is longer are dropped when the data is loaded, and counted); dynamic sampling and
-``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (processor bounds, set when
-the processor is loaded); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
+``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (every training image is
+resized once into them when it is read, :mod:`vppo.training.images`; the processor stays the checkpoint's
+own); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
 ``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
 """
 

@@ -51,16 +51,20 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def prompt_token_counts(dataset, processor) -> list[int]:
+def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_pixels: int | None = None) -> list[int]:
     """Encoded prompt length of every row (text tokens + each image's vision tokens), without pixel work.
 
-    Image token counts come from the image sizes (file headers only) through the processor's ``smart_resize``.
+    Image token counts come from the image sizes (file headers only): the training resize into
+    [min_pixels, max_pixels] (:func:`vppo.training.images.training_image_size`), then the processor's
+    ``smart_resize``.
     """
     import io
 
     import datasets
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from vppo.training.images import training_image_size
 
     image_processor, tokenizer = processor.image_processor, processor.tokenizer
     factor = image_processor.patch_size * image_processor.merge_size
@@ -72,7 +76,7 @@ def prompt_token_counts(dataset, processor) -> list[int]:
         n = len(tokenizer(text)["input_ids"]) - len(images)  # each image's single placeholder is expanded below
         for image in images:
             with Image.open(image["path"] or io.BytesIO(image["bytes"])) as opened:
-                width, height = opened.size
+                width, height = training_image_size(*opened.size, min_pixels, max_pixels)
             h, w = smart_resize(height, width, factor=factor, **bounds)
             n += (h // factor) * (w // factor)
         counts.append(n)
@@ -185,6 +189,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from vppo.data.train_data import MANIFEST_FILE, load_train_dataset
     from vppo.modeling import load_processor
     from vppo.training.checkpoints import last_complete_checkpoint
+    from vppo.training.images import with_training_images
     from transformers.trainer_callback import ProgressCallback
 
     from vppo.training.metrics import CompactProgressCallback, JsonlLogCallback
@@ -198,9 +203,10 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     manifest = json.loads(manifest_path.read_text())
 
     args = build_config(request, recipe, preset)  # before the model: DeepSpeed ZeRO-3 partitions at load time
-    processor = load_processor(request.model, recipe.min_pixels, recipe.max_pixels)
+    # The checkpoint's own processor, as vLLM builds it: the images are already inside the recipe's bounds.
+    processor = load_processor(request.model)
     dataset = load_train_dataset(request.data)
-    lengths = prompt_token_counts(dataset, processor)
+    lengths = prompt_token_counts(dataset, processor, recipe.min_pixels, recipe.max_pixels)
     keep = [i for i, n in enumerate(lengths) if n <= recipe.max_prompt_length]
     if not keep:
         raise TrainError(f"{request.data}: every prompt is longer than max_prompt_length={recipe.max_prompt_length}")
@@ -208,6 +214,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         logger.warning("%d of %d prompts exceed max_prompt_length=%d and are skipped",
                        len(dataset) - len(keep), len(dataset), recipe.max_prompt_length)
         dataset = dataset.select(keep)
+    dataset = with_training_images(dataset, recipe.min_pixels, recipe.max_pixels)
     data_info = {"path": str(request.data), "sha256": manifest.get("sha256"), "rows": len(lengths),
                  "rows_used": len(keep), "dropped_long_prompts": len(lengths) - len(keep)}
 
