@@ -110,3 +110,41 @@ def _half(text: str):
     from vppo.reward import Grade
 
     return Grade(accuracy=float(len(text) % 2), format=0.0, extracted=None)
+
+
+# ------------------------------------------------------------------ the masked pass masks the resized image
+
+def _black_cells(image: Image.Image, patch: int = 14):
+    """Per 14 px cell of ``image``: True if the whole cell is black, None if partly black (not on the grid)."""
+    import numpy as np
+
+    black = (np.asarray(image) == 0).all(-1)
+    cells = []
+    for y in range(0, image.height, patch):
+        for x in range(0, image.width, patch):
+            cell = black[y:y + patch, x:x + patch]
+            cells.append(True if cell.all() else (False if not cell.any() else None))
+    return cells
+
+
+@pytest.mark.parametrize("raw", [(300, 200), (1600, 1200)])
+def test_a_masked_square_is_about_one_vit_patch_of_the_model_input_whatever_the_raw_size(raw, tmp_path):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from vppo.data.train_data import load_train_dataset, synthetic_example, write_layout
+    from vppo.training.dependency import mask_row_images
+    from vppo.training.images import with_training_images
+
+    row, image = synthetic_example(0, seed=0)
+    noisy = Image.effect_noise(raw, 60).convert("RGB")  # no black pixels of its own
+    data = write_layout([(row, [Image.blend(image.resize(raw), noisy, 0.5)])], tmp_path / "data", source="test")
+    dataset = with_training_images(load_train_dataset(data), *PAPER_BOUNDS)
+    (masked,), = mask_row_images([dataset[0]["images"]], "patch", seed=0, step=0)
+    assert masked.size == training_image_size(*raw, *PAPER_BOUNDS)  # the trainer masks the resized image
+    cells = _black_cells(masked)
+    assert None not in cells and 0.3 < sum(cells) / len(cells) < 0.7  # whole 14 px squares, about half of them
+    # Qwen's default processor bounds (what encodes it) only round the resized image to multiples of 28
+    height, width = smart_resize(masked.height, masked.width, factor=28, min_pixels=3136, max_pixels=12845056)
+    square = 14 * width / masked.width, 14 * height / masked.height
+    # (masking the raw image and letting a processor bounded by the recipe resize it gave 26 px and 10 px)
+    assert all(13.5 < side < 14.6 for side in square), square
