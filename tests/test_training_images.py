@@ -148,3 +148,30 @@ def test_a_masked_square_is_about_one_vit_patch_of_the_model_input_whatever_the_
     square = 14 * width / masked.width, 14 * height / masked.height
     # (masking the raw image and letting a processor bounded by the recipe resize it gave 26 px and 10 px)
     assert all(13.5 < side < 14.6 for side in square), square
+
+
+# ------------------------------------------------------------------ checkpoints carry the base processor
+
+def _processor_files(folder):
+    import json
+
+    return {name: json.loads((folder / name).read_text())
+            for name in ("preprocessor_config.json", "processor_config.json") if (folder / name).is_file()}
+
+
+@pytest.mark.slow
+def test_trained_and_converted_checkpoints_carry_the_base_processor(tiny_model_dir, sized_data, tmp_path):
+    import json
+
+    from vppo.training.convert import convert
+    from vppo.training.rewards import GradingReward
+    from vppo.training.runner import TrainRequest, run_training
+
+    request = TrainRequest(model=tiny_model_dir, data=sized_data, recipe="smoke", method="grpo",
+                           work_dir=tmp_path / "work", out=tmp_path / "out", max_steps=1, overrides=dict(TINY_BOUNDS))
+    out = run_training(request, reward=GradingReward(lambda text, answer: _half(text)))
+    base = _processor_files(tiny_model_dir)
+    assert base and "image_processor" in json.dumps(base)
+    assert _processor_files(out / "final") == base
+    convert(out, tmp_path / "hf", base=tiny_model_dir)
+    assert _processor_files(tmp_path / "hf") == base
