@@ -36,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="trainer output: HF dir, checkpoint-N, DeepSpeed or FSDP state")
     parser.add_argument("--out", type=Path, required=True, help="where the standalone HF checkpoint goes")
     parser.add_argument("--base", type=Path, default=None,
-                        help="base model dir: supplies tokenizer and processor, and config/generation config when the source lacks them")
+                        help="base model dir: supplies tokenizer and processor, and config/generation config "
+                             "when the source lacks them")
 
 
 def _clean_key(key: str) -> str:
