@@ -23,7 +23,7 @@ from typing import Any
 from vppo import package_versions
 from vppo.algorithm import MethodPreset, get_method
 from vppo.fileio import write_json_atomic
-from vppo.modeling import verify_checkpoint_dir
+from vppo.modeling import verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt
 from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
 
@@ -83,20 +83,28 @@ def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_p
     return counts
 
 
-def _generation_kwargs(model_dir: Path, recipe: Recipe) -> dict | None:
-    """Tokens the checkpoint's generation config suppresses (the tiny model's special tokens), for HF generate."""
-    from transformers import AutoConfig, GenerationConfig
+#: logit bias of a token the policy must never sample in vLLM rollouts (the official rollout's value)
+NEVER_SAMPLE_LOGIT_BIAS = -100.0
 
-    if recipe.use_vllm:
-        return None
+
+def _generation_kwargs(model_dir: Path, recipe: Recipe) -> dict:
+    """What keeps the vision special tokens (and any the checkpoint suppresses) out of every rollout.
+
+    vLLM: ``logit_bias`` -100 in its SamplingParams (TRL passes ``generation_kwargs`` there), as the official
+    rollout does for the image token; HF ``generate``: ``suppress_tokens`` (TRL's own default covers only the
+    image token, and ``generation_kwargs`` replaces it).
+    """
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
     try:
-        suppressed = list(GenerationConfig.from_pretrained(model_dir).suppress_tokens or [])
+        suppressed = set(GenerationConfig.from_pretrained(model_dir).suppress_tokens or [])
     except OSError:
-        suppressed = []
-    if not suppressed:
-        return None
-    image_token = getattr(AutoConfig.from_pretrained(model_dir), "image_token_id", None)
-    return {"suppress_tokens": sorted(set(suppressed) | ({image_token} if image_token is not None else set()))}
+        suppressed = set()
+    never = sorted(suppressed | set(vision_token_ids(AutoConfig.from_pretrained(model_dir),
+                                                     AutoTokenizer.from_pretrained(model_dir))))
+    if recipe.use_vllm:
+        return {"logit_bias": {token: NEVER_SAMPLE_LOGIT_BIAS for token in never}}
+    return {"suppress_tokens": never}
 
 
 def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
@@ -108,9 +116,7 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     # disable_dropout: the old-log-prob and masked passes must see the same network as the update
     kwargs.update(save_total_limit=2, disable_dropout=True,
                   model_init_kwargs={"dtype": "bfloat16" if recipe.bf16 else "float32"})
-    generation = _generation_kwargs(request.model, recipe)
-    if generation:
-        kwargs["generation_kwargs"] = generation
+    kwargs["generation_kwargs"] = _generation_kwargs(request.model, recipe)
     if recipe.use_vllm and recipe.vllm_mode == "server":
         kwargs["vllm_server_host"] = os.environ.get("VPPO_VLLM_SERVER_HOST", "0.0.0.0")
         kwargs["vllm_server_port"] = int(os.environ.get("VPPO_VLLM_SERVER_PORT", "8000"))
