@@ -69,7 +69,7 @@ class Recipe:
     temperature: float
     top_p: float
     entropy_coef: float | None
-    dynamic_sampling_max_rounds: int
+    dynamic_sampling_max_rounds: int | None
     save_steps: int
     logging_steps: int
     bf16: bool
@@ -153,7 +153,8 @@ def validate(recipe: Recipe, where: str) -> Recipe:
     need(recipe.save_steps % recipe.updates_per_rollout == 0,
          f"save_steps must be a multiple of the {recipe.updates_per_rollout} updates per rollout "
          "(a checkpoint inside a rollout could not resume exactly)")
-    need(recipe.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds must be >= 1")
+    need(recipe.dynamic_sampling_max_rounds is None or recipe.dynamic_sampling_max_rounds >= 1,
+         "dynamic_sampling_max_rounds must be null (no cap) or >= 1")
     return recipe
 
 
