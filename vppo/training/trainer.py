@@ -23,6 +23,7 @@ so gradient accumulation plus data-parallel averaging gives the token-mean over 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class VPPOTrainer(GRPOTrainer):
         self.masked_pass_calls = 0  # how many rollouts ran the masked-image pass (tests read it)
         self._defer_old_logps = False
         self._tokens_since_log = 0.0
+        self._grad_norm_finite, self._skipped_updates = True, 0
         self._log_clock: float | None = None
 
     # ------------------------------------------------------------------ rollout
@@ -315,6 +317,36 @@ class VPPOTrainer(GRPOTrainer):
             metrics["alpha_min"].append(rows[:, 7].min().item())
             metrics["alpha_max"].append(-rows[:, 8].min().item())
         self._tokens_since_log += n_valid
+
+    # ------------------------------------------------------------------ optimizer
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # The official optimizer decays every parameter; transformers would exempt biases and norm weights.
+        return [name for name, _ in model.named_parameters()]
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if getattr(optimizer, "_vppo_guarded", False):
+            return optimizer
+        step = optimizer.step
+
+        def step_if_finite(*args, **kwargs):
+            # The Trainer computed (and clipped with) the global gradient norm just before; as the official
+            # actor, an update whose norm is inf or nan is skipped (the gradients are then zeroed as usual).
+            if not self._grad_norm_finite:
+                self._skipped_updates += 1
+                logger.warning("step %d: gradient norm is not finite; optimizer step skipped", self.state.global_step)
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step, optimizer._vppo_guarded = step_if_finite, True
+        return optimizer
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._grad_norm_finite = norm is None or math.isfinite(float(norm))
+        self._metrics["train"]["skipped_updates"].append(float(not self._grad_norm_finite))
+        return norm
 
     # ------------------------------------------------------------------ resume
 
