@@ -51,6 +51,10 @@ class SamplingCapError(RuntimeError):
     """Dynamic sampling reached its safety cap of generation rounds without filling the rollout batch."""
 
 
+class ResumeError(RuntimeError):
+    """A checkpoint cannot be resumed exactly (it lacks the data-stream position)."""
+
+
 class DataCursor(TrainerCallback, ExportableState):
     """How many prompts of the data stream this run has drawn; saved with every checkpoint's trainer state."""
 
@@ -123,8 +127,8 @@ class VPPOTrainer(GRPOTrainer):
             saved = TrainerState.load_from_json(str(Path(resume_from_checkpoint) / "trainer_state.json"))
             cursor = saved.stateful_callbacks.get(type(self.cursor).__name__)
             if cursor is None:
-                raise RuntimeError(f"{resume_from_checkpoint}: no data-stream position in trainer_state.json "
-                                   "(a checkpoint from an older version; start a new --work-dir)")
+                raise ResumeError(f"{resume_from_checkpoint}: no data-stream position in trainer_state.json "
+                                  "(a checkpoint from an older version; start a new --work-dir)")
             self.cursor.prompts_drawn = int(cursor["args"]["prompts_drawn"])
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
