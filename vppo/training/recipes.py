@@ -35,8 +35,7 @@ own); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 

@@ -27,7 +27,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, TrainerState
@@ -131,9 +130,6 @@ class VPPOTrainer(GRPOTrainer):
                                   "(a checkpoint from an older version; start a new --work-dir)")
             self.cursor.prompts_drawn = int(cursor["args"]["prompts_drawn"])
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _rng(self, *parts: int) -> np.random.Generator:
-        return np.random.default_rng([self.args.seed, self.state.global_step, self.accelerator.process_index, *parts])
 
     def _next_examples(self, n_rows: int) -> list[dict]:
         """This process's share of the next global batch of the data stream, each prompt repeated n times.
