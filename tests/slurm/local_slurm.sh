@@ -6,7 +6,8 @@
 #   tests/slurm/local_slurm.sh start DIR [N]    # N slurmd nodes (default 1), each with 8 count-only GPUs
 #   tests/slurm/local_slurm.sh stop DIR         # stops exactly the daemons that `start DIR` started
 #
-# After `start`, `source DIR/env.sh` points sbatch/srun/squeue/scontrol at this cluster (SLURM_CONF).
+# After `start`, `source DIR/env.sh` points sbatch/srun/squeue/scontrol at this cluster (SLURM_CONF, and DIR/bin
+# first on PATH: wrappers that keep naming this cluster's slurm.conf inside jobs, where SLURM_* is stripped).
 # The GPUs are generic resources with a count and no device files: `--gres=gpu:8` and `--gpus=N` schedule as on a
 # GPU node, and no CUDA device exists. The node declares VPPO_TEST_SLURM_CPUS CPUs (default 8) and 64 GB whatever
 # the machine has (config_overrides), so a job sized like a real one can be placed on a small test machine.
@@ -96,8 +97,15 @@ CONF
   mkdir -p "$DIR/dev"
   for i in 0 1 2 3 4 5 6 7; do : > "$DIR/dev/gpu$i"; done
   echo "Name=gpu File=$DIR/dev/gpu[0-7]" > "$DIR/gres.conf"
+  # Client wrappers: Snakemake's jobstep drops every SLURM_* variable (SLURM_CONF included) before its srun, so
+  # inside a job the commands would look for /etc/slurm/slurm.conf. First on PATH, these name our file instead.
+  mkdir -p "$DIR/bin"
+  for tool in sbatch srun salloc squeue scontrol scancel sinfo; do
+    printf '#!/bin/sh\nSLURM_CONF=%s exec %s "$@"\n' "$DIR/slurm.conf" "$(command -v "$tool")" > "$DIR/bin/$tool"
+    chmod +x "$DIR/bin/$tool"
+  done
   cat > "$DIR/env.sh" <<ENV
-export SLURM_CONF=$DIR/slurm.conf
+export SLURM_CONF=$DIR/slurm.conf PATH=$DIR/bin:\$PATH
 ENV
   export SLURM_CONF="$DIR/slurm.conf"
   slurmctld -f "$SLURM_CONF"
