@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-model": ("vppo.data.models", "put a base or released checkpoint (tiny, local dir, hub id) in place"),
     "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),
     "train": ("vppo.training.cli", "train a policy with a method preset (grpo, dapo, vppo, ablations)"),
+    "prune-work": ("vppo.training.prune", "keep only the last complete checkpoint of a published training run"),
     "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),
     "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),

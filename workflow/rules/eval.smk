@@ -26,9 +26,9 @@ if EVAL.get("group_benchmarks", False):
         threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
         retries: EVAL["retries"]
         resources:
-            **job_resources(eval_spec),
+            **job_resources(eval_spec, stage="eval"),
         shell:
-            "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
+            JOB_THREADS + "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
             "--out {params.out} {params.options} > {log} 2>&1"
 
 else:
@@ -52,9 +52,9 @@ else:
         threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
         retries: EVAL["retries"]
         resources:
-            **job_resources(eval_spec),
+            **job_resources(eval_spec, stage="eval"),
         shell:
-            "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
+            JOB_THREADS + "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
             "--out {params.out} {params.options} > {log} 2>&1"
 
 
@@ -76,4 +76,4 @@ rule analyze_dependency:
     resources:
         **job_resources(analysis_spec),
     shell:
-        "workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"
+        JOB_THREADS + "workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"

@@ -107,6 +107,6 @@ rule check:
     resources:
         **job_resources(check_spec),
     shell:
-        "workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
+        JOB_THREADS + "workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
         "--benchmarks {params.benchmarks} --eval-out {params.eval_out} {params.options} "
         "--report {output} 2>&1 | tee {log}"
