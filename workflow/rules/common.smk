@@ -28,6 +28,11 @@ def recipe_file(name):
     return Path(workflow.basedir) / "vppo" / "training" / "recipes" / f"{name}.yaml"
 
 
+def recipe_of(model):
+    """The recipe file's keys for a configured model (the layout; vppo.training.recipes validates the rest)."""
+    return yaml.safe_load(recipe_file(MODELS[model]["recipe"]).read_text())
+
+
 def file_digest(path):
     """Short sha256 of a file's bytes, for params that must rerun a job when the file changes."""
     import hashlib
@@ -239,6 +244,21 @@ def memory_mb(stage, spec):
 
 
 CPU = config.get("cpu_resources", {})
+# Findings of `vppo doctor` (workflow/rules/preflight.smk), an ancient() input of every GPU job: it runs first.
+PREFLIGHT = "results/preflight/doctor.txt"
+
+
+def any_gpu_job():
+    specs = [spec.get(key, {}) for spec in MODELS.values() for key in ("train_resources", "eval_resources")]
+    specs += [analysis_spec(), check_spec()]
+    return any(spec.get("gpus_per_node", 0) or spec.get("gpus", 0) for spec in specs)
+
+
+def preflight_options():
+    """`vppo doctor` options: a GPU and vLLM when any job needs them, and the configured free disk under work/."""
+    gpus = 1 if any_gpu_job() else 0
+    vllm = EVAL["backend"] == "vllm" or any(recipe_of(model).get("use_vllm") for model in MODELS)
+    return f"--gpus {gpus}{' --vllm' if vllm else ''} --min-free-gb {CLUSTER['min_free_gb']} --path work"
 
 
 def cli_pairs(flag, mapping):
@@ -308,10 +328,9 @@ def job_resources(spec, partition="GPU", stage=None):
         runtime=grown_runtime(spec),
     )
 
-
-# Shell prefix of every compute rule: libraries use the job's CPUs (a cluster job's `threads` is capped by the
-# submitting host's --cores; the resource is not), not every core of a shared node.
-JOB_THREADS = "OMP_NUM_THREADS={resources.cpus_per_task} "
+# Every compute rule's shell starts with OMP_NUM_THREADS={resources.cpus_per_task}: libraries use the job's CPUs
+# (a cluster job's `threads` is capped by the submitting host's --cores; the resource is not), not every core
+# of a shared node.
 
 
 def analysis_options(wildcards):

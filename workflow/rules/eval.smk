@@ -10,6 +10,7 @@ if EVAL.get("group_benchmarks", False):
         input:
             checkpoint=checkpoint_dir,
             data="resources/data/eval",
+            preflight=ancient(PREFLIGHT),
         output:
             results=expand("results/eval/{{model}}/{{method}}/{benchmark}.json", benchmark=BENCHMARKS),
             samples=expand("results/eval/{{model}}/{{method}}/{benchmark}.samples.jsonl", benchmark=BENCHMARKS),
@@ -28,7 +29,7 @@ if EVAL.get("group_benchmarks", False):
         resources:
             **job_resources(eval_spec, stage="eval"),
         shell:
-            JOB_THREADS + "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
+            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
             "--out {params.out} {params.options} > {log} 2>&1"
 
 else:
@@ -37,6 +38,7 @@ else:
         input:
             checkpoint=checkpoint_dir,
             data="resources/data/eval",
+            preflight=ancient(PREFLIGHT),
         output:
             result="results/eval/{model}/{method}/{benchmark}.json",
             samples="results/eval/{model}/{method}/{benchmark}.samples.jsonl",
@@ -54,7 +56,7 @@ else:
         resources:
             **job_resources(eval_spec, stage="eval"),
         shell:
-            JOB_THREADS + "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
+            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
             "--out {params.out} {params.options} > {log} 2>&1"
 
 
@@ -62,6 +64,7 @@ rule analyze_dependency:
     input:
         checkpoint=checkpoint_dir,
         data="resources/data/eval",
+        preflight=ancient(PREFLIGHT),
     output:
         "results/analysis/{model}/{method}.json",
     params:
@@ -76,4 +79,4 @@ rule analyze_dependency:
     resources:
         **job_resources(analysis_spec),
     shell:
-        JOB_THREADS + "workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"

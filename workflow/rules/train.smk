@@ -9,6 +9,7 @@ rule train:
     input:
         model=base_model_dir,
         data="resources/data/train",
+        preflight=ancient(PREFLIGHT),
     output:
         directory("results/train/{model}/{method}"),
     params:
@@ -40,6 +41,6 @@ rule train:
         tasks=lambda wildcards: train_spec(wildcards)["nodes"] if is_multi_node(wildcards) else None,
         tasks_per_gpu=0,
     shell:
-        "mkdir -p {params.work} && " + JOB_THREADS + "{params.launch} --model {input.model} --data {input.data} "
+        "mkdir -p {params.work} && OMP_NUM_THREADS={resources.cpus_per_task} {params.launch} --model {input.model} --data {input.data} "
         "--recipe {params.recipe} --method {wildcards.method} --work-dir {params.work} --out {output} "
         "--seed {params.seed} {params.options} > {log} 2>&1 && {params.prune} >> {log} 2>&1"
