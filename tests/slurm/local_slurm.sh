@@ -2,7 +2,8 @@
 # A real one-machine Slurm cluster for the tests: munged, slurmctld and one or more slurmd on localhost, every
 # file (configuration, state, logs, munge key and socket) under one folder, nothing in /etc or /var.
 #
-#   tests/slurm/local_slurm.sh install          # apt-get install slurm-wlm munge when slurmctld is missing (root)
+#   tests/slurm/local_slurm.sh install          # apt-get install slurm-wlm munge when slurmctld is missing (root;
+#                                               # nothing with VPPO_SKIP_SLURM_TESTS=1, which skips the Slurm tier)
 #   tests/slurm/local_slurm.sh start DIR [N]    # N slurmd nodes (default 1), each with 8 count-only GPUs
 #   tests/slurm/local_slurm.sh stop DIR         # stops exactly the daemons that `start DIR` started
 #
@@ -18,6 +19,7 @@ set -euo pipefail
 die() { echo "local_slurm.sh: $*" >&2; exit 2; }
 
 install_slurm() {
+  [ "${VPPO_SKIP_SLURM_TESTS:-0}" != 1 ] || return 0   # the Slurm tier is skipped: nothing to install
   if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
     return 0
   fi
