@@ -35,7 +35,7 @@ def _start_cluster(folder: Path, nodes: int) -> dict[str, str]:
         pytest.fail("Slurm is not installed: run `tests/slurm/local_slurm.sh install` as root (tests/run.sh does), "
                     "or set VPPO_SKIP_SLURM_TESTS=1 to skip the Slurm tier")
     done = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(folder), str(nodes)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**os.environ, "VPPO_TEST_SLURM_CPUS": "2"})
     if done.returncode != 0:
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(folder)], timeout=120)
         pytest.fail(f"local Slurm did not start:\n{done.stdout}\n{done.stderr}")
@@ -45,9 +45,10 @@ def _start_cluster(folder: Path, nodes: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """Environment (SLURM_CONF, account, partition) of a one-node local cluster, stopped after the module."""
+    """Environment (SLURM_CONF, account, partition) of a two-node local cluster (two slurmd on this host, 2 CPUs
+    and 8 fake GPUs each), stopped after the module."""
     folder = tmp_path_factory.mktemp("slurm")
-    env = _start_cluster(folder, 1)
+    env = _start_cluster(folder, 2)
     try:
         yield env
     finally:
@@ -91,6 +92,40 @@ def scontrol_job(job_id: str, env: dict[str, str]) -> dict[str, str]:
     out = subprocess.run(["scontrol", "show", "job", "-d", job_id], env=env, capture_output=True, text=True,
                          check=True).stdout
     return dict(re.findall(r"(\w[\w:/]*)=(\S*)", out))
+
+
+MULTI_NODE_JOB = """#!/bin/bash
+# A multi-node training rule's shell runs in the batch script (mpi=srun), where Snakemake's jobstep has dropped
+# SLURM_JOB_NODELIST: the launcher finds the nodes through squeue. Its srun step is run as planned, with the
+# payload replaced by a report of where each task landed (accelerate across hosts is not run here).
+unset SLURM_JOB_NODELIST SLURM_NODELIST
+export VPPO_CPUS_PER_NODE=2
+exec {python} -c '
+import subprocess
+from vppo.training.launch import plan_launch
+train = ["--model", "m", "--data", "d", "--method", "vppo", "--work-dir", "w", "--out", "o"]
+(step,) = plan_launch(train + ["--recipe", "32b", "--set", "num_nodes=2"]).commands
+step = step[:step.index("bash")] + ["bash", "-c", "echo $SLURMD_NODENAME $SLURM_PROCID"]
+print("STEP", " ".join(step), flush=True)
+raise SystemExit(subprocess.run(step).returncode)
+'
+"""
+
+
+def test_multi_node_launch_fans_out_one_task_per_node(slurm, tmp_path):
+    """The 32B-style fan-out on two real slurmd: node list from squeue inside the allocation, one srun step with
+    one task per node holding that node's CPUs and 8 GPUs, ranks 0 and 1 (it started: no nested-step wait)."""
+    script = tmp_path / "job.sh"
+    script.write_text(MULTI_NODE_JOB.format(python=sys.executable))
+    out = tmp_path / "job.out"
+    env = {**slurm, "PYTHONPATH": str(ROOT)}
+    subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2", "--gres=gpu:8",
+                    "--mem=1000", "--time=3", f"--output={out}", str(script)], env=env, check=True,
+                   capture_output=True, text=True, timeout=300)
+    lines = out.read_text().splitlines()
+    step = next(line for line in lines if line.startswith("STEP "))
+    assert "--nodes=2 --ntasks-per-node=1 --nodelist=node1,node2 --cpus-per-task=2 --gres=gpu:8" in step
+    assert sorted(line for line in lines if line.startswith("node")) == ["node1 0", "node2 1"]
 
 
 def test_one_node_gpu_training_job_runs_through_the_launcher(slurm, tmp_path):
