@@ -328,10 +328,10 @@ def job_resources(spec, partition="GPU", stage=None):
         runtime=grown_runtime(spec),
     )
 
+
 # Every compute rule's shell starts with OMP_NUM_THREADS={resources.cpus_per_task}: libraries use the job's CPUs
 # (a cluster job's `threads` is capped by the submitting host's --cores; the resource is not), not every core
 # of a shared node.
-
 
 def analysis_options(wildcards):
     analysis = config["analysis"]
