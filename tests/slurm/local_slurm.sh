@@ -4,13 +4,13 @@
 #
 #   tests/slurm/local_slurm.sh install          # apt-get install slurm-wlm munge when slurmctld is missing (root;
 #                                               # nothing with VPPO_SKIP_SLURM_TESTS=1, which skips the Slurm tier)
-#   tests/slurm/local_slurm.sh start DIR [N]    # N slurmd nodes (default 1), each with 8 count-only GPUs
+#   tests/slurm/local_slurm.sh start DIR [N]    # N slurmd nodes (default 1), each with 8 fake GPUs
 #   tests/slurm/local_slurm.sh stop DIR         # stops exactly the daemons that `start DIR` started
 #
 # After `start`, `source DIR/env.sh` points sbatch/srun/squeue/scontrol at this cluster (SLURM_CONF, and DIR/bin
 # first on PATH: wrappers that keep naming this cluster's slurm.conf inside jobs, where SLURM_* is stripped).
-# The GPUs are generic resources with a count and no device files: `--gres=gpu:8` and `--gpus=N` schedule as on a
-# GPU node, and no CUDA device exists. The node declares VPPO_TEST_SLURM_CPUS CPUs (default 8) and 64 GB whatever
+# The GPUs are generic resources backed by empty files: `--gres=gpu:8` and `--gpus=N` schedule as on a GPU node,
+# and no CUDA device exists. Each node declares VPPO_TEST_SLURM_CPUS CPUs (default 8) and 64 GB whatever
 # the machine has (config_overrides), so a job sized like a real one can be placed on a small test machine.
 # Several nodes need a slurmd built with multiple-slurmd support (`slurmd -N name`, one port each); `start`
 # fails with that message when the installed slurmd lacks it.
