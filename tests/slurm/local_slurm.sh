@@ -140,8 +140,13 @@ stop_pid_file() {  # stop_pid_file FILE: TERM the daemon whose pid the file hold
 stop() {
   [ -f "$DIR/slurm.conf" ] || return 0
   export SLURM_CONF="$DIR/slurm.conf"
-  # Jobs first, so no slurmstepd of ours outlives the cluster.
+  # Jobs first, and wait until slurmd has ended them (up to 60 s): a slurmd stopped while a job is still being
+  # cancelled leaves that job's processes running without a parent.
   scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+  for _ in $(seq 1 120); do
+    [ -z "$(squeue -h -t RUNNING,COMPLETING,CONFIGURING -o %i 2>/dev/null)" ] && break
+    sleep 0.5
+  done
   for file in "$DIR"/slurmd.*.pid; do [ -e "$file" ] && stop_pid_file "$file"; done
   stop_pid_file "$DIR/slurmctld.pid"
   stop_pid_file "$DIR/munge/munged.pid"
