@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash workflow/scripts/install.sh test
+# The Slurm tier (tests/test_slurm.py) runs a real local Slurm: Debian's slurm-wlm and munge, installed here
+# when missing (root; about 15 s after apt-get update).
+bash tests/slurm/local_slurm.sh install
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 "${PYTHON:-python3}" -m pytest "$@"

@@ -104,11 +104,12 @@ def test_released_dry_run_evaluates_published_checkpoints_without_training():
 
 def test_single_cell_target_schedules_only_its_own_chain():
     jobs = dry_run(*SLURM, "--config", "preset=paper", "--", "results/eval/qwen2.5-vl-7b/vppo/geo3k.json")
-    assert rule_counts(jobs) == Counter({"fetch_base_model": 1, "prepare_train_data": 1, "prepare_eval_data": 1,
-                                         "train": 1, "convert": 1, "eval_benchmark": 1})
+    assert rule_counts(jobs) == Counter({"preflight": 1, "fetch_base_model": 1, "prepare_train_data": 1,
+                                         "prepare_eval_data": 1, "train": 1, "convert": 1, "eval_benchmark": 1})
     assert {job["wildcards"]["method"] for job in jobs if "method" in job["wildcards"]} == {"vppo"}
     base_cell = dry_run(*SLURM, "--config", "preset=paper", "--", "results/eval/qwen2.5-vl-7b/base/mmk12.json")
-    assert rule_counts(base_cell) == Counter({"fetch_base_model": 1, "prepare_eval_data": 1, "eval_benchmark": 1})
+    assert rule_counts(base_cell) == Counter({"preflight": 1, "fetch_base_model": 1, "prepare_eval_data": 1,
+                                              "eval_benchmark": 1})
 
 
 def test_slurm_profile_is_found_by_its_bare_name():

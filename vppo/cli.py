@@ -12,10 +12,12 @@ import sys
 
 #: name -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("vppo.doctor", "preflight of this machine: python, NVIDIA driver, torch + CUDA, vLLM, free disk"),
     "make-tiny-model": ("vppo.testing.tiny_qwen", "write a tiny Qwen2.5-VL checkpoint offline (random-init, or warm-started on the answer format)"),
     "fetch-model": ("vppo.data.models", "put a base or released checkpoint (tiny, local dir, hub id) in place"),
     "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),
     "train": ("vppo.training.cli", "train a policy with a method preset (grpo, dapo, vppo, ablations)"),
+    "prune-work": ("vppo.training.prune", "keep only the last complete checkpoint of a published training run"),
     "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),
     "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),

@@ -4,10 +4,11 @@
 recipe (same ``--recipe``/``--set`` as ``vppo train``) for its layout (num_nodes, gpus_per_node, distributed,
 use_vllm/vllm_mode) and builds:
 
-- without SLURM, one node: ``accelerate launch --config_file <layout>.yaml ... -m vppo train <args>``
-  (the CPU smoke form: ``--cpu``, one process);
-- inside a SLURM allocation: one ``srun`` step starting one ``accelerate launch`` per training node, machine
-  rank from ``SLURM_PROCID``, main process = the first node of ``SLURM_JOB_NODELIST``;
+- one node, with or without SLURM: ``accelerate launch --config_file <layout>.yaml ... -m vppo train <args>``
+  in place (the CPU smoke form: ``--cpu``, one process); inside a Snakemake job this is the executor's own
+  ``srun`` step, which holds the node's GPUs: no second step is started;
+- several nodes of a SLURM allocation: one ``srun`` step starting one ``accelerate launch`` per training node,
+  machine rank from ``SLURM_PROCID``, main process = the first node of the allocation;
 - ``vllm_mode: server``: the allocation holds one extra node that runs ``trl vllm-serve`` (tensor parallel over
   its GPUs); the trainers reach it through ``VPPO_VLLM_SERVER_HOST``.
 
@@ -54,10 +55,12 @@ class Plan:
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
-    """Host names of a SLURM node list (``gpu[01-03,07],login5``); ``scontrol`` when present, else parsed here."""
+    """Host names of a SLURM node list (``gpu[01-03,07],login5``); ``scontrol`` when it answers, else parsed here
+    (scontrol exits 1 where Slurm is installed but no slurm.conf is reachable)."""
     if shutil.which("scontrol"):
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True, text=True)
-        return out.stdout.split()
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()
     hosts, rest = [], nodelist.strip()
     while rest:
         match = _RANGE.match(rest)
@@ -119,16 +122,17 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
     recipe = load_recipe(parsed.recipe, parse_overrides(parsed.overrides), parsed.max_steps)
     server = recipe.use_vllm and recipe.vllm_mode == "server"
     nodes_needed = recipe.num_nodes + (1 if server else 0)
-    nodelist = environ.get("SLURM_JOB_NODELIST")
-    if not nodelist and nodes_needed > 1:
-        # One node needs no fan-out (and a Snakemake job already runs inside an srun step there); several do.
-        nodelist = squeue_nodelist(environ)
-
-    if not nodelist:
-        if nodes_needed > 1:  # (vllm_mode server always needs a node of its own)
-            raise LaunchError(f"recipe {recipe.name} needs {nodes_needed} nodes{' (one for the vLLM server)' if server else ''}:"
-                              f" run inside a SLURM allocation (SLURM_JOB_NODELIST is not set)")
+    if nodes_needed == 1:
+        # One node runs in place, never through another srun: a Snakemake job without `mpi` already runs inside
+        # the executor's `srun -n1` step, which holds the job's CPUs and GPUs, and a second step asking for them
+        # would wait for that step to end, i.e. forever (steps do not share resources without --overlap).
         return Plan([accelerate_command(recipe, config_dir, train_args, 1, "0", None, port)])
+    # Several nodes fan out with one srun step; the rule runs in the batch script (the `mpi` resource), not in a
+    # step. Snakemake's jobstep strips SLURM_JOB_NODELIST, hence squeue.
+    nodelist = environ.get("SLURM_JOB_NODELIST") or squeue_nodelist(environ)
+    if not nodelist:  # (vllm_mode server always needs a node of its own)
+        raise LaunchError(f"recipe {recipe.name} needs {nodes_needed} nodes{' (one for the vLLM server)' if server else ''}:"
+                          f" run inside a SLURM allocation (SLURM_JOB_NODELIST is not set)")
 
     hosts = expand_nodelist(nodelist)
     if len(hosts) != nodes_needed:

@@ -22,6 +22,9 @@ method clip_low/clip_high   epsilon / epsilon_high (also used by our loss); loss
 (no reference model)        beta = 0.0
 save_steps, logging_steps   save_steps, logging_steps (save_strategy "steps")
 use_vllm, vllm_mode         use_vllm, vllm_mode ("colocate" or "server")
+vllm_tensor_parallel_size   vllm_tensor_parallel_size (colocate: ranks per vLLM engine; divides the world size)
+vllm_gpu_memory_utilization vllm_gpu_memory_utilization (share of each GPU's memory vLLM may take)
+vllm_enable_sleep_mode      vllm_enable_sleep_mode (vLLM frees weights and KV cache while the policy trains)
 bf16, gradient_checkpointing  bf16, gradient_checkpointing
 ==========================  ==============================================================================
 
@@ -75,6 +78,9 @@ class Recipe:
     gradient_checkpointing: bool
     use_vllm: bool
     vllm_mode: str
+    vllm_tensor_parallel_size: int
+    vllm_gpu_memory_utilization: float
+    vllm_enable_sleep_mode: bool
     min_pixels: int | None
     max_pixels: int | None
     num_nodes: int
@@ -139,6 +145,10 @@ def validate(recipe: Recipe, where: str) -> Recipe:
 
     need(recipe.distributed in DISTRIBUTED_BACKENDS, f"key 'distributed' must be one of {DISTRIBUTED_BACKENDS}")
     need(recipe.vllm_mode in ("colocate", "server"), "key 'vllm_mode' must be 'colocate' or 'server'")
+    need(0 < recipe.vllm_gpu_memory_utilization <= 1, "key 'vllm_gpu_memory_utilization' must be in (0, 1]")
+    need(recipe.vllm_tensor_parallel_size >= 1 and recipe.world_size % recipe.vllm_tensor_parallel_size == 0,
+         f"key 'vllm_tensor_parallel_size' ({recipe.vllm_tensor_parallel_size}) must divide the "
+         f"{recipe.world_size} training ranks (each group of that many ranks shares one colocated vLLM engine)")
     need(recipe.rollout_batch_prompts % recipe.update_batch_prompts == 0,
          "rollout_batch_prompts must be a multiple of update_batch_prompts")
     per_rank_update = recipe.update_batch_prompts * recipe.num_generations
@@ -239,6 +249,9 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         gradient_checkpointing=recipe.gradient_checkpointing,
         use_vllm=recipe.use_vllm,
         vllm_mode=recipe.vllm_mode,
+        vllm_tensor_parallel_size=recipe.vllm_tensor_parallel_size,
+        vllm_gpu_memory_utilization=recipe.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=recipe.vllm_enable_sleep_mode,
         vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
         vllm_max_model_length=recipe.max_model_length,
         report_to=[],

@@ -28,6 +28,11 @@ def recipe_file(name):
     return Path(workflow.basedir) / "vppo" / "training" / "recipes" / f"{name}.yaml"
 
 
+def recipe_of(model):
+    """The recipe file's keys for a configured model (the layout; vppo.training.recipes validates the rest)."""
+    return yaml.safe_load(recipe_file(MODELS[model]["recipe"]).read_text())
+
+
 def file_digest(path):
     """Short sha256 of a file's bytes, for params that must rerun a job when the file changes."""
     import hashlib
@@ -202,12 +207,58 @@ def gres(gpus):
     return f"gpu:{gpus}" if gpus else None
 
 
+CLUSTER = config["cluster"]
+
+
 def grown_runtime(spec):
-    """Runtime from ``spec(wildcards)``; retries of preempted or timed-out jobs get more time (up to 3x)."""
-    return lambda wildcards, attempt: spec(wildcards).get("runtime", 60) * min(attempt, 3)
+    """Runtime from ``spec(wildcards)``; retries of preempted or timed-out jobs get more time (up to 3x), never
+    past the partition's limit (``cluster.max_runtime``): sbatch refuses a longer -t, and training resumes from
+    work/, so a retry needs no longer slot than the first attempt."""
+    limit = CLUSTER["max_runtime"]
+    return lambda wildcards, attempt: min(spec(wildcards).get("runtime", 60) * min(attempt, 3), limit)
+
+
+# Host memory (per node) by stage, from the model's parameter count where a spec gives no mem_mb:
+# (bytes per parameter, per process, GB fixed per node). Training: each rank may hold a whole bf16 copy while
+# loading (ZeRO-3 partitions only after); evaluation: vLLM stages the bf16 weights in host memory; conversion:
+# the gathered float32 state dict plus the float32 model it is loaded into.
+HOST_MEMORY = {"train": (2, "per_rank", 64), "eval": (2, "once", 32), "convert": (8, "once", 16)}
+
+
+def host_memory_mb(stage, params_b, ranks_per_node=1):
+    """MB of host memory a ``stage`` job needs for a model of ``params_b`` billion parameters."""
+    bytes_per_param, scope, fixed_gb = HOST_MEMORY[stage]
+    copies = ranks_per_node if scope == "per_rank" else 1
+    return int((copies * bytes_per_param * params_b + fixed_gb) * 1000)
+
+
+def memory_mb(stage, spec):
+    """mem_mb from ``spec(wildcards)`` when set, else sized from ``models.<model>.params_b``, else 4000."""
+    def resolve(wildcards):
+        given = spec(wildcards).get("mem_mb")
+        params_b = MODELS.get(getattr(wildcards, "model", None), {}).get("params_b") if stage else None
+        if given or not params_b:
+            return given or 4000
+        return host_memory_mb(stage, params_b, max(spec(wildcards).get("gpus_per_node", 1), 1))
+    return resolve
 
 
 CPU = config.get("cpu_resources", {})
+# Findings of `vppo doctor` (workflow/rules/preflight.smk), an ancient() input of every GPU job: it runs first.
+PREFLIGHT = "results/preflight/doctor.txt"
+
+
+def any_gpu_job():
+    specs = [spec.get(key, {}) for spec in MODELS.values() for key in ("train_resources", "eval_resources")]
+    specs += [analysis_spec(), check_spec()]
+    return any(spec.get("gpus_per_node", 0) or spec.get("gpus", 0) for spec in specs)
+
+
+def preflight_options():
+    """`vppo doctor` options: a GPU and vLLM when any job needs them, and the configured free disk under work/."""
+    gpus = 1 if any_gpu_job() else 0
+    vllm = EVAL["backend"] == "vllm" or any(recipe_of(model).get("use_vllm") for model in MODELS)
+    return f"--gpus {gpus}{' --vllm' if vllm else ''} --min-free-gb {CLUSTER['min_free_gb']} --path work"
 
 
 def cli_pairs(flag, mapping):
@@ -238,6 +289,13 @@ def is_multi_node(wildcards):
     return train_spec(wildcards).get("nodes", 1) > 1
 
 
+def prune_command(wildcards):
+    """After a run is published: keep only the last checkpoint in work/ (``train.prune_work``)."""
+    if not config["train"]["prune_work"]:
+        return "true"
+    return f"workflow/scripts/vppo prune-work work/train/{wildcards.model}/{wildcards.method}"
+
+
 # ---------------------------------------------------------------------------------------------- eval
 EVAL = config["eval"]
 
@@ -257,16 +315,23 @@ def eval_options(wildcards):
     return options
 
 
-def job_resources(spec, partition="GPU"):
-    """SLURM resources of a one-node job sized by ``spec(wildcards)`` (gpus, cpus, mem_mb, runtime)."""
+def job_resources(spec, partition="GPU", stage=None):
+    """SLURM resources of a one-node job sized by ``spec(wildcards)`` (gpus, cpus, mem_mb, runtime); ``stage``
+    (eval, convert) sizes memory from the model when the spec has no mem_mb. ``nodes=1``: without it Slurm may
+    spread ``--gpus=4`` over two nodes."""
     return dict(
         **slurm_placement(partition),
+        nodes=1,
         gpu=lambda wildcards: spec(wildcards).get("gpus", 0) or None,
         cpus_per_task=lambda wildcards: spec(wildcards).get("cpus", 1),
-        mem_mb=lambda wildcards: spec(wildcards).get("mem_mb", 4000),
+        mem_mb=memory_mb(stage, spec),
         runtime=grown_runtime(spec),
     )
 
+
+# Every compute rule's shell starts with OMP_NUM_THREADS={resources.cpus_per_task}: libraries use the job's CPUs
+# (a cluster job's `threads` is capped by the submitting host's --cores; the resource is not), not every core
+# of a shared node.
 
 def analysis_options(wildcards):
     analysis = config["analysis"]

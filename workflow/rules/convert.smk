@@ -16,6 +16,6 @@ rule convert:
         GPU_ENV
     threads: lambda wildcards: convert_spec(wildcards).get("cpus", 1)
     resources:
-        **job_resources(convert_spec, "CPU"),
+        **job_resources(convert_spec, "CPU", stage="convert"),
     shell:
-        "workflow/scripts/vppo convert {input.trained}/final --out {output} --base {input.base} > {log} 2>&1"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo convert {input.trained}/final --out {output} --base {input.base} > {log} 2>&1"

@@ -10,6 +10,7 @@ if EVAL.get("group_benchmarks", False):
         input:
             checkpoint=checkpoint_dir,
             data="resources/data/eval",
+            preflight=ancient(PREFLIGHT),
         output:
             results=expand("results/eval/{{model}}/{{method}}/{benchmark}.json", benchmark=BENCHMARKS),
             samples=expand("results/eval/{{model}}/{{method}}/{benchmark}.samples.jsonl", benchmark=BENCHMARKS),
@@ -26,9 +27,9 @@ if EVAL.get("group_benchmarks", False):
         threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
         retries: EVAL["retries"]
         resources:
-            **job_resources(eval_spec),
+            **job_resources(eval_spec, stage="eval"),
         shell:
-            "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
+            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
             "--out {params.out} {params.options} > {log} 2>&1"
 
 else:
@@ -37,6 +38,7 @@ else:
         input:
             checkpoint=checkpoint_dir,
             data="resources/data/eval",
+            preflight=ancient(PREFLIGHT),
         output:
             result="results/eval/{model}/{method}/{benchmark}.json",
             samples="results/eval/{model}/{method}/{benchmark}.samples.jsonl",
@@ -52,9 +54,9 @@ else:
         threads: lambda wildcards: eval_spec(wildcards).get("cpus", 1)
         retries: EVAL["retries"]
         resources:
-            **job_resources(eval_spec),
+            **job_resources(eval_spec, stage="eval"),
         shell:
-            "workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
+            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
             "--out {params.out} {params.options} > {log} 2>&1"
 
 
@@ -62,6 +64,7 @@ rule analyze_dependency:
     input:
         checkpoint=checkpoint_dir,
         data="resources/data/eval",
+        preflight=ancient(PREFLIGHT),
     output:
         "results/analysis/{model}/{method}.json",
     params:
@@ -76,4 +79,4 @@ rule analyze_dependency:
     resources:
         **job_resources(analysis_spec),
     shell:
-        "workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"

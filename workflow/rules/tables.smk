@@ -89,6 +89,7 @@ rule check:
     The job fails when the candidate regresses; its table is then kept in logs/check/NAME.log."""
     input:
         data="resources/data/eval",
+        preflight=ancient(PREFLIGHT),
     output:
         "results/check/{name}.md",
     params:
@@ -107,6 +108,6 @@ rule check:
     resources:
         **job_resources(check_spec),
     shell:
-        "workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
         "--benchmarks {params.benchmarks} --eval-out {params.eval_out} {params.options} "
         "--report {output} 2>&1 | tee {log}"

@@ -9,6 +9,7 @@ rule train:
     input:
         model=base_model_dir,
         data="resources/data/train",
+        preflight=ancient(PREFLIGHT),
     output:
         directory("results/train/{model}/{method}"),
     params:
@@ -19,6 +20,7 @@ rule train:
         work="work/train/{model}/{method}",
         seed=config["train"]["seed"],
         options=train_options(),
+        prune=prune_command,
     log:
         "logs/train/{model}/{method}.log",
     benchmark:
@@ -32,13 +34,13 @@ rule train:
         nodes=lambda wildcards: train_spec(wildcards).get("nodes", 1),
         gres=lambda wildcards: gres(train_spec(wildcards).get("gpus_per_node", 0)),
         cpus_per_task=lambda wildcards: train_spec(wildcards).get("cpus", 1),
-        mem_mb=lambda wildcards: train_spec(wildcards).get("mem_mb", 4000),
+        mem_mb=memory_mb("train", train_spec),
         runtime=grown_runtime(train_spec),
         # Several nodes: the job script itself fans out one launcher per node (SNAKEMAKE.md, "payload").
         mpi=lambda wildcards: "srun" if is_multi_node(wildcards) else None,
         tasks=lambda wildcards: train_spec(wildcards)["nodes"] if is_multi_node(wildcards) else None,
         tasks_per_gpu=0,
     shell:
-        "mkdir -p {params.work} && {params.launch} --model {input.model} --data {input.data} "
+        "mkdir -p {params.work} && OMP_NUM_THREADS={resources.cpus_per_task} {params.launch} --model {input.model} --data {input.data} "
         "--recipe {params.recipe} --method {wildcards.method} --work-dir {params.work} --out {output} "
-        "--seed {params.seed} {params.options} > {log} 2>&1"
+        "--seed {params.seed} {params.options} > {log} 2>&1 && {params.prune} >> {log} 2>&1"

@@ -1,0 +1,51 @@
+"""What `snakemake -n --profile slurm --config preset=paper` asks of a cluster: every job fits one partition
+slot (runtime within cluster.max_runtime on every attempt), names its node count, sizes memory from the model,
+and training and evaluation get the GPUs and layout the recipes need."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_workflow import SLURM, config_of, dry_run
+
+MAX_NODE_MEMORY_MB = 1_000_000  # a 1 TB node: the smallest 8-GPU node of common clusters
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["first-attempt", "third-attempt"])
+def paper_jobs(request):
+    jobs = dry_run(*SLURM, "--config", "preset=paper", "--attempt", str(request.param))
+    return request.param, [job for job in jobs if "runtime" in job["resources"]]
+
+
+def _by_rule_and_model(jobs):
+    return {(job["rule"], job["wildcards"].get("model")): job["resources"] for job in jobs}
+
+
+def test_every_cluster_job_fits_a_partition_slot_and_a_node(paper_jobs):
+    attempt, jobs = paper_jobs
+    limit = config_of("paper")["cluster"]["max_runtime"]
+    assert jobs
+    for job in jobs:
+        resources = job["resources"]
+        assert 0 < int(resources["runtime"]) <= limit, job
+        assert "nodes" in resources, job  # never left to Slurm: --gpus=4 alone may span two nodes
+        assert 0 < int(resources["mem_mb"]) <= MAX_NODE_MEMORY_MB, job
+    training = [int(job["resources"]["runtime"]) for job in jobs if job["rule"] == "train"]
+    assert training and max(training) == limit  # 7B's 48 h and 32B's 72 h both run in 48 h slots
+    if attempt == 3:  # shorter jobs still grow on retries (preemption, slow nodes), up to the limit
+        evals = {int(job["resources"]["runtime"]) for job in jobs if job["rule"] == "eval_benchmark"}
+        assert evals == {480 * 3, 720 * 3}
+
+
+def test_gpus_nodes_and_memory_follow_the_models(paper_jobs):
+    _, jobs = paper_jobs
+    resources = _by_rule_and_model(jobs)
+    small, big = resources[("train", "qwen2.5-vl-7b")], resources[("train", "qwen2.5-vl-32b")]
+    assert (small["nodes"], small["gres"], small["cpus_per_task"]) == ("1", "gpu:8", "64") and "mpi" not in small
+    assert (big["nodes"], big["gres"], big["mpi"], big["tasks"]) == ("4", "gpu:8", "srun", "4")
+    eval_big = resources[("eval_benchmark", "qwen2.5-vl-32b")]
+    assert (eval_big["nodes"], eval_big["gpu"]) == ("1", "4")
+    # Memory grows with the model (params_b) instead of a flat 900 GB per node.
+    for rule in ("train", "eval_benchmark", "convert"):
+        assert int(resources[(rule, "qwen2.5-vl-7b")]["mem_mb"]) < int(resources[(rule, "qwen2.5-vl-32b")]["mem_mb"])
+    assert int(small["mem_mb"]) < 300_000 and int(resources[("convert", "qwen2.5-vl-32b")]["mem_mb"]) > 200_000
