@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from vppo.cli import parse_key_values
+from vppo.errors import InputError
 
 #: kind -> (module, function); each function takes (source, out, **options) and returns the output Path.
 PREPARERS = {
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = parse_key_values(args.option, "--option")
     except ValueError as exc:
-        raise SystemExit(f"vppo prepare-data: {exc}") from None
+        raise InputError(str(exc)) from None
     out = prepare(args.source, args.out, **options)
     print(f"{args.kind} data ready in {out}")
     return 0

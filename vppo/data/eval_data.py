@@ -26,16 +26,17 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from vppo.errors import InputError, check_options
 from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, Benchmark
 from vppo.evaluation.protocol import parse_sharegpt_row
-from vppo.fileio import file_sha256, write_json_atomic, write_text_atomic
+from vppo.fileio import file_sha256, publish_dir, write_json_atomic, write_text_atomic
 from vppo.rollout import REASONING_INSTRUCTION
 
 EVAL_REPO = "chamber111/VPPO-Eval"
 MANIFEST = "manifest.json"
 
 
-class EvalDataError(ValueError):
+class EvalDataError(InputError, ValueError):
     """The evaluation data directory does not match what the protocol expects (names the file and field)."""
 
 
@@ -72,7 +73,10 @@ def load_raw_rows(root: str | Path, key: str) -> list[dict]:
     path = benchmark_file(root, key)
     if not path.is_file():
         raise EvalDataError(f"{path}: missing (benchmark {key!r}); prepare it with `vppo prepare-data eval`")
-    rows = json.loads(path.read_text())
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalDataError(f"{path}: not valid JSON ({exc}); prepare the data again") from None
     if not isinstance(rows, list):
         raise EvalDataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
     return rows
@@ -270,9 +274,16 @@ def _import_directory(src: Path, out: Path, benchmarks: list[Benchmark], name_ma
 def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download  # cluster only: no hub access on CPU machines
 
-    path = Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision,
-                                  local_dir=str(out / "_download")))
+    try:
+        path = Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision,
+                                      local_dir=str(out / "_download")))
+    except (OSError, ValueError) as exc:  # offline, unknown repo or revision, malformed id
+        raise EvalDataError(f"evaluation data {repo!r}: cannot download from the hub ({exc})") from exc
     return path, revision or "main"
+
+
+#: The options of ``vppo prepare-data eval`` and their types (``name_map_<key>`` besides).
+EVAL_OPTIONS = {"n_rows": int, "seed": int, "plant_bad_rows": int, "repo": str, "revision": str, "benchmarks": str}
 
 
 def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
@@ -280,12 +291,26 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
 
     Options: ``n_rows`` (fixtures, default 5), ``seed`` (fixtures, 0), ``plant_bad_rows`` (fixtures, 0),
     ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub), ``benchmarks`` ("all" or keys),
-    ``name_map_<key>`` (source file stem for a benchmark).
+    ``name_map_<key>`` (source file stem for a benchmark). Built in a temporary sibling folder that becomes
+    ``out`` only when complete: a failed run leaves nothing half-prepared, and nothing already at ``out``
+    is overwritten.
     """
+    options = check_options(options, EVAL_OPTIONS, prefixes={"name_map_": str})
+    if options.get("n_rows", 1) < 1:
+        raise EvalDataError(f"--option n_rows={options['n_rows']}: must be at least 1")
+    with publish_dir(out) as tmp:
+        _prepare_eval_data_into(source, tmp, **options)
+    return Path(out)
+
+
+def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
     from vppo.catalog import resolve_benchmarks
 
     out = Path(out)
-    benchmarks = resolve_benchmarks(str(options.get("benchmarks", "all")))
+    try:
+        benchmarks = resolve_benchmarks(str(options.get("benchmarks", "all")))
+    except ValueError as exc:
+        raise EvalDataError(f"--option benchmarks: {exc}") from None
     name_map = {k[len("name_map_"):]: str(v) for k, v in options.items() if k.startswith("name_map_")}
     revision = None
     if source == "fixtures":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
+from vppo.errors import InputError
 from vppo.catalog import BENCHMARK_BY_KEY, MODEL_PAPER_NAMES, METHOD_PAPER_NAMES, resolve_benchmarks
 from vppo.evaluation.protocol import benchmark_average
 from vppo.evaluation.results import read_results_dir
@@ -27,7 +28,7 @@ from vppo.fileio import write_text_atomic
 AVG = "avg"
 
 
-class CheckInputError(ValueError):
+class CheckInputError(InputError, ValueError):
     """A candidate or reference cannot be resolved (names the file, the model/method, or the benchmark)."""
 
 

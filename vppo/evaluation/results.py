@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from vppo.errors import InputError
+
 SCHEMA = "vppo.eval/1"
 
 _INT, _STR = {"type": "integer"}, {"type": "string"}
@@ -43,7 +45,7 @@ RESULT_JSON_SCHEMA: dict = {
 }
 
 
-class ResultError(ValueError):
+class ResultError(InputError, ValueError):
     """A result file is missing, unreadable or not of schema vppo.eval/1 (names the file and the field)."""
 
 

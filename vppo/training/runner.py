@@ -20,9 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vppo.errors import InputError
 from vppo import package_versions
 from vppo.algorithm import MethodPreset, get_method
-from vppo.fileio import write_json_atomic
+from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, write_json_atomic
 from vppo.modeling import verify_checkpoint_dir
 from vppo.rollout import chat_prompt
 from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
@@ -32,7 +33,7 @@ SUMMARY_FILE, LOG_FILE, FINAL_DIR = "train_summary.json", "training_log.jsonl", 
 RUN_FILE = "vppo_run.json"  # in WORK_DIR: the arguments its checkpoints belong to
 
 
-class TrainError(RuntimeError):
+class TrainError(InputError, RuntimeError):
     """A training run cannot start or finish; the message names the path or field."""
 
 
@@ -234,6 +235,7 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
     out, work_dir = Path(request.out), Path(request.work_dir)
     if (out / SUMMARY_FILE).is_file():
         raise TrainError(f"{out}: already holds a finished run ({SUMMARY_FILE}); remove it to train again")
+    refuse_existing_output(out)  # before hours of training: OUT is never ours to empty
     run = build_trainer(request, recipe, reward, callbacks)
     trainer, resume = run.trainer, run.resume
     staging = out.parent / f".{out.name}.partial"
@@ -251,9 +253,7 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
         summary = _summary(request, recipe, run.preset, trainer, run.data_info, time.perf_counter() - start, resume,
                            weights_format(staging / FINAL_DIR))
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # an unfinished leftover (a finished one was refused above)
-            shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out)
+        replace_if_absent_or_empty(staging, out)
     trainer.accelerator.wait_for_everyone()
     return out

@@ -10,6 +10,9 @@ import yaml
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import update_config, validate
 
+sys.path.insert(0, workflow.basedir)  # the checkout's vppo (torch-free modules only: the driver env has no torch)
+from vppo.catalog import parse_method
+
 CONFIG_DIR = Path(workflow.basedir) / "workflow" / "config"
 SCHEMA = "../schemas/config.schema.yaml"
 # Rules name their software environment: the driver (Snakemake, pandas, matplotlib) for CPU stages and the
@@ -56,6 +59,11 @@ def check_cross_references(config):
     problems = []
     models = config["models"]
     for name, spec in models.items():
+        for method in spec["methods"]:  # tables, analysis and released name a subset of these (checked below)
+            try:
+                parse_method(method)
+            except ValueError as exc:
+                problems.append(f"models.{name}.methods: {exc}")
         recipe = yaml.safe_load(recipe_file(spec["recipe"]).read_text())
         resources = spec.get("train_resources", {})
         for key, recipe_key in (("nodes", "num_nodes"), ("gpus_per_node", "gpus_per_node")):
@@ -145,6 +153,13 @@ def analysis_targets():
     if not analysis:
         return []
     return [f"results/analysis/{analysis['model']}/{method}.json" for method in analysis["methods"]]
+
+
+def figure_roots():
+    """The result roots `vppo figures` reads, only those this configuration fills (a given root must exist)."""
+    roots = {"--train-root": "results/train" if training_runs() else None,
+             "--analysis-root": "results/analysis" if analysis_targets() else None}
+    return " ".join(f"{flag} {root}" for flag, root in roots.items() if root)
 
 
 def table_files():

@@ -44,6 +44,7 @@ rule figures:
         label=config["label"],
         models=",".join(MODELS),
         paper_models=paper_model_pairs(),
+        roots=figure_roots(),
     log:
         "logs/figures.log",
     benchmark:
@@ -54,8 +55,8 @@ rule figures:
     resources:
         **job_resources(cpu_spec, "CPU"),
     shell:
-        "workflow/scripts/vppo figures --train-root results/train --eval-root results/eval "
-        "--analysis-root results/analysis --reference-dir results/reference --models {params.models} "
+        "workflow/scripts/vppo figures {params.roots} --eval-root results/eval "
+        "--reference-dir results/reference --models {params.models} "
         "{params.paper_models} --out {output} --label {params.label:q} > {log} 2>&1"
 
 
