@@ -2,6 +2,7 @@
 # per-rule resources shared by every stage.
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -308,7 +309,7 @@ def required_config(key, wildcards):
 def paper_model_pairs():
     """`--paper-model MODEL=PAPER` for every configured model a table compares with a paper model."""
     pairs = {spec["model"]: spec["paper_model"] for spec in config["tables"].values()}
-    return " ".join(f"--paper-model {model}={paper}" for model, paper in sorted(pairs.items()))
+    return " ".join(f"--paper-model {shlex.quote(f'{model}={paper}')}" for model, paper in sorted(pairs.items()))
 
 
 def gpus_per_job():

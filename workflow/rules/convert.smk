@@ -18,4 +18,4 @@ rule convert:
     resources:
         **job_resources(convert_spec, "CPU"),
     shell:
-        "workflow/scripts/vppo convert {input.trained}/final --out {output} --base {input.base} > {log} 2>&1"
+        "workflow/scripts/vppo convert {input.trained:q}/final --out {output:q} --base {input.base:q} > {log:q} 2>&1"
