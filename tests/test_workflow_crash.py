@@ -1,0 +1,65 @@
+"""Crash recovery of the DAG, as the README's "Crash recovery" section tells it: Snakemake killed (-9) in the
+middle of a grouped evaluation job; `--unlock`, then `--rerun-incomplete` finishes it, and the benchmarks the
+killed job had finished are reused, not evaluated again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import ROOT, config_of, copy_checkout, snakemake
+
+pytestmark = pytest.mark.slow
+BENCHMARKS = ["geo3k", "mmk12", "wemath"]
+
+
+def test_readme_tells_how_to_recover_from_a_crash():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Crash recovery"):]
+    assert "--unlock" in section and "--rerun-incomplete" in section
+
+
+def test_a_killed_group_keeps_its_finished_benchmarks(tmp_path):
+    repo = copy_checkout(tmp_path / "repo")
+    config = config_of("default")
+    config.update(benchmarks=BENCHMARKS)
+    config["models"]["tiny"]["methods"] = ["base"]
+    config["tables"] = {"main": {"model": "tiny", "paper_model": "qwen2.5-vl-7b", "methods": ["base"]}}
+    config.pop("analysis")
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    targets = [f"results/eval/tiny/base/{b}.json" for b in BENCHMARKS]
+    args = ["--cores", "1", "--configfile", str(path), *targets]
+
+    job = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=repo, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = repo / "work" / "eval" / "tiny" / "base"
+    deadline = time.monotonic() + 900
+    while not list(work.glob("*.json")) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # Snakemake and the evaluation it runs, as a crashed node would
+    job.wait()
+    finished = {p.name: p.read_bytes() for p in work.glob("*.json")}
+    assert finished and len(finished) < len(BENCHMARKS), finished  # killed in the middle of the group
+
+    locked = snakemake(*args, cwd=repo, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake("--unlock", *args, cwd=repo)
+    incomplete = snakemake(*args, cwd=repo, check=False)
+    assert incomplete.returncode != 0 and "--rerun-incomplete" in incomplete.stdout + incomplete.stderr
+    snakemake("--rerun-incomplete", *args, cwd=repo)
+
+    log = (repo / "logs" / "eval" / "tiny" / "base.log").read_text()
+    for name, content in finished.items():
+        benchmark = name.removesuffix(".json")
+        assert f"{benchmark}: reusing" in log
+        assert (work / name).read_bytes() == content
+        assert (repo / "results" / "eval" / "tiny" / "base" / name).read_bytes() == content
+    assert all((repo / target).is_file() for target in targets)
