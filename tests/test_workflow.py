@@ -22,14 +22,13 @@ SLURM = ["--profile", "slurm", "--sdm", "env-modules"]
 
 
 def copy_checkout(dest: Path) -> Path:
-    """The checkout's files (tracked, and new ones git does not ignore) without any outputs, in ``dest``: the
-    tests then see a fresh clone even where `snakemake --cores all` has already run in the checkout."""
-    done = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                          capture_output=True, text=True)
+    """The checkout's tracked files, without any outputs, in ``dest``: the tests then see a fresh clone even
+    where `snakemake --cores all` has already run in the checkout."""
+    done = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
     if done.returncode == 0 and done.stdout:
         files = [p for p in done.stdout.split("\0") if p]
     else:  # not a git checkout (an unpacked archive): every file outside the outputs Snakemake writes
-        outputs = {".git", ".snakemake", "resources", "work", "logs"}
+        outputs = {".git", ".snakemake", "resources", "work", "logs", "__pycache__"}
         files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()
                  and not outputs & set(p.relative_to(ROOT).parts)
                  and not (p.relative_to(ROOT).parts[0] == "results" and p.relative_to(ROOT).parts[1] != "reference")]
