@@ -36,7 +36,7 @@ def test_a_killed_group_keeps_its_finished_benchmarks(tmp_path):
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(config))
     targets = [f"results/eval/tiny/base/{b}.json" for b in BENCHMARKS]
-    args = ["--cores", "1", "--configfile", str(path), *targets]
+    args = ["--cores", "1", "--configfile", str(path), "--", *targets]
 
     job = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=repo, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
