@@ -168,7 +168,11 @@ def table_files():
 
 
 def all_targets():
-    return table_files() + ["results/figures", "results/report.html"]
+    """Tables, figures and report, and every cell and analysis they show: Snakemake does not rebuild a
+    deleted intermediate file whose consumers are up to date, so the cells are targets themselves (a deleted
+    cell is rebuilt, then everything that shows it)."""
+    cells = [eval_json(*cell) for cell in eval_cells()]
+    return table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets()
 
 
 # ------------------------------------------------------------------------------------------ resources
