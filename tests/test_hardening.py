@@ -207,3 +207,42 @@ def test_reporting_commands_refuse_input_folders_that_do_not_exist(capsys, tmp_p
     rc, printed = run_cli(capsys, command, *argv)
     assert_one_line_error(rc, printed, command, missing, "no such folder")
     assert not any(tmp_path.iterdir())
+
+
+def _eval_data_with(root, geo3k_text: str | None = None):
+    """Prepared fixtures for geo3k, with geo3k.json replaced (the manifest updated to match, as if so prepared)."""
+    from vppo.data.eval_data import MANIFEST, benchmark_sha256, prepare_eval_data
+
+    data = prepare_eval_data("fixtures", root, n_rows=2, benchmarks="geo3k")
+    if geo3k_text is not None:
+        (data / "geo3k.json").write_text(geo3k_text)
+        manifest = json.loads((data / MANIFEST).read_text())
+        manifest["benchmarks"]["geo3k"]["sha256"] = benchmark_sha256(data, "geo3k")
+        (data / MANIFEST).write_text(json.dumps(manifest))
+    return data
+
+
+def test_eval_errors_are_one_line(capsys, tmp_path, tiny_model_dir):
+    good = _eval_data_with(tmp_path / "good")
+    rows = json.loads((good / "geo3k.json").read_text())
+    no_answers = [{**row, "conversations": [row["conversations"][0], {"from": "gpt", "value": " "}]} for row in rows]
+    partial = _eval_data_with(tmp_path / "partial")
+    (partial / "manifest.json").unlink()
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:4096])
+    cases = [
+        (tiny_model_dir, _eval_data_with(tmp_path / "truncated", (good / "geo3k.json").read_text()[:60]), [],
+         "not valid JSON"),
+        (tiny_model_dir, _eval_data_with(tmp_path / "dict", '{"rows": []}'), [], "expected a JSON list"),
+        (tiny_model_dir, _eval_data_with(tmp_path / "all-bad", json.dumps(no_answers)), [], "no usable row"),
+        (tiny_model_dir, partial, [], "no manifest.json"),
+        (tiny_model_dir, good, ["--samples", "0"], "--samples 0"),
+        (broken, good, [], "unreadable weights"),
+    ]
+    for checkpoint, data, extra, needle in cases:
+        out = tmp_path / "out" / data.name
+        rc, printed = run_cli(capsys, "eval", str(checkpoint), "--data", str(data), "--benchmarks", "geo3k",
+                              "--out", str(out), *extra)
+        assert_one_line_error(rc, printed, "eval", needle)
+        assert not list(out.glob("geo3k*"))  # no result written
