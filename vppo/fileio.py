@@ -82,8 +82,8 @@ def publish_dir(out: str | Path) -> Iterator[Path]:
 def refuse_existing_output(out: Path) -> None:
     """OutputExistsError unless ``out`` is absent or an empty folder (a command never deletes what it did not make)."""
     if out.is_symlink() or (out.exists() and not out.is_dir()) or (out.is_dir() and any(out.iterdir())):
-        raise OutputExistsError(f"{out}: exists and is not an empty folder; it is left alone (remove it or "
-                                "choose another output)")
+        raise OutputExistsError(f"{out}: exists and is not empty (or not a folder); it is left alone (remove it "
+                                "or choose another output)")
 
 
 def replace_if_absent_or_empty(src: Path, out: Path) -> None:
