@@ -21,7 +21,7 @@ def write_results(root, accuracies: dict[str, float], stderr: float = 1.0, **ove
     for key, acc in accuracies.items():
         result = {
             "schema": SCHEMA, "model": "qwen2.5-vl-7b", "method": "vppo", "benchmark": key, "task": f"vppo_{key}",
-            "metric": "avg@8", "k": 8, "accuracy": acc, "stderr": stderr, "n_questions": 600, "n_samples": 4800,
+            "metric": "avg@8", "k": 8, "accuracy": acc, "stderr": stderr, "n_questions": 1000, "n_samples": 8000,
             "bad_rows": 0, "bad_row_details": [], "backend": "vllm",
             "versions": {"vppo": "0.1.0", "torch": "2.8", "transformers": "5.24", "lmms_eval": "0.7.3",
                          "vllm": "0.11", "python": "3.11"},
@@ -32,7 +32,15 @@ def write_results(root, accuracies: dict[str, float], stderr: float = 1.0, **ove
             "samples_file": f"{key}.samples.jsonl", "created": "2026-01-01T00:00:00Z",
             "image_bounds": protocol_image_bounds(), **overrides}
         (root / f"{key}.json").write_text(json.dumps(validate_result(result), indent=2, sort_keys=True))
+        write_samples(root / result["samples_file"], round(acc * 80), questions=1000, k=8)
     return root
+
+
+def write_samples(path, n_correct: int, questions: int, k: int) -> None:
+    """A samples file whose avg@k is n_correct / (questions * k): the first n_correct samples are right."""
+    flags = [1] * n_correct + [0] * (questions * k - n_correct)
+    path.write_text("".join(json.dumps({"row_id": str(q), "correct": flags[q * k:(q + 1) * k]}) + "\n"
+                            for q in range(questions)))
 
 
 def test_planted_regression_exits_1_and_prints_the_table(tmp_path, capsys):
@@ -91,3 +99,47 @@ def test_bad_input_exits_2(tmp_path, capsys):
     (tmp_path / "ref" / "geo3k.json").write_text("{}")
     assert main(["check", str(partial), "--against", str(ref), "--benchmarks", "geo3k"]) == 2
     assert "field 'accuracy': missing" in capsys.readouterr().out
+
+
+def test_a_result_whose_samples_disagree_is_refused(tmp_path, capsys):
+    ref = write_results(tmp_path / "ref", PAPER_VPPO_7B)
+    cand = write_results(tmp_path / "cand", PAPER_VPPO_7B)
+    stated = json.loads((cand / "geo3k.json").read_text())
+    (cand / "geo3k.json").write_text(json.dumps({**stated, "accuracy": 60.0}))  # edited by hand: samples say 46.5
+    assert main(["check", str(cand), "--against", str(ref)]) == 2
+    printed = capsys.readouterr()
+    assert "geo3k.json: disagrees with geo3k.samples.jsonl: accuracy 60.0 but the samples give 46.5" in (
+        printed.out + printed.err)
+    (cand / "geo3k.json").write_text(json.dumps(stated))
+    (cand / "geo3k.samples.jsonl").write_text("\n".join((cand / "geo3k.samples.jsonl").read_text().splitlines()[:-5]))
+    assert main(["check", str(cand), "--against", str(ref)]) == 2
+    assert "n_questions 1000 but the samples give 995" in "".join(capsys.readouterr())
+
+
+@pytest.mark.parametrize("damage", ["truncated result", "binary result", "missing samples"])
+def test_damaged_result_files_are_bad_input(tmp_path, capsys, damage):
+    ref = write_results(tmp_path / "ref", PAPER_VPPO_7B)
+    cand = write_results(tmp_path / "cand", PAPER_VPPO_7B)
+    target = cand / "mmk12.json"
+    if damage == "truncated result":
+        target.write_text(target.read_text()[:100])
+    elif damage == "binary result":
+        target.write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        (cand / "mmk12.samples.jsonl").unlink()
+    assert main(["check", str(cand), "--against", str(ref)]) == 2
+    printed = capsys.readouterr()
+    assert "vppo check: " in printed.out + printed.err and "mmk12" in printed.out + printed.err
+
+
+def test_a_corrupted_checkpoint_candidate_is_bad_input(tmp_path, capsys, tiny_model_dir):
+    import shutil
+
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rc = main(["check", str(broken), "--against", "paper:qwen2.5-vl-7b/vppo", "--eval-out", str(tmp_path / "e"),
+               "--data", str(tmp_path / "no-data")])
+    printed = capsys.readouterr()
+    assert rc == 2 and "unreadable weights" in printed.out + printed.err

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from vppo.data.models import fetch_model
+from vppo.errors import InputError
 from vppo.modeling import CheckpointError, verify_checkpoint_dir
 
 
@@ -54,5 +55,5 @@ def test_existing_output_is_never_overwritten(tmp_path, tiny_model_dir):
 def test_a_file_is_not_a_model_source(tmp_path):
     source = tmp_path / "weights.bin"
     source.write_bytes(b"0")
-    with pytest.raises(NotADirectoryError, match="weights.bin"):
+    with pytest.raises(InputError, match="weights.bin: is a file"):
         fetch_model(str(source), tmp_path / "out")

@@ -72,7 +72,7 @@ def test_partial_inputs_skip_with_a_note_and_never_crash(tmp_path):
     log = write_training_log(tmp_path / "train", "tiny", "dapo", steps=3)  # alpha null all along
     out = tmp_path / "figures"
     assert vppo_main(["figures", "--train-root", str(tmp_path / "train"), "--eval-root", str(tmp_path / "eval"),
-                      "--analysis-root", str(tmp_path / "absent"), "--out", str(out), "--methods", "dapo,vppo"]) == 0
+                      "--out", str(out), "--methods", "dapo,vppo"]) == 0  # no analysis root given
     index = json.loads((out / "index.json").read_text())
     assert {f["file"] for f in index["figures"]} == {"training_tiny.png", "benchmarks_tiny.png"}
     assert all(_png_ok(out / f["file"]) for f in index["figures"])
@@ -183,7 +183,8 @@ def test_report_cost_section(report):
 
 def test_report_can_link_figures_instead(run_dir, figures_dir, tmp_path):
     out = tmp_path / "site" / "report.html"
-    assert vppo_main(["report", "--tables", str(run_dir / "no-tables"), "--figures", str(figures_dir), "--eval-root",
+    (tmp_path / "no-tables").mkdir()  # a folder without tables (a folder that does not exist is refused)
+    assert vppo_main(["report", "--tables", str(tmp_path / "no-tables"), "--figures", str(figures_dir), "--eval-root",
                       str(run_dir / "eval"), "--out", str(out), "--link-figures"]) == 0
     page = out.read_text()
     assert "base64" not in page and "No tables." in page

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import zlib
 from pathlib import Path
 
@@ -325,5 +326,37 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tiny_model_dir, data_dir,
     with pytest.raises(Exception, match="already holds a finished run"):
         run_training(killed)
     other = dataclasses.replace(killed, method="dapo", out=tmp_path / "b" / "other")
-    with pytest.raises(Exception, match="holds a run with different method"):
+    with pytest.raises(Exception, match="trained with a different method"):
         run_training(other)
+
+
+def test_a_finished_but_unpublished_run_is_published_without_another_step(tiny_model_dir, data_dir, tmp_path):
+    """Killed while publishing, OUT deleted, or a Snakemake retry: the last checkpoint is at max_steps."""
+    request = _request(tmp_path, tiny_model_dir, data_dir, "grpo")
+    first = run_training(request, reward=GradingReward(steered_grade))
+    weights = load_file(first / "final" / "model.safetensors")
+    shutil.rmtree(first)
+    again = run_training(request, reward=GradingReward(steered_grade))
+    summary = json.loads((again / "train_summary.json").read_text())
+    assert summary["steps"] == summary["max_steps"] == 4 and summary["resumed_from"].endswith("checkpoint-4")
+    republished = load_file(again / "final" / "model.safetensors")
+    assert weights.keys() == republished.keys() and all(torch.equal(weights[k], republished[k]) for k in weights)
+    assert [line["step"] for line in read_log(again / "training_log.jsonl")] == [1, 2, 3, 4]
+    assert not list((again / "final").glob("optimizer*")) and not (again / "final" / "trainer_state.json").exists()
+    shutil.rmtree(again)
+    with pytest.raises(Exception, match="already past max_steps=2"):
+        run_training(dataclasses.replace(request, max_steps=2))
+
+
+def test_new_data_at_the_same_path_does_not_resume_old_checkpoints(tiny_model_dir, tmp_path):
+    from vppo.data.train_data import prepare_train_data
+
+    data = prepare_train_data("synthetic", tmp_path / "data", n_rows=16)
+    request = _request(tmp_path, tiny_model_dir, data, "grpo")
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_training(request, callbacks=[CrashAfter(1)], reward=GradingReward(steered_grade))
+    shutil.rmtree(data)
+    prepare_train_data("synthetic", data, n_rows=8)  # e.g. a changed n_rows in the config
+    with pytest.raises(Exception, match="refusing to resume: .*different data_sha256"):
+        run_training(request, reward=GradingReward(steered_grade))
+    assert not request.out.exists()

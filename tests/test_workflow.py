@@ -8,6 +8,7 @@ user types it; the CI machine has no conda, so those dry-runs switch software de
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -20,9 +21,38 @@ ROOT = Path(__file__).resolve().parents[1]
 SLURM = ["--profile", "slurm", "--sdm", "env-modules"]
 
 
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+def copy_checkout(dest: Path) -> Path:
+    """The checkout's tracked files, without any outputs, in ``dest``: the tests then see a fresh clone even
+    where `snakemake --cores all` has already run in the checkout."""
+    done = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode == 0 and done.stdout:
+        files = [p for p in done.stdout.split("\0") if p]
+    else:  # not a git checkout (an unpacked archive): every file outside the outputs Snakemake writes
+        outputs = {".git", ".snakemake", "resources", "work", "logs", "__pycache__"}
+        files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()
+                 and not outputs & set(p.relative_to(ROOT).parts)
+                 and not (p.relative_to(ROOT).parts[0] == "results" and p.relative_to(ROOT).parts[1] != "reference")]
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def checkout(tmp_path_factory) -> Path:
+    """Every Snakemake call of this module runs in one fresh copy of the checkout (dry-runs write nothing)."""
+    global CHECKOUT
+    CHECKOUT = copy_checkout(tmp_path_factory.mktemp("checkout"))
+    return CHECKOUT
+
+
+CHECKOUT: Path | None = None
+
+
+def snakemake(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd or CHECKOUT, capture_output=True,
+                          text=True, timeout=600)
     if check and done.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -126,6 +156,15 @@ def test_config_typo_stops_the_run_naming_the_key(tmp_path):
     assert "'backnd' was unexpected" in done.stdout + done.stderr
 
 
+def test_a_method_name_the_trainer_refuses_stops_the_run_at_config_time(tmp_path):
+    text = (ROOT / "workflow" / "config" / "default.yaml").read_text().replace("vppo_k0.2]", "vppo_k0.0]")
+    bad = tmp_path / "k0.yaml"
+    bad.write_text(text)
+    done = snakemake("--dry-run", "--cores", "1", "--configfile", str(bad), check=False)
+    assert done.returncode != 0
+    assert "models.tiny.methods: unknown method 'vppo_k0.0'" in done.stdout + done.stderr
+
+
 def test_unknown_preset_lists_the_valid_ones():
     done = snakemake("--dry-run", "--cores", "1", "--config", "preset=papr", check=False)
     assert done.returncode != 0
@@ -154,3 +193,23 @@ def test_every_rule_writes_a_log_and_a_benchmark_file():
             body = block.split("\n    rule ", 1)[0]
             assert "\n        log:" in body or "\n    log:" in body, f"{smk.name}: rule {name} has no log"
             assert "benchmark:" in body, f"{smk.name}: rule {name} has no benchmark file"
+
+
+def test_config_values_reach_the_shell_quoted(tmp_path):
+    """A path with a space and ';' works as a data source; a source that is a shell command runs nothing."""
+    from vppo.data.train_data import prepare_train_data
+
+    repo = copy_checkout(tmp_path / "repo")
+    source = prepare_train_data("synthetic", tmp_path / "my data; touch INJECTED_A", n_rows=2)
+    config = config_of("default")
+    config["data"] = {"train": {"source": str(source)},
+                      "eval": {"source": "fixtures --out x; touch INJECTED_B; echo", "options": {"n_rows": 1}}}
+    path = tmp_path / "quoted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake("--cores", "1", "--configfile", str(path), "--", "resources/data/train", cwd=repo)
+    assert (repo / "resources" / "data" / "train" / "manifest.json").is_file()
+    failed = snakemake("--cores", "1", "--configfile", str(path), "--", "resources/data/eval", cwd=repo,
+                        check=False)
+    assert failed.returncode != 0
+    assert "eval data source 'fixtures --out x; touch INJECTED_B; echo'" in (repo / "logs/data/eval.log").read_text()
+    assert not list(tmp_path.rglob("INJECTED*")) and not list(Path.cwd().glob("INJECTED*"))

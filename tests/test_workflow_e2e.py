@@ -119,3 +119,17 @@ def test_nothing_left_to_do_and_a_lost_cell_reruns_alone(smoke_run):
     (smoke_run / "results" / "eval" / "tiny" / "vppo" / "geo3k.json").unlink()
     counts = rule_counts(planned_jobs(dry("results/eval/tiny/vppo/geo3k.json")))
     assert counts == {"eval_benchmarks": 1}  # finished training and conversion are never redone
+
+
+def test_a_deleted_cell_is_rebuilt_by_a_plain_run_with_everything_that_shows_it(smoke_run):
+    cell = smoke_run / "results" / "eval" / "tiny" / "dapo" / "mmk12.json"
+    cell.unlink()
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1"], cwd=smoke_run,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = planned_jobs(done.stdout + done.stderr)
+    counts = rule_counts(jobs)
+    assert "dapo" in {job["wildcards"]["method"] for job in jobs if job["rule"] == "eval_benchmarks"}
+    shown_in = [name for name, spec in _config()["tables"].items() if "dapo" in spec["methods"]]
+    assert (counts["table"], counts["figures"], counts["report"]) == (len(shown_in), 1, 1), counts
+    assert counts["train"] == counts["convert"] == 0  # finished training is never redone

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from fractions import Fraction
 from typing import Callable, Hashable, NamedTuple, Sequence, Union
 
 import torch
+
+from vppo.catalog import parse_method
 
 #: log-ratio clamp used wherever exp(logp difference) is taken (PROTOCOL 1 and 4).
 LOG_RATIO_CLAMP = 20.0
@@ -398,18 +400,14 @@ METHOD_PRESETS: dict[str, MethodPreset] = {
         MethodPreset("vppo_tgf_only", use_tgf=True, use_tas=False),
     )
 }
-_KEEP_RATIO_NAME = re.compile(r"^vppo_k(\d+(?:\.\d*)?|\.\d+)$")
 
 
 def get_method(name: str) -> MethodPreset:
-    """Preset by name; "vppo_k0.2" style names give the vppo preset with that keep ratio in (0, 1]."""
-    if name in METHOD_PRESETS:
-        return METHOD_PRESETS[name]
-    match = _KEEP_RATIO_NAME.match(name)
-    if match and 0.0 < float(match.group(1)) <= 1.0:
-        return dataclasses.replace(METHOD_PRESETS["vppo"], name=name, keep_ratio=float(match.group(1)))
-    raise ValueError(f"vppo/algorithm.py: unknown method {name!r}; valid: {sorted(METHOD_PRESETS)} "
-                     f"or vppo_k<ratio> with 0 < ratio <= 1 (e.g. vppo_k0.2)")
+    """Preset by name (the grammar is vppo.catalog.parse_method); "vppo_k0.2" style names give the vppo preset
+    with that keep ratio in (0, 1]."""
+    key, keep_ratio = parse_method(name, trained_only=True)
+    preset = METHOD_PRESETS[key]
+    return preset if keep_ratio is None else dataclasses.replace(preset, name=name, keep_ratio=keep_ratio)
 
 
 class VPPOWeights(NamedTuple):

@@ -6,6 +6,7 @@ the ``--benchmarks`` values of ``vppo eval`` and the lmms-eval task names (``vpp
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -64,3 +65,24 @@ METHOD_PAPER_NAMES: dict[str, str] = {
     "vppo_tas_only": "tas_only",
     "vppo_tgf_only": "tgf_only",
 }
+
+#: Methods evaluated but never trained by us ("base": the model before RL).
+UNTRAINED_METHODS = ("base",)
+#: ``vppo_k<ratio>``: the vppo preset with TGF keeping that fraction of tokens (the paper's k sweep).
+KEEP_RATIO_METHOD = re.compile(r"^vppo_k(\d+(?:\.\d*)?|\.\d+)$")
+
+
+def parse_method(name: str, trained_only: bool = False) -> tuple[str, float | None]:
+    """The one method-name grammar (config schema check, ``vppo train``, presets): ``name`` -> (the key of
+    its preset in METHOD_PAPER_NAMES, the keep ratio of a ``vppo_k<ratio>`` name or None).
+
+    A keep ratio must lie in (0, 1]; ``trained_only`` refuses "base". Anything else raises ValueError.
+    """
+    names = [m for m in METHOD_PAPER_NAMES if not (trained_only and m in UNTRAINED_METHODS)]
+    if name in names:
+        return name, None
+    match = KEEP_RATIO_METHOD.match(name)
+    if match and 0.0 < float(match.group(1)) <= 1.0:
+        return "vppo", float(match.group(1))
+    raise ValueError(f"unknown method {name!r}; valid: {sorted(names)} or vppo_k<ratio> with 0 < ratio <= 1 "
+                     "(e.g. vppo_k0.2)")

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from vppo.errors import InputError, report_bad_input
+
 #: name -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("vppo.doctor", "preflight of this machine: python, NVIDIA driver, torch + CUDA, vLLM, free disk"),
@@ -37,7 +39,10 @@ def parse_key_values(pairs: list[str], flag: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{flag} {pair!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     return out
 
 
@@ -61,4 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"vppo {name}", description=help_)
     module.configure(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as exc:  # expected bad input: one line, exit 2; anything else is a bug (traceback)
+        return report_bad_input(name, exc)

@@ -7,6 +7,7 @@ file for a finished one).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,14 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from vppo.errors import OutputExistsError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -33,7 +33,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,18 +62,36 @@ def file_sha256(path: str | Path) -> str:
 def publish_dir(out: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling; it becomes ``out`` only when the block completes.
 
-    A non-empty ``out`` is never replaced (FileExistsError); on any error the temporary folder is removed.
+    Nothing already at ``out`` is deleted or replaced, except an empty folder (OutputExistsError otherwise,
+    checked again atomically by the rename); the folder gets the permissions the umask gives a new folder
+    (not mkdtemp's 0700). On any error the temporary folder is removed.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty; remove it first")
+    refuse_existing_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_current_umask())
         yield tmp
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
+        replace_if_absent_or_empty(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def refuse_existing_output(out: Path) -> None:
+    """OutputExistsError unless ``out`` is absent or an empty folder (a command never deletes what it did not make)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()) or (out.is_dir() and any(out.iterdir())):
+        raise OutputExistsError(f"{out}: exists and is not empty (or not a folder); it is left alone (remove it "
+                                "or choose another output)")
+
+
+def replace_if_absent_or_empty(src: Path, out: Path) -> None:
+    """Rename folder ``src`` to ``out``; rename(2) replaces only an empty folder, so a folder someone filled
+    meanwhile is never lost (OutputExistsError)."""
+    try:
+        os.replace(src, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise OutputExistsError(f"{out}: appeared meanwhile and is not an empty folder; left alone") from exc
         raise

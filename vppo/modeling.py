@@ -16,6 +16,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vppo.errors import InputError
+
 #: Files a loadable checkpoint directory must contain (weights are checked separately: sharded or not).
 REQUIRED_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json")
 
@@ -26,7 +28,7 @@ VISION_TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_i
 VISION_PAD_TOKEN = "<|vision_pad|>"
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(InputError, FileNotFoundError):
     """A checkpoint directory is missing, partial or not a Qwen2.5-VL checkpoint."""
 
 
@@ -76,7 +78,28 @@ def verify_checkpoint_dir(path: str | Path) -> Path:
     missing += ["*.safetensors"] if weights_missing is None else weights_missing
     if missing:
         raise CheckpointError(f"checkpoint {path}: incomplete, missing {', '.join(dict.fromkeys(missing))}")
+    _check_readable(path)
     return path
+
+
+def _check_readable(path: Path) -> None:
+    """A truncated or corrupted weight file or config is bad input here, not a traceback at load time.
+
+    Reading a safetensors header checks that the file covers every tensor it lists (no tensor data is read).
+    """
+    from safetensors import safe_open
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            json.loads((path / name).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"checkpoint {path / name}: not valid JSON ({exc})") from None
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except Exception as exc:  # safetensors raises its own SafetensorError (no public base class)
+            raise CheckpointError(f"checkpoint {weights}: unreadable weights ({exc})") from None
 
 
 #: What identifies a checkpoint's behaviour: its weights and its config (names and contents).

@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from vppo.cli import parse_key_values
+from vppo.errors import InputError
 
 #: kind -> (module, function); each function takes (source, out, **options) and returns the output Path.
 PREPARERS = {
@@ -29,9 +30,8 @@ def run(args: argparse.Namespace) -> int:
     prepare = getattr(importlib.import_module(module_name), function_name)
     try:
         options = parse_key_values(args.option, "--option")
-        out = prepare(args.source, args.out, **options)
-    except ValueError as exc:  # EvalDataError, TrainDataError, a bad option: one line, nothing half-published
-        print(f"vppo prepare-data: {' '.join(str(exc).split())}")
-        return 2
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    out = prepare(args.source, args.out, **options)
     print(f"{args.kind} data ready in {out}")
     return 0

@@ -33,7 +33,8 @@ from PIL import Image
 
 from vppo.catalog import BENCHMARKS, Benchmark
 from vppo.data import llamafactory
-from vppo.fileio import file_sha256, write_json_atomic, write_text_atomic
+from vppo.errors import InputError, check_options
+from vppo.fileio import file_sha256, publish_dir, write_json_atomic, write_text_atomic
 from vppo.rollout import user_content
 
 EVAL_REPO = "chamber111/VPPO-Eval"
@@ -41,7 +42,7 @@ MANIFEST = "manifest.json"
 IMAGES = "images"
 
 
-class EvalDataError(ValueError):
+class EvalDataError(InputError, ValueError):
     """The evaluation data does not match what the protocol expects (one line: benchmark, row, field, path)."""
 
 
@@ -147,7 +148,10 @@ def load_raw_rows(root: str | Path, key: str) -> list[dict]:
     path = benchmark_file(root, key)
     if not path.is_file():
         raise EvalDataError(f"{path}: missing (benchmark {key!r}); prepare it with `vppo prepare-data eval`")
-    rows = json.loads(path.read_text())
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalDataError(f"{path}: not valid JSON ({exc}); prepare the data again") from None
     if not isinstance(rows, list):
         raise EvalDataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
     return rows
@@ -289,9 +293,17 @@ def import_llamafactory(source: str | Path, out: Path, benchmarks: list[Benchmar
 def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download  # cluster only: no hub access on CPU machines
 
-    path = Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision,
-                                  local_dir=str(out / "_download")))
+    try:
+        path = Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision,
+                                      local_dir=str(out / "_download")))
+    except (OSError, ValueError) as exc:  # offline, unknown repo or revision, malformed id
+        raise EvalDataError(f"evaluation data {repo!r}: cannot download from the hub ({exc})") from exc
     return path, revision or "main"
+
+
+#: The options of ``vppo prepare-data eval`` and their types (``name_map_<key>`` besides).
+EVAL_OPTIONS = {"n_rows": int, "seed": int, "plant_empty_answers": int, "repo": str, "revision": str, "benchmarks": str,
+                "expected_rows": int}
 
 
 def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
@@ -306,11 +318,23 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     ``expected_rows`` (rows per benchmark for a folder or hub source that is not the real set; default: the
     catalog's counts).
     """
+    options = check_options(options, EVAL_OPTIONS, prefixes={"name_map_": str})
+    if options.get("n_rows", 1) < 1:
+        raise EvalDataError(f"--option n_rows={options['n_rows']}: must be at least 1")
+    with publish_dir(out) as tmp:
+        _prepare_eval_data_into(source, tmp, **options)
+    return Path(out)
+
+
+def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
     from vppo.catalog import resolve_benchmarks
     from vppo.data.eval_fixtures import write_llamafactory_fixtures
 
     out = Path(out)
-    benchmarks = resolve_benchmarks(str(options.get("benchmarks", "all")))
+    try:
+        benchmarks = resolve_benchmarks(str(options.get("benchmarks", "all")))
+    except ValueError as exc:
+        raise EvalDataError(f"--option benchmarks: {exc}") from None
     name_map = {k[len("name_map_"):]: str(v) for k, v in options.items() if k.startswith("name_map_")}
     unknown = sorted(set(name_map) - set(llamafactory.DATASET_NAMES))
     if unknown:

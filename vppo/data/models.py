@@ -14,6 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from vppo.errors import InputError, OutputExistsError
 from vppo.fileio import publish_dir
 
 #: Offline sources built here rather than fetched.
@@ -22,8 +23,8 @@ TINY_SOURCES = ("tiny", "tiny-warm")
 
 def fetch_model(source: str, out: str | Path, revision: str | None = None, seed: int = 0) -> Path:
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: already exists and is not empty; remove it to fetch {source!r} again")
+    if out.is_dir() and any(out.iterdir()):
+        raise OutputExistsError(f"{out}: already exists and is not empty; remove it to fetch {source!r} again")
     with publish_dir(out) as tmp:
         if source in TINY_SOURCES:
             from vppo.testing.tiny_qwen import WARM_START_STEPS, build_tiny_qwen
@@ -32,11 +33,17 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         elif Path(source).is_dir():
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         elif Path(source).exists():
-            raise NotADirectoryError(f"model source {source}: is a file, expected a checkpoint directory")
+            raise InputError(f"model source {source}: is a file, expected a checkpoint directory")
         else:
             from huggingface_hub import snapshot_download
 
-            snapshot_download(repo_id=source, revision=revision, local_dir=str(tmp))
+            try:
+                snapshot_download(repo_id=source, revision=revision, local_dir=str(tmp))
+            except OSError as exc:  # offline, unknown id or revision, network: the hub's errors are OSErrors
+                raise InputError(f"model source {source!r}: not a local folder, and the hub cannot provide it "
+                                 f"({exc})") from exc
+            except ValueError as exc:  # a malformed repo id
+                raise InputError(f"model source {source!r}: not a local folder nor a hub id ({exc})") from exc
         from vppo.modeling import verify_checkpoint_dir
 
         verify_checkpoint_dir(tmp)

@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vppo.errors import InputError, OutputExistsError, check_options, keyword_options
 from vppo.fileio import publish_dir, write_json_atomic
 from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION
 
@@ -33,7 +35,7 @@ HUB_REPO = "chamber111/VPPO_ViRL39K_train"
 ROWS_FILE, IMAGES_DIR, MANIFEST_FILE = "train.jsonl", "images", "manifest.json"
 
 
-class TrainDataError(ValueError):
+class TrainDataError(InputError, ValueError):
     """A training row or image is unusable; the message names the file, row and field."""
 
 
@@ -114,18 +116,36 @@ def _sha256_dir(root: Path) -> str:
     return digest.hexdigest()
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def image_file_stem(row_id: str) -> str:
+    """A file name made from a row id: the id itself when it is a plain name; otherwise its safe characters
+    plus a hash of the whole id, so no id can name a path outside ``images/`` and distinct ids stay distinct."""
+    if _PLAIN_NAME.fullmatch(row_id):
+        return row_id
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", row_id).strip("._-")[:60]
+    return f"{cleaned or 'row'}-{hashlib.sha256(row_id.encode()).hexdigest()[:12]}"
+
+
 def write_layout(examples: Iterable[tuple[dict, list[Image.Image]]], out: str | Path, source: str) -> Path:
     """Write rows + PNG images + manifest into ``out`` atomically (temp dir, then rename)."""
     out = Path(out)
     if (out / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{out}: training data already prepared (manifest.json exists); remove it first")
+        raise OutputExistsError(f"{out}: training data already prepared (manifest.json exists); remove it first")
     with publish_dir(out) as tmp:
         (tmp / IMAGES_DIR).mkdir()
         lines = []
-        for row, images in examples:
+        first_row: dict[str, int] = {}  # image file stem -> row number that used it
+        for number, (row, images) in enumerate(examples, start=1):
+            stem = image_file_stem(str(row["id"]))
+            if stem in first_row:
+                raise TrainDataError(f"{source} row {number}: field 'id' {row['id']!r} repeats row "
+                                     f"{first_row[stem]}'s (their images would share files)")
+            first_row[stem] = number
             paths = []
             for k, image in enumerate(images):
-                rel = f"{IMAGES_DIR}/{row['id']}-{k}.png"
+                rel = f"{IMAGES_DIR}/{stem}-{k}.png"
                 image.save(tmp / rel, format="PNG", optimize=False)  # no timestamps in PNG: byte-stable
                 paths.append(rel)
             lines.append(json.dumps({**row, "images": paths}, sort_keys=True, ensure_ascii=False))
@@ -170,15 +190,20 @@ def read_layout(data_dir: str | Path) -> list[dict]:
 
 # ------------------------------------------------------------------ sources
 
-def _synthetic(out: Path, n_rows: int = 64, seed: int = 0, **_: Any) -> Path:
+def _synthetic(out: Path, n_rows: int = 64, seed: int = 0) -> Path:
+    if n_rows < 1:
+        raise TrainDataError(f"--option n_rows={n_rows}: must be at least 1")
     return write_layout((( r, [im]) for r, im in (synthetic_example(i, seed) for i in range(int(n_rows)))),
                         out, source=f"synthetic(seed={seed},n_rows={n_rows})")
 
 
-def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | None = None, **_: Any) -> Path:
+def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | None = None) -> Path:
     import datasets  # cluster path: needs the hub (HF_HUB_OFFLINE must be unset)
 
-    dataset = datasets.load_dataset(repo, split=split)
+    try:
+        dataset = datasets.load_dataset(repo, split=split)
+    except OSError as exc:  # offline, unknown repo or split, network: the hub's errors are all OSErrors
+        raise TrainDataError(f"training data {repo!r} (split {split!r}): cannot load from the hub ({exc})") from exc
     return convert_dataset(dataset, out, source=repo, n_rows=n_rows)
 
 
@@ -215,7 +240,7 @@ def convert_dataset(dataset, out: str | Path, source: str, n_rows: int | None = 
     return write_layout(examples, out, source=source)
 
 
-def _local(src: Path, out: Path, **_: Any) -> Path:
+def _local(src: Path, out: Path) -> Path:
     rows = read_layout(src)
     examples = []
     for row in rows:
@@ -231,9 +256,9 @@ def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:
     """Build the layout in ``out`` from ``source`` ("synthetic" | "hub" | a local layout directory)."""
     out = Path(out)
     if source in SOURCES:
-        return SOURCES[source](out, **options)
+        return SOURCES[source](out, **check_options(options, keyword_options(SOURCES[source])))
     if Path(source).is_dir():
-        return _local(Path(source), out, **options)
+        return _local(Path(source), out, **check_options(options, keyword_options(_local)))
     raise TrainDataError(f"training data source {source!r}: not one of {sorted(SOURCES)} nor a directory")
 
 

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
+from vppo.errors import InputError
 from vppo.catalog import BENCHMARK_BY_KEY, MODEL_PAPER_NAMES, METHOD_PAPER_NAMES, resolve_benchmarks
 from vppo.evaluation.protocol import benchmark_average
-from vppo.evaluation.results import read_results_dir
+from vppo.evaluation.results import check_against_samples, read_results_dir
 from vppo.fileio import write_text_atomic
 
 AVG = "avg"
 
 
-class CheckInputError(ValueError):
+class CheckInputError(InputError, ValueError):
     """A candidate or reference cannot be resolved (names the file, the model/method, or the benchmark)."""
 
 
@@ -81,6 +82,8 @@ def paper_reference(spec: str, reference_dir: Path) -> dict[str, Score]:
 
 def results_scores(root: Path, keys: list[str]) -> tuple[dict[str, Score], dict[str, dict]]:
     results = read_results_dir(root, keys)
+    for result in results.values():  # the verdict rests on the samples, not on what a JSON file claims
+        check_against_samples(result, root)
     return {k: Score(float(r["accuracy"]), float(r["stderr"])) for k, r in results.items()}, results
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from vppo.catalog import resolve_benchmarks
+from vppo.errors import InputError
 
 
 #: where `snakemake` prepares the evaluation data (workflow/rules/data.smk)
@@ -45,7 +46,7 @@ def request_from_args(args: argparse.Namespace, checkpoint: Path, out: Path):
     try:
         benchmarks = resolve_benchmarks(args.benchmarks)
     except ValueError as exc:
-        raise SystemExit(f"--benchmarks: {exc}") from None
+        raise InputError(f"--benchmarks: {exc}") from None
     return EvalRequest(checkpoint=checkpoint, data=args.data, benchmarks=benchmarks, out=out,
                        backend=args.backend, samples=args.samples, max_new_tokens=args.max_new_tokens,
                        limit=args.limit, seed=args.seed, model_label=args.model_label, method_label=args.method_label,

@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from vppo.errors import InputError
+
 SCHEMA = "vppo.eval/1"
 
 _INT, _STR = {"type": "integer"}, {"type": "string"}
@@ -44,7 +46,7 @@ RESULT_JSON_SCHEMA: dict = {
 }
 
 
-class ResultError(ValueError):
+class ResultError(InputError, ValueError):
     """A result file is missing, unreadable or not of schema vppo.eval/1 (names the file and the field)."""
 
 
@@ -89,7 +91,7 @@ def read_result(path: str | Path) -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ResultError(f"{path}: missing") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultError(f"{path}: not valid JSON ({exc})") from None
     validate_result(data, str(path))
     from vppo.catalog import BENCHMARK_BY_KEY
@@ -113,3 +115,34 @@ def read_results_dir(root: str | Path, keys: list[str] | None = None) -> dict[st
 
 def read_samples(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def check_against_samples(result: dict, root: str | Path) -> dict:
+    """Recount ``result`` (read from ``root``) from its samples file; ResultError unless the questions, samples
+    and avg@k it states are what the samples say (a result file is trusted only as far as its samples go)."""
+    from vppo.evaluation.protocol import avg_at_k
+
+    source = Path(root) / f"{result['benchmark']}.json"
+    name = result["samples_file"]
+    if Path(name).name != name:
+        raise ResultError(f"{source}: field 'samples_file' {name!r} is not a file name next to the result")
+    path = Path(root) / name
+    try:
+        correct = [[int(flag) for flag in row["correct"]] for row in read_samples(path)]
+    except FileNotFoundError:
+        raise ResultError(f"{path}: missing (the per-sample log of {source})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultError(f"{path}: not valid JSON lines ({exc})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultError(f"{path}: a line has no 0/1 list 'correct' ({exc!r})") from None
+    recount = 100.0 * avg_at_k(correct)
+    problems = [f"{field} {stated} but the samples give {found}" for field, stated, found in (
+        ("n_questions", result["n_questions"], len(correct)),
+        ("n_samples", result["n_samples"], sum(map(len, correct))),
+        ("k", result["k"], sorted({len(c) for c in correct}) or "no samples"))
+        if stated != found and not (field == "k" and [stated] == found)]
+    if abs(recount - result["accuracy"]) > 1e-6:
+        problems.append(f"accuracy {result['accuracy']} but the samples give {recount:.6g}")
+    if problems:
+        raise ResultError(f"{source}: disagrees with {path.name}: " + "; ".join(problems))
+    return result

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vppo.errors import InputError
 from vppo.catalog import Benchmark
-from vppo.data.eval_data import EvalDataError, data_checksum
+from vppo.data.eval_data import EvalDataError, data_checksum, read_manifest
 from vppo.evaluation import tasklib
 from vppo.evaluation.protocol import (PROCESSOR_BOUNDS, ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr,
                                       protocol_image_bounds)
@@ -31,7 +32,7 @@ FILTER_NAME = "all_k"
 TASKS_DIR_ENV = "VPPO_BENCHMARKS_DIR"
 
 
-class ProtocolError(RuntimeError):
+class ProtocolError(InputError, RuntimeError):
     """The task configuration lmms-eval would run differs from the protocol (names the task and the field)."""
 
 
@@ -62,7 +63,7 @@ def default_tasks_dir() -> Path:
     env = os.environ.get(TASKS_DIR_ENV)
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "benchmarks"
     if not (path / "_default_template_yaml").is_file():
-        raise FileNotFoundError(f"{path}: not the vppo benchmarks task folder (no _default_template_yaml); "
+        raise InputError(f"{path}: not the vppo benchmarks task folder (no _default_template_yaml); "
                                 f"pass --tasks-dir or set {TASKS_DIR_ENV}")
     return path
 
@@ -210,15 +211,26 @@ def run_eval(req: EvalRequest, log=print) -> dict[str, dict]:
 
 def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
     if req.backend not in BACKENDS:
-        raise ValueError(f"--backend {req.backend!r}: choose from {', '.join(BACKENDS)}")
-    if req.samples < 1 or req.max_new_tokens < 1:
-        raise ValueError("--samples and --max-new-tokens must be positive")
+        raise InputError(f"--backend {req.backend!r}: choose from {', '.join(BACKENDS)}")
+    for flag, value in (("--samples", req.samples), ("--max-new-tokens", req.max_new_tokens),
+                        ("--limit", 1 if req.limit is None else req.limit),
+                        ("--batch-size", 1 if req.batch_size is None else req.batch_size)):
+        if value < 1:
+            raise InputError(f"{flag} {value}: must be at least 1")
     verify_checkpoint_dir(req.checkpoint)
     if not req.data.is_dir():
         raise EvalDataError(f"--data {req.data}: no such directory")
+    if read_manifest(req.data) is None:  # written last by prepare-data: without it the folder is partial
+        raise EvalDataError(f"--data {req.data}: no manifest.json, so not a completely prepared evaluation folder; "
+                            "prepare it with `vppo prepare-data eval`")
     req.out.mkdir(parents=True, exist_ok=True)
     checkpoint_hash = checkpoint_sha256(req.checkpoint, cache=req.out / ".checkpoint_sha256.json")
     data_hashes = {b.key: data_checksum(req.data, b.key) for b in req.benchmarks}
+    for bench in req.benchmarks:  # lmms-eval cannot evaluate an empty task: say so before loading the model
+        scan = tasklib.scan(req.data, bench.key)
+        if not scan.rows:
+            raise EvalDataError(f"--data {req.data}: benchmark {bench.key!r} has no usable row ({len(scan.bad)} bad: "
+                                + "; ".join(f"{b.row_id}: {b.reason}" for b in scan.bad[:3]) + ")")
     results: dict[str, dict] = {}
     pending = []
     for bench in req.benchmarks:

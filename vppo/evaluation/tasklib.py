@@ -24,6 +24,7 @@ from typing import Callable
 
 from PIL import Image
 
+from vppo.errors import InputError
 from vppo.evaluation.protocol import avg_at_k, prepare_image, score_responses
 from vppo.rollout import user_content
 
@@ -32,7 +33,7 @@ DATA_ENV = "VPPO_EVAL_DATA"
 METRIC = "avg_at_k"
 
 
-class TaskDataError(RuntimeError):
+class TaskDataError(InputError, RuntimeError):
     """The task cannot find its data (names the variable or the file)."""
 
 

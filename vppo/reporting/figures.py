@@ -29,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES  # noqa: E402
+from vppo.errors import require_dir  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
 from vppo.reporting.results_io import (PaperReference, ResultsError, analysis_file, load_analysis,  # noqa: E402
                                        load_eval_frame, load_reference, load_training_log, subdirs,
@@ -297,6 +298,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag in ("train_root", "eval_root", "analysis_root", "reference_dir"):  # given roots must exist
+        require_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
     try:
         pairs = dict(p.split("=", 1) for p in args.paper_model)
     except ValueError:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vppo.errors import require_dir
 from vppo.reporting import cost as cost_mod
 from vppo.fileio import write_text_atomic
 from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json
@@ -248,6 +249,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag in ("tables", "figures", "eval_root", "cost_root"):  # given folders must exist
+        require_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
     try:
         build_report(args.tables, args.figures, args.eval_root, args.out, args.cost_root,
                      cost_mod.load_gpu_mapping(args.gpus_per_job), args.label, args.link_figures)

@@ -19,13 +19,14 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from vppo.errors import InputError
 from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES
 from vppo.evaluation.results import ResultError, field_errors, read_result
 from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID
 
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError, ValueError):
     """An input of the reporting stage is malformed; the message names the file and the field."""
 
 

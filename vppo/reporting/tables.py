@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, resolve_benchmarks
+from vppo.errors import require_dir
 from vppo.evaluation.protocol import benchmark_average
 from vppo.fileio import write_text_atomic
 from vppo.reporting.results_io import PaperReference, ResultsError, load_eval_frame, load_reference
@@ -261,6 +262,8 @@ def default_label(model: str, paper_model: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_dir(args.eval_root, "--eval-root")  # a mistyped root would give a table of empty cells
+    require_dir(args.reference_dir, "--reference-dir")
     try:
         benchmarks = [b.key for b in resolve_benchmarks(args.benchmarks)]
         methods = [m.strip() for m in (args.methods or DEFAULT_METHODS[args.table]).split(",") if m.strip()]

@@ -44,11 +44,13 @@ from typing import Any
 
 import yaml
 
+from vppo.errors import InputError
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DISTRIBUTED_BACKENDS = ("none", "deepspeed_zero3", "fsdp")
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError, ValueError):
     """A recipe file or override is invalid; the message names the file and key."""
 
 
@@ -127,6 +129,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
                 if value.lower() not in ("true", "false"):
                     raise ValueError(value)
                 return value.lower() == "true"
+            if not isinstance(value, bool) and value not in (0, 1):  # bf16: 5 is a typo, not "true"
+                raise ValueError(value)
             return bool(value)
         if base == "int":
             if isinstance(value, float) and not value.is_integer():
@@ -137,12 +141,25 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         raise RecipeError(f"{where}: key {key!r}: {value!r} is not a valid {base}") from exc
 
 
+#: Integer keys and their least valid value (a GRPO group needs two responses to have an advantage).
+POSITIVE_KEYS = {"max_steps": 1, "rollout_batch_prompts": 1, "num_generations": 2, "update_batch_prompts": 1,
+                 "micro_batch_responses": 1, "max_prompt_length": 1, "max_completion_length": 1, "save_steps": 1,
+                 "logging_steps": 1, "num_nodes": 1, "dynamic_sampling_max_rounds": 1}
+
+
 def validate(recipe: Recipe, where: str) -> Recipe:
     """Cross-field checks: batch sizes divide, save points fall on rollout boundaries."""
     def need(cond: bool, message: str) -> None:
         if not cond:
             raise RecipeError(f"{where}: {message}")
 
+    for key, low in POSITIVE_KEYS.items():  # checked first: the batch arithmetic below divides by them
+        value = getattr(recipe, key)
+        need(value is None or value >= low, f"key {key!r} must be at least {low}, got {value}")
+    need(recipe.gpus_per_node >= 0, f"key 'gpus_per_node' must be at least 0, got {recipe.gpus_per_node}")
+    for key in ("learning_rate", "temperature", "top_p"):
+        need(getattr(recipe, key) > 0, f"key {key!r} must be positive, got {getattr(recipe, key)}")
+    need(recipe.top_p <= 1, f"key 'top_p' must be at most 1, got {recipe.top_p}")
     need(recipe.distributed in DISTRIBUTED_BACKENDS, f"key 'distributed' must be one of {DISTRIBUTED_BACKENDS}")
     need(recipe.vllm_mode in ("colocate", "server"), "key 'vllm_mode' must be 'colocate' or 'server'")
     need(0 < recipe.vllm_gpu_memory_utilization <= 1, "key 'vllm_gpu_memory_utilization' must be in (0, 1]")

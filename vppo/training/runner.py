@@ -22,8 +22,9 @@ from typing import Any
 
 from vppo import package_versions
 from vppo.algorithm import MethodPreset, get_method
-from vppo.fileio import write_json_atomic
-from vppo.modeling import verify_checkpoint_dir, vision_token_ids
+from vppo.errors import InputError
+from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, write_json_atomic
+from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt
 from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
 
@@ -32,7 +33,7 @@ SUMMARY_FILE, LOG_FILE, FINAL_DIR = "train_summary.json", "training_log.jsonl", 
 RUN_FILE = "vppo_run.json"  # in WORK_DIR: the arguments its checkpoints belong to
 
 
-class TrainError(RuntimeError):
+class TrainError(InputError, RuntimeError):
     """A training run cannot start or finish; the message names the path or field."""
 
 
@@ -162,11 +163,16 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
         return _run_training(request, recipe, callbacks, reward)
 
 
-def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, preset: MethodPreset, write: bool) -> None:
-    """Record what WORK_DIR trains; refuse to resume a run made with other arguments (its state would not fit)."""
+def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, preset: MethodPreset, data_sha256: str,
+                    write: bool) -> None:
+    """Record what WORK_DIR trains, by content; refuse to resume a run made from anything else.
+
+    A run is its data (the manifest checksum), its initial weights (checkpoint_sha256), method, seed and recipe:
+    new data or a new model at the same path must not resume from checkpoints trained on the old ones.
+    """
     path = work_dir / RUN_FILE
-    current = {"model": str(Path(request.model).resolve()), "data": str(Path(request.data).resolve()),
-               "method": dataclasses.asdict(preset), "seed": request.seed,
+    current = {"model_sha256": checkpoint_sha256(request.model, cache=work_dir / ".model_sha256.json"),
+               "data_sha256": data_sha256, "method": dataclasses.asdict(preset), "seed": request.seed,
                # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume
                "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "max_steps"}}
     if path.is_file():
@@ -174,8 +180,8 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
         changed = sorted(k for k in current if json.dumps(recorded.get(k), sort_keys=True)
                          != json.dumps(current[k], sort_keys=True))
         if changed:
-            raise TrainError(f"{work_dir}: holds a run with different {', '.join(changed)} ({path}); use another "
-                             "--work-dir or remove this one")
+            raise TrainError(f"{work_dir}: refusing to resume: its checkpoints were trained with a different "
+                             f"{', '.join(changed)} ({path}); use another --work-dir or remove this one")
     elif write:
         write_json_atomic(path, current)  # every rank reads it: never half-written
 
@@ -226,7 +232,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
 
     work_dir = Path(request.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    _claim_work_dir(work_dir, request, recipe, preset, args.process_index == 0)
+    _claim_work_dir(work_dir, request, recipe, preset, manifest.get("sha256"), args.process_index == 0)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
     entropy = recipe.entropy_coef if recipe.entropy_coef is not None else preset.entropy_coef
@@ -240,33 +246,55 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume)
 
 
+#: What a TRL checkpoint holds beyond what ``Trainer.save_model`` writes: the state only a resume needs.
+RESUME_ONLY = ("optimizer*.pt", "optimizer_*", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json")
+
+
+def _final_from_checkpoint(checkpoint: Path, final: Path) -> None:
+    """``final/`` as ``save_model`` would have written it at the checkpoint's step (same weights, same format)."""
+    resume_only = {p.name for pattern in RESUME_ONLY for p in checkpoint.glob(pattern)}
+    shutil.copytree(checkpoint, final, ignore=lambda folder, names: resume_only if Path(folder) == checkpoint else [])
+
+
 def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> Path:
-    from vppo.training.checkpoints import weights_format
+    from transformers.trainer_callback import TrainerState
+
+    from vppo.training.checkpoints import TRAINER_STATE, weights_format
 
     start = time.perf_counter()
     out, work_dir = Path(request.out), Path(request.work_dir)
     if (out / SUMMARY_FILE).is_file():
         raise TrainError(f"{out}: already holds a finished run ({SUMMARY_FILE}); remove it to train again")
+    refuse_existing_output(out)  # before hours of training: OUT is never ours to empty
     run = build_trainer(request, recipe, reward, callbacks)
     trainer, resume = run.trainer, run.resume
     staging = out.parent / f".{out.name}.partial"
     if trainer.accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
     trainer.accelerator.wait_for_everyone()
-    if resume:
-        logger.warning("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
-    trainer.save_model(str(staging / FINAL_DIR))
+    done_step = int(resume.name.split("-")[-1]) if resume else 0
+    if recipe.max_steps is not None and done_step > recipe.max_steps:
+        raise TrainError(f"{resume}: already past max_steps={recipe.max_steps}; raise --max-steps or use another "
+                         "--work-dir")
+    if recipe.max_steps is not None and done_step == recipe.max_steps:
+        # Finished, but not published (killed while publishing, OUT deleted, a retry): resuming would train
+        # one step more, so the final weights are the last checkpoint's.
+        logger.warning("%s is at max_steps: publishing it without training", resume)
+        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
+        if trainer.accelerator.is_main_process:
+            _final_from_checkpoint(resume, staging / FINAL_DIR)
+    else:
+        if resume:
+            logger.warning("resuming from %s", resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.save_model(str(staging / FINAL_DIR))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         shutil.copyfile(work_dir / LOG_FILE, staging / LOG_FILE)
         summary = _summary(request, recipe, run.preset, trainer, run.data_info, time.perf_counter() - start, resume,
                            weights_format(staging / FINAL_DIR))
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # an unfinished leftover (a finished one was refused above)
-            shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out)
+        replace_if_absent_or_empty(staging, out)
     trainer.accelerator.wait_for_everyone()
     return out

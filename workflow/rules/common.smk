@@ -2,6 +2,7 @@
 # per-rule resources shared by every stage.
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import yaml
 
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import update_config, validate
+
+sys.path.insert(0, workflow.basedir)  # the checkout's vppo (torch-free modules only: the driver env has no torch)
+from vppo.catalog import parse_method
 
 CONFIG_DIR = Path(workflow.basedir) / "workflow" / "config"
 SCHEMA = "../schemas/config.schema.yaml"
@@ -61,6 +65,11 @@ def check_cross_references(config):
     problems = []
     models = config["models"]
     for name, spec in models.items():
+        for method in spec["methods"]:  # tables, analysis and released name a subset of these (checked below)
+            try:
+                parse_method(method)
+            except ValueError as exc:
+                problems.append(f"models.{name}.methods: {exc}")
         recipe = yaml.safe_load(recipe_file(spec["recipe"]).read_text())
         resources = spec.get("train_resources", {})
         for key, recipe_key in (("nodes", "num_nodes"), ("gpus_per_node", "gpus_per_node")):
@@ -152,12 +161,23 @@ def analysis_targets():
     return [f"results/analysis/{analysis['model']}/{method}.json" for method in analysis["methods"]]
 
 
+def figure_roots():
+    """The result roots `vppo figures` reads, only those this configuration fills (a given root must exist)."""
+    roots = {"--train-root": "results/train" if training_runs() else None,
+             "--analysis-root": "results/analysis" if analysis_targets() else None}
+    return " ".join(f"{flag} {root}" for flag, root in roots.items() if root)
+
+
 def table_files():
     return [f"results/tables/{name}.{ext}" for name in config.get("tables", {}) for ext in ("md", "csv", "tex")]
 
 
 def all_targets():
-    return table_files() + ["results/figures", "results/report.html"]
+    """Tables, figures and report, and every cell and analysis they show: Snakemake does not rebuild a
+    deleted intermediate file whose consumers are up to date, so the cells are targets themselves (a deleted
+    cell is rebuilt, then everything that shows it)."""
+    cells = [eval_json(*cell) for cell in eval_cells()]
+    return table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets()
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -358,7 +378,7 @@ def required_config(key, wildcards):
 def paper_model_pairs():
     """`--paper-model MODEL=PAPER` for every configured model a table compares with a paper model."""
     pairs = {spec["model"]: spec["paper_model"] for spec in config["tables"].values()}
-    return " ".join(f"--paper-model {model}={paper}" for model, paper in sorted(pairs.items()))
+    return " ".join(f"--paper-model {shlex.quote(f'{model}={paper}')}" for model, paper in sorted(pairs.items()))
 
 
 def gpus_per_job():

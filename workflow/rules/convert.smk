@@ -18,4 +18,4 @@ rule convert:
     resources:
         **job_resources(convert_spec, "CPU", stage="convert"),
     shell:
-        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo convert {input.trained}/final --out {output} --base {input.base} > {log} 2>&1"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo convert {input.trained:q}/final --out {output:q} --base {input.base:q} > {log:q} 2>&1"

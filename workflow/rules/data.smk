@@ -23,7 +23,7 @@ rule prepare_train_data:
         GPU_ENV
     threads: 1
     shell:
-        "workflow/scripts/vppo prepare-data train --source {params.source} --out {output} {params.options} > {log} 2>&1"
+        "workflow/scripts/vppo prepare-data train --source {params.source:q} --out {output:q} {params.options} > {log:q} 2>&1"
 
 
 rule prepare_eval_data:
@@ -40,7 +40,7 @@ rule prepare_eval_data:
         GPU_ENV
     threads: 1
     shell:
-        "workflow/scripts/vppo prepare-data eval --source {params.source} --out {output} {params.options} > {log} 2>&1"
+        "workflow/scripts/vppo prepare-data eval --source {params.source:q} --out {output:q} {params.options} > {log:q} 2>&1"
 
 
 rule fetch_base_model:
@@ -56,7 +56,7 @@ rule fetch_base_model:
         GPU_ENV
     threads: 1
     shell:
-        "workflow/scripts/vppo fetch-model {params.source:q} {output} > {log} 2>&1"
+        "workflow/scripts/vppo fetch-model {params.source:q} {output:q} > {log:q} 2>&1"
 
 
 rule fetch_released_model:
@@ -72,4 +72,4 @@ rule fetch_released_model:
         GPU_ENV
     threads: 1
     shell:
-        "workflow/scripts/vppo fetch-model {params.source:q} {output} > {log} 2>&1"
+        "workflow/scripts/vppo fetch-model {params.source:q} {output:q} > {log:q} 2>&1"

@@ -2,6 +2,8 @@
 # (+ its per-sample log). `eval.group_benchmarks: true` (the smoke default) evaluates all configured
 # benchmarks of a (model, method) in one job to save per-process start-up on CPU; the cluster presets use
 # one job per cell, so `snakemake results/eval/<model>/<method>/<benchmark>.json` computes exactly that cell.
+# A grouped job evaluates into work/eval/{model}/{method} (not a declared output), so the benchmarks an
+# interrupted job finished survive `--rerun-incomplete` and are reused by the rerun.
 
 
 if EVAL.get("group_benchmarks", False):
@@ -17,6 +19,11 @@ if EVAL.get("group_benchmarks", False):
         params:
             benchmarks=",".join(BENCHMARKS),
             out="results/eval/{model}/{method}",
+            # Finished benchmarks are kept here, outside the declared outputs that Snakemake deletes when a
+            # job fails or is rerun as incomplete: `vppo eval` reuses them, and only they are copied out.
+            work="work/eval/{model}/{method}",
+            finished=lambda wildcards: [f"work/eval/{wildcards.model}/{wildcards.method}/{benchmark}{ext}"
+                                        for benchmark in BENCHMARKS for ext in (".json", ".samples.jsonl")],
             options=eval_options,
         log:
             "logs/eval/{model}/{method}.log",
@@ -29,8 +36,8 @@ if EVAL.get("group_benchmarks", False):
         resources:
             **job_resources(eval_spec, stage="eval"),
         shell:
-            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {params.benchmarks} "
-            "--out {params.out} {params.options} > {log} 2>&1"
+            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint:q} --data {input.data:q} --benchmarks {params.benchmarks:q} "
+            "--out {params.work:q} {params.options} > {log:q} 2>&1 && cp -p {params.finished:q} {params.out:q}/"
 
 else:
 
@@ -56,8 +63,8 @@ else:
         resources:
             **job_resources(eval_spec, stage="eval"),
         shell:
-            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint} --data {input.data} --benchmarks {wildcards.benchmark} "
-            "--out {params.out} {params.options} > {log} 2>&1"
+            "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo eval {input.checkpoint:q} --data {input.data:q} --benchmarks {wildcards.benchmark:q} "
+            "--out {params.out:q} {params.options} > {log:q} 2>&1"
 
 
 rule analyze_dependency:
@@ -79,4 +86,4 @@ rule analyze_dependency:
     resources:
         **job_resources(analysis_spec),
     shell:
-        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo analyze {input.checkpoint} --data {input.data} --out {output} {params.options} > {log} 2>&1"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo analyze {input.checkpoint:q} --data {input.data:q} --out {output:q} {params.options} > {log:q} 2>&1"

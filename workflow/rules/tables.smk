@@ -27,10 +27,10 @@ rule table:
     resources:
         **job_resources(cpu_spec, "CPU"),
     shell:
-        "workflow/scripts/vppo tables --table {wildcards.table} --model {params.spec[model]} "
-        "--paper-model {params.spec[paper_model]} --methods {params.methods} --benchmarks {params.benchmarks} "
-        "--eval-root results/eval --reference-dir {input.reference} --out results/tables/{wildcards.table} "
-        "--label {params.label:q} > {log} 2>&1"
+        "workflow/scripts/vppo tables --table {wildcards.table:q} --model {params.spec[model]:q} "
+        "--paper-model {params.spec[paper_model]:q} --methods {params.methods:q} --benchmarks {params.benchmarks:q} "
+        "--eval-root results/eval --reference-dir {input.reference:q} --out results/tables/{wildcards.table:q} "
+        "--label {params.label:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -44,6 +44,7 @@ rule figures:
         label=config["label"],
         models=",".join(MODELS),
         paper_models=paper_model_pairs(),
+        roots=figure_roots(),
     log:
         "logs/figures.log",
     benchmark:
@@ -54,9 +55,9 @@ rule figures:
     resources:
         **job_resources(cpu_spec, "CPU"),
     shell:
-        "workflow/scripts/vppo figures --train-root results/train --eval-root results/eval "
-        "--analysis-root results/analysis --reference-dir results/reference --models {params.models} "
-        "{params.paper_models} --out {output} --label {params.label:q} > {log} 2>&1"
+        "workflow/scripts/vppo figures {params.roots} --eval-root results/eval "
+        "--reference-dir results/reference --models {params.models:q} "
+        "{params.paper_models} --out {output:q} --label {params.label:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -78,9 +79,9 @@ rule report:
     resources:
         **job_resources(cpu_spec, "CPU"),
     shell:
-        "workflow/scripts/vppo report --tables results/tables --figures {input.figures} --eval-root results/eval "
-        "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} --out {output} "
-        "> {log} 2>&1"
+        "workflow/scripts/vppo report --tables results/tables --figures {input.figures:q} --eval-root results/eval "
+        "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule check:
@@ -108,6 +109,6 @@ rule check:
     resources:
         **job_resources(check_spec),
     shell:
-        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data} "
-        "--benchmarks {params.benchmarks} --eval-out {params.eval_out} {params.options} "
-        "--report {output} 2>&1 | tee {log}"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data:q} "
+        "--benchmarks {params.benchmarks:q} --eval-out {params.eval_out:q} {params.options} "
+        "--report {output:q} 2>&1 | tee {log:q}"

@@ -41,6 +41,6 @@ rule train:
         tasks=lambda wildcards: train_spec(wildcards)["nodes"] if is_multi_node(wildcards) else None,
         tasks_per_gpu=0,
     shell:
-        "mkdir -p {params.work} && OMP_NUM_THREADS={resources.cpus_per_task} {params.launch} --model {input.model} --data {input.data} "
-        "--recipe {params.recipe} --method {wildcards.method} --work-dir {params.work} --out {output} "
-        "--seed {params.seed} {params.options} > {log} 2>&1 && {params.prune} >> {log} 2>&1"
+        "mkdir -p {params.work:q} && OMP_NUM_THREADS={resources.cpus_per_task} {params.launch} --model {input.model:q} --data {input.data:q} "
+        "--recipe {params.recipe:q} --method {wildcards.method:q} --work-dir {params.work:q} --out {output:q} "
+        "--seed {params.seed:q} {params.options} > {log:q} 2>&1 && {params.prune} >> {log:q} 2>&1"
