@@ -25,7 +25,7 @@ def source(tmp_path_factory):
 
 def _prepare(argv, capsys):
     code = main(["prepare-data", "eval", *argv])
-    return code, capsys.readouterr().out
+    return code, capsys.readouterr().err
 
 
 def test_the_fixture_folder_is_the_vppo_eval_layout(source):

@@ -225,7 +225,8 @@ def _eval_data_with(root, geo3k_text: str | None = None):
 def test_eval_errors_are_one_line(capsys, tmp_path, tiny_model_dir):
     good = _eval_data_with(tmp_path / "good")
     rows = json.loads((good / "geo3k.json").read_text())
-    no_answers = [{**row, "conversations": [row["conversations"][0], {"from": "gpt", "value": " "}]} for row in rows]
+    # every row is scored (an empty answer is simply wrong), but a row whose image is gone cannot be
+    no_images = [{**row, "images": ["images/geo3k/gone.png"]} for row in rows]
     partial = _eval_data_with(tmp_path / "partial")
     (partial / "manifest.json").unlink()
     broken = tmp_path / "broken-model"
@@ -235,7 +236,7 @@ def test_eval_errors_are_one_line(capsys, tmp_path, tiny_model_dir):
         (tiny_model_dir, _eval_data_with(tmp_path / "truncated", (good / "geo3k.json").read_text()[:60]), [],
          "not valid JSON"),
         (tiny_model_dir, _eval_data_with(tmp_path / "dict", '{"rows": []}'), [], "expected a JSON list"),
-        (tiny_model_dir, _eval_data_with(tmp_path / "all-bad", json.dumps(no_answers)), [], "no usable row"),
+        (tiny_model_dir, _eval_data_with(tmp_path / "no-images", json.dumps(no_images)), [], "row 0"),
         (tiny_model_dir, partial, [], "no manifest.json"),
         (tiny_model_dir, good, ["--samples", "0"], "--samples 0"),
         (broken, good, [], "unreadable weights"),

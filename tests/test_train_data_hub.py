@@ -53,7 +53,7 @@ def test_a_bad_hub_row_stops_prepare_data_with_one_line(tmp_path, monkeypatch, c
     capsys.readouterr()
     code = main(["prepare-data", "train", "--source", "hub", "--out", str(tmp_path / "train"), "--option",
                  f"repo={folder}"])
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert code == 2 and text.strip().splitlines()[-1] == \
         f"vppo prepare-data: {folder} row 1: field 'images' is missing or empty"
     assert not (tmp_path / "train").exists()
