@@ -49,6 +49,13 @@ def auto_tensor_parallel_size(checkpoint: str | Path, n_gpus: int) -> int:
     return tp
 
 
+def engine_context_length(checkpoint: str | Path, wanted: int) -> int:
+    """``wanted`` capped at the checkpoint's own context (vLLM refuses a max_model_len above it)."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    limit = (config.get("text_config") or config).get("max_position_embeddings") or config.get("max_position_embeddings")
+    return min(int(wanted), int(limit)) if limit else int(wanted)
+
+
 def request_seed(seed: int, key: tuple) -> int:
     """Per-question seed: a question's k samples do not depend on batching or on the other questions."""
     return int(hashlib.sha256(f"{seed}/{'/'.join(map(str, key))}".encode()).hexdigest()[:8], 16)
@@ -90,7 +97,8 @@ class VPPOVLLMModel(lmms):
             if tensor_parallel_size in (None, "", "auto", 0):
                 tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
-                         gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=int(max_model_len),
+                         gpu_memory_utilization=float(gpu_memory_utilization),
+                         max_model_len=engine_context_length(self.pretrained, max_model_len),
                          limit_mm_per_prompt={"image": int(max_images_per_prompt)},
                          mm_processor_kwargs={"max_pixels": max_pixels}, **engine_kwargs)
         if sampling_params_cls is None:
