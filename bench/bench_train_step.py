@@ -3,8 +3,9 @@
 Both methods train with the real trainer (vppo.training.trainer.VPPOTrainer, plain transformers generation)
 on a random-init Qwen2.5-VL written to a temp dir, with the paper's layout of several optimizer updates per
 rollout, so both run the old-log-prob pass (the paper's 7B recipe: 384 prompts per rollout, 128 per update).
-Dynamic sampling is capped at one round (a random model answers nothing right; refill rounds would only time
-generation again). Phases per rollout: generation (+ reward), old log-prob pass, masked-image pass (vppo:
+Every other response is graded right, so every group has mixed rewards and each rollout is one generation round
+(a random model answers nothing right; refill rounds would only time generation again); the cap of one round
+makes any refill an error. Phases per rollout: generation (+ reward), old log-prob pass, masked-image pass (vppo:
 masking the PIL images, re-encoding them, one forward pass), update (forward + backward of every micro-batch).
 The first rollout of each method is a warm-up and is not counted.
 
@@ -72,10 +73,20 @@ def write_model(out: Path, size: dict, seed: int) -> Path:
     return out
 
 
+def _alternating_grade():
+    from itertools import count
+
+    from vppo.reward import Grade
+
+    calls = count()
+    return lambda response, answer: Grade(accuracy=float(next(calls) % 2), format=0.0, extracted=None)
+
+
 def run_method(method: str, model_dir: Path, data_dir: Path, work: Path, size: dict, rollouts: int,
                updates_per_rollout: int, device: str, seed: int) -> list[dict]:
     """Phase seconds of each rollout (warm-up included; the caller drops it)."""
     from vppo.training.recipes import load_recipe
+    from vppo.training.rewards import GradingReward
     from vppo.training.runner import TrainRequest, build_trainer, cpu_threads
 
     overrides = dict(rollout_batch_prompts=size["prompts"], num_generations=size["generations"],
@@ -88,7 +99,8 @@ def run_method(method: str, model_dir: Path, data_dir: Path, work: Path, size: d
     request = TrainRequest(model=model_dir, data=data_dir, recipe="smoke", method=method, work_dir=work,
                            out=work / "unused", seed=seed, overrides=overrides)
     with cpu_threads(recipe):
-        trainer = build_trainer(request, recipe).trainer
+        # every other response graded right: each group has mixed rewards, so each rollout is one generation round
+        trainer = build_trainer(request, recipe, reward=GradingReward(_alternating_grade())).trainer
         trainer.train()
     steps = [entry for entry in trainer.state.log_history if "time_update_s" in entry]
     per_rollout = []

@@ -96,12 +96,15 @@ def test_full_kl_accepts_bf16_and_upcasts():
 
 # ----------------------------------------------------------------------------- TGF
 
-def test_keep_counts_exact_ceil():
-    # The trap: the official torch.ceil(n_valid * p) runs in float32, where 50 * 0.3 = 15.000001 -> 16 and
-    # 25 * 0.6 = 15.000001 -> 16; the exact counts are 15 and 15.
-    assert int(torch.ceil(T(50) * 0.3)) == 16 and int(torch.ceil(T(25) * 0.6)) == 16
-    assert keep_counts(T([50, 25]), 0.3).tolist() == [15, 8] and keep_counts(T([25]), 0.6).tolist() == [15]
-    # ceil(5*.4) = 2, ceil(10*.4) = 4, ceil(3*.4) = ceil(1.2) = 2, 0 -> 0, ceil(.4) = 1
+def test_keep_counts_are_the_official_float32_ceil():
+    # The official k = torch.ceil(n_valid * p) runs in float32: 50 * 0.3 = 15.000001 -> 16 and
+    # 25 * 0.6 = 15.000001 -> 16, one more token than exact maths (15); float64 agrees with exact maths there.
+    assert keep_counts(T([50, 25]), 0.3).tolist() == [16, 8] and keep_counts(T([25]), 0.6).tolist() == [16]
+    assert math.ceil(50 * 0.3) == 15 and math.ceil(25 * 0.6) == 15
+    for p in (0.2, 0.3, 0.4, 0.6, 0.8):  # against the official expression itself, for every length up to 4096
+        n = torch.arange(4097)
+        assert torch.equal(keep_counts(n, p), torch.ceil(n * p).long()), p  # int64 tensor * float -> float32
+    # at p = 0.4 float32 and exact maths agree: ceil(5*.4) = 2 in both widths, ceil(3*.4) = 2, 0 -> 0, ceil(.4) = 1
     assert keep_counts(T([5, 10, 3, 0, 1]), 0.4).tolist() == [2, 4, 2, 0, 1]
     assert keep_counts(T([10]), 0.3).tolist() == [3]
     assert keep_counts(T([7]), 0.0).tolist() == [0] and keep_counts(T([7]), 1.0).tolist() == [7]

@@ -106,3 +106,18 @@ def test_cli_exit_codes(trained, converted, tmp_path):
     out, _ = converted
     assert main(["convert", str(source), "--out", str(out)]) == 1
     assert main(["convert", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_the_converted_checkpoint_carries_the_base_processor_not_the_sources(trained, tiny_model_dir, tmp_path):
+    """A trainer output whose processor carries training pixel bounds converts with the base model's processor."""
+    source, _ = trained
+    bounded = tmp_path / "bounded"
+    shutil.copytree(source, bounded)
+    config = json.loads((bounded / "processor_config.json").read_text())
+    config["image_processor"]["size"] = {"shortest_edge": 28 * 28 * 6, "longest_edge": 28 * 28 * 12}
+    (bounded / "processor_config.json").write_text(json.dumps(config))
+    assert load_processor(bounded).image_processor.size["longest_edge"] == 28 * 28 * 12
+    record = convert(bounded, tmp_path / "hf", base=tiny_model_dir)
+    saved = json.loads((tmp_path / "hf" / "processor_config.json").read_text())
+    assert saved == json.loads((tiny_model_dir / "processor_config.json").read_text())
+    assert record["processor_from"] == str(tiny_model_dir)

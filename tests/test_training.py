@@ -134,7 +134,6 @@ def test_dynamic_sampling_refills_the_batch_with_kept_groups(vppo_trainer):
     n = trainer.num_generations
     assert batch["completion_ids"].shape[0] == len(row_examples) == 4 * n
     assert metrics["filtered_groups"][0] >= 4 and metrics["sampling_rounds"][0] >= 2
-    assert metrics["padded_groups"][0] == 0
     rewards = torch.tensor([steered_grade(trainer.processing_class.decode(ids[mask.bool()], skip_special_tokens=True),
                                           ex["answer"]).accuracy
                             for ids, mask, ex in zip(batch["completion_ids"], batch["completion_mask"], row_examples)])
@@ -143,18 +142,43 @@ def test_dynamic_sampling_refills_the_batch_with_kept_groups(vppo_trainer):
     assert float(batch["advantages"].abs().sum()) > 0
 
 
-def test_the_round_cap_tops_up_with_zero_advantage_groups(vppo_trainer):
+def test_the_round_cap_stops_the_run_with_a_clear_error(vppo_trainer):
+    from vppo.training.trainer import SamplingCapError
+
     trainer = vppo_trainer
-    trainer._metrics["train"].clear()
     grader, trainer.grading.grader = trainer.grading.grader, (lambda text, answer: Grade(0.0, 0.0, None))
     try:
-        batch, _ = trainer._sample_until_full(_examples(trainer, ("1", "2", "3", "4")))
+        with pytest.raises(SamplingCapError, match=r"4 prompt group\(s\) short .* after 8 generation rounds "
+                                                   r"\(dynamic_sampling_max_rounds=8\)"):
+            trainer._sample_until_full(_examples(trainer, ("1", "2", "3", "4")))
     finally:
         trainer.grading.grader = grader
-    metrics = trainer._metrics["train"]
-    assert metrics["sampling_rounds"][0] == trainer.max_sampling_rounds and metrics["padded_groups"][0] == 4
-    assert batch["completion_ids"].shape[0] == 4 * trainer.num_generations
-    assert float(batch["advantages"].abs().max()) == 0.0
+
+
+def test_refills_are_the_next_prompts_of_the_data_order(vppo_trainer):
+    from vppo.training.batch import data_order
+
+    trainer, n = vppo_trainer, vppo_trainer.num_generations
+    rounds, generate = [], trainer._generate_and_score_completions
+
+    def spy(examples):
+        rounds.append([ex["id"] for ex in examples[::n]])
+        return generate(examples)
+
+    trainer._generate_and_score_completions = spy
+    try:
+        start = trainer.cursor.prompts_drawn
+        first = trainer._next_examples(4 * n)
+        trainer._sample_until_full(first)
+    finally:
+        del trainer._generate_and_score_completions
+    size = len(trainer.train_dataset)
+    drawn = data_order(size, trainer.args.seed, start, 4 * len(rounds))
+    assert rounds == [[trainer.train_dataset[i]["id"] for i in drawn[4 * r:4 * r + 4]] for r in range(len(rounds))]
+    assert trainer.cursor.prompts_drawn == start + 4 * len(rounds)
+    # the stream walks through every row once per epoch, each epoch in its own seeded order
+    epoch0, epoch1 = data_order(size, 0, 0, size), data_order(size, 0, size, size)
+    assert sorted(epoch0) == sorted(epoch1) == list(range(size)) and epoch0 != epoch1
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +203,15 @@ def rollout(vppo_trainer):
     finally:
         del trainer._layout, trainer._sample_until_full
     return micro, captured["batch"], captured["sampled"][1]
+
+
+def test_micro_batches_hold_the_rollout_rows_in_their_order(vppo_trainer, rollout):
+    micro, batch, _ = rollout
+    size = batch["completion_ids"].shape[0] // len(micro)
+    assert size == vppo_trainer.args.per_device_train_batch_size and len(micro) == vppo_trainer.args.steps_per_generation
+    for k, piece in enumerate(micro):  # no shuffle: micro-batch k is rows k*size .. (k+1)*size - 1
+        assert torch.equal(piece["completion_ids"], batch["completion_ids"][k * size:(k + 1) * size])
+        assert torch.equal(piece["advantages"], batch["advantages"][k * size:(k + 1) * size])
 
 
 def _independent_logps(model, batch, pixel_values):
@@ -277,6 +310,9 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tiny_model_dir, data_dir,
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_training(killed, callbacks=[CrashAfter(3)], reward=GradingReward(steered_grade))
     assert not killed.out.exists() and (killed.work_dir / "checkpoint-2").is_dir()
+    # the checkpoint knows where the data stream stands: 2 rollouts of 2 prompts plus the refills
+    state = json.loads((killed.work_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["DataCursor"]["args"]["prompts_drawn"] > 2 * 2
     resumed = run_training(killed, reward=GradingReward(steered_grade))
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

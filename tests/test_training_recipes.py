@@ -10,7 +10,7 @@ from vppo.algorithm import get_method
 from vppo.training.recipes import grpo_config_kwargs, load_recipe
 
 
-@pytest.mark.parametrize("name, world, accumulation, steps_per_generation", [("7b", 8, 16, 48), ("32b", 32, 8, 24)])
+@pytest.mark.parametrize("name, world, accumulation, steps_per_generation", [("7b", 8, 8, 24), ("32b", 32, 2, 6)])
 def test_paper_recipes_map_to_the_published_schedule(name, world, accumulation, steps_per_generation, tmp_path):
     recipe, preset = load_recipe(name), get_method("vppo")
     kwargs = grpo_config_kwargs(recipe, preset, tmp_path, seed=0)
@@ -20,6 +20,8 @@ def test_paper_recipes_map_to_the_published_schedule(name, world, accumulation, 
     assert kwargs["gradient_accumulation_steps"] == accumulation
     assert recipe.steps_per_generation == steps_per_generation
     assert kwargs["per_device_train_batch_size"] * world * accumulation == 128 * 8
+    assert kwargs["per_device_train_batch_size"] == 16  # the official 7B script's micro-batch (TAS's mu over it)
+    assert recipe.dynamic_sampling_max_rounds is None  # no cap on refills (max_try_make_batch -1)
     assert (kwargs["learning_rate"], kwargs["weight_decay"], kwargs["max_grad_norm"]) == (1e-6, 0.01, 1.0)
     assert (kwargs["epsilon"], kwargs["epsilon_high"], kwargs["beta"]) == (0.2, 0.28, 0.0)
     assert (kwargs["temperature"], kwargs["top_p"], kwargs["max_completion_length"]) == (1.0, 0.99, 2048)

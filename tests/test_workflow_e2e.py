@@ -100,8 +100,7 @@ def test_warm_started_base_gives_the_smoke_run_real_rewards(smoke_run):
                 (smoke_run / "results" / "train" / "tiny" / m / "training_log.jsonl").read_text().splitlines()]
             for m in trained}
     assert any(step["reward"] > 0 for m in trained for step in logs[m]), logs
-    # Online filtering found mixed-reward groups: some step needed no zero-advantage padding.
-    assert any(step["padded_groups"] == 0 for step in logs["vppo"]), logs["vppo"]
+    # (Online filtering filled every vppo rollout with mixed-reward groups: a run that cannot fill one stops.)
     assert any(step["alpha_max"] > step["alpha_min"] for step in logs["vppo"]), logs["vppo"]
     with open(smoke_run / "results" / "tables" / "main.csv", newline="") as handle:
         cells = [float(r["ours"]) for r in csv.DictReader(handle) if r["status"] == "ok"]

@@ -2,7 +2,8 @@
 
 The dependency pass re-runs the policy with every image replaced by a masked copy. Masking happens in
 pixel space on the PIL image, BEFORE the image processor (a zero in normalised ``pixel_values`` is not
-black). The official code uses random patch blackening (14 px squares, each blackened with probability
+black). In training that image is the one already resized into the recipe's pixel bounds
+(:mod:`vppo.training.images`), so a 14 px square is about one ViT patch of the model input. The official code uses random patch blackening (14 px squares, each blackened with probability
 0.5, fresh randomness per call); the other strategies exist in its utilities but are unused.
 
 All randomness comes from an explicit ``numpy.random.Generator`` so a seeded run is reproducible. Every

@@ -20,6 +20,12 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 REQUIRED_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json")
 
 
+#: Config fields naming Qwen2.5-VL's vision special tokens (image/video placeholders and the vision span marks)
+VISION_TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+#: a vision token the config does not name
+VISION_PAD_TOKEN = "<|vision_pad|>"
+
+
 class CheckpointError(FileNotFoundError):
     """A checkpoint directory is missing, partial or not a Qwen2.5-VL checkpoint."""
 
@@ -122,6 +128,18 @@ def processor_from_dir(path: str | Path, min_pixels: int | None = None, max_pixe
         image_processor.size = size
     chat_template = getattr(tokenizer, "chat_template", None)
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+
+
+def vision_token_ids(config, tokenizer=None) -> list[int]:
+    """Ids of the vision special tokens of a Qwen2.5-VL ``config`` (+ ``<|vision_pad|>`` from ``tokenizer``).
+
+    A response must never contain one: a sampled image or video placeholder makes the next forward pass
+    expect vision features that do not exist, and the span marks have no meaning in text.
+    """
+    ids = {getattr(config, name, None) for name in VISION_TOKEN_FIELDS}
+    if tokenizer is not None and VISION_PAD_TOKEN in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids(VISION_PAD_TOKEN))
+    return sorted(int(i) for i in ids if i is not None)
 
 
 def load_policy(path: str | Path, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
@@ -17,6 +18,8 @@ from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_b
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 #: keys that are not per-row and are recomputed after a merge
 GLOBAL_KEYS = ("num_items_in_batch",)
+#: domain tag of the data-order permutations (keeps them apart from the other seeded streams)
+_TAG_ORDER = 0x6F726472
 
 
 def _completion_keys(batch: dict[str, Any]) -> list[str]:
@@ -84,14 +87,34 @@ def concat_rollouts(batches: list[dict[str, Any]], pad_token_id: int) -> dict[st
     return unsplit_pixel_values_by_grid(out)
 
 
+# ------------------------------------------------------------------ the data order
+
+def data_order(n_rows: int, seed: int, start: int, count: int) -> list[int]:
+    """Dataset rows ``start .. start+count-1`` of the training data stream: epoch after epoch, each a seeded
+    permutation of the ``n_rows`` rows (epoch e: ``numpy.random.default_rng([seed, e, tag])``).
+
+    Every rollout batch and every dynamic-sampling refill takes the next prompts of this stream, as the
+    official trainer takes the next batches of its data loader.
+    """
+    if n_rows < 1:
+        raise ValueError("the training data stream needs at least one row")
+    rows, permutations = [], {}
+    for position in range(start, start + count):
+        epoch = position // n_rows
+        if epoch not in permutations:
+            permutations[epoch] = np.random.default_rng([int(seed), epoch, _TAG_ORDER]).permutation(n_rows)
+        rows.append(int(permutations[epoch][position % n_rows]))
+    return rows
+
+
 # ------------------------------------------------------------------ update mini-batch layout
 
-def micro_batch_rows(permutation: list[int], n_micro: int) -> list[list[int]]:
-    """Split a permutation of the rollout rows into ``n_micro`` equal micro-batches (row index lists)."""
-    if n_micro < 1 or len(permutation) % n_micro:
-        raise ValueError(f"a rollout of {len(permutation)} rows does not split into {n_micro} equal micro-batches")
-    size = len(permutation) // n_micro
-    return [list(permutation[i * size:(i + 1) * size]) for i in range(n_micro)]
+def micro_batch_rows(rows: list[int], n_micro: int) -> list[list[int]]:
+    """Split the rollout rows, in the given order, into ``n_micro`` equal consecutive micro-batches."""
+    if n_micro < 1 or len(rows) % n_micro:
+        raise ValueError(f"a rollout of {len(rows)} rows does not split into {n_micro} equal micro-batches")
+    size = len(rows) // n_micro
+    return [list(rows[i * size:(i + 1) * size]) for i in range(n_micro)]
 
 
 def update_rows(micro_rows: list[list[int]], micro_per_update: int) -> list[list[int]]:

@@ -47,10 +47,15 @@ def run(args: argparse.Namespace) -> int:
     request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
                            work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
                            overrides=overrides)
+    from vppo.training.trainer import ResumeError, SamplingCapError
+
     try:
         out = run_training(request)
-    except (TrainError, CheckpointError, TrainDataError, RecipeError) as exc:
+    except (TrainError, CheckpointError, TrainDataError, RecipeError, ResumeError) as exc:
         print(f"vppo train: {exc}", file=sys.stderr)
         return 2
+    except SamplingCapError as exc:  # the run itself failed; its checkpoints stay in WORK_DIR
+        print(f"vppo train: {exc}", file=sys.stderr)
+        return 1
     print(f"vppo train: finished, results in {out}")
     return 0

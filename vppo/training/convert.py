@@ -3,8 +3,10 @@
 Accepts what the trainer saves (see :mod:`vppo.training.checkpoints`): an HF directory (``OUT_DIR/final`` or
 a ``checkpoint-N``), a DeepSpeed ZeRO checkpoint (``latest`` + ``global_stepN/``; needs the ``deepspeed``
 package), or FSDP sharded state (``pytorch_model_fsdp_0/``, read with torch.distributed.checkpoint). A
-``vppo train`` OUT_DIR is accepted too (its ``final/`` is used). Config, tokenizer, processor and generation
-config come from the source, or from ``--base`` where the source lacks them.
+``vppo train`` OUT_DIR is accepted too (its ``final/`` is used). Config and generation config come from the
+source, or from ``--base`` where the source lacks them; tokenizer and processor come from ``--base`` when it is
+given (training changes neither, and the checkpoint must encode images as the base model does), else from
+the source.
 
 The result is verified before it is published: it is reloaded and its logits on a fixed image + prompt are
 compared with the source model's. It is written to a temp directory and renamed; an existing finished
@@ -34,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="trainer output: HF dir, checkpoint-N, DeepSpeed or FSDP state")
     parser.add_argument("--out", type=Path, required=True, help="where the standalone HF checkpoint goes")
     parser.add_argument("--base", type=Path, default=None,
-                        help="base model dir supplying config/tokenizer/processor when the source lacks them")
+                        help="base model dir: supplies tokenizer and processor, and config/generation config "
+                             "when the source lacks them")
 
 
 def _clean_key(key: str) -> str:
@@ -128,7 +131,9 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not a finished conversion (no {MARKER}); remove it first")
     model, fmt, config_dir = load_source_model(source, base)
-    processor_dir = _first_with("tokenizer_config.json", source, base)
+    # Training changes neither tokenizer nor processor: with a base, its processor is the one to ship, whatever
+    # image bounds a trainer output may have saved (evaluation must encode images as for the base model).
+    processor_dir = _first_with("tokenizer_config.json", base, source)
     if processor_dir is None:
         raise CheckpointError(f"{source}: no tokenizer/processor files; pass --base BASE_MODEL_DIR")
     processor = processor_from_dir(processor_dir)

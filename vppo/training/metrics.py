@@ -29,7 +29,7 @@ LOG_KEYS = (
 PHASES = ("generation", "old_logp", "masked_pass", "update")
 #: how a metric list collected between two logs is reduced (default: mean)
 REDUCERS = {
-    "alpha_min": min, "alpha_max": max, "filtered_groups": sum, "padded_groups": sum, "sampling_rounds": sum,
+    "alpha_min": min, "alpha_max": max, "filtered_groups": sum, "sampling_rounds": sum, "skipped_updates": sum,
     **{f"time_{phase}_s": sum for phase in PHASES},
 }
 

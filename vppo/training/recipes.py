@@ -27,8 +27,9 @@ bf16, gradient_checkpointing  bf16, gradient_checkpointing
 
 Not expressible in GRPOConfig, handled by us: ``max_prompt_length`` (TRL 1.16 has no prompt limit: rows
 whose encoded prompt is longer are dropped when the data is loaded, and counted); dynamic sampling and
-``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (processor bounds, set when
-the processor is loaded); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
+``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (every training image is
+resized once into them when it is read, :mod:`vppo.training.images`; the processor stays the checkpoint's
+own); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
 ``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
 """
 
@@ -68,7 +69,7 @@ class Recipe:
     temperature: float
     top_p: float
     entropy_coef: float | None
-    dynamic_sampling_max_rounds: int
+    dynamic_sampling_max_rounds: int | None
     save_steps: int
     logging_steps: int
     bf16: bool
@@ -152,7 +153,8 @@ def validate(recipe: Recipe, where: str) -> Recipe:
     need(recipe.save_steps % recipe.updates_per_rollout == 0,
          f"save_steps must be a multiple of the {recipe.updates_per_rollout} updates per rollout "
          "(a checkpoint inside a rollout could not resume exactly)")
-    need(recipe.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds must be >= 1")
+    need(recipe.dynamic_sampling_max_rounds is None or recipe.dynamic_sampling_max_rounds >= 1,
+         "dynamic_sampling_max_rounds must be null (no cap) or >= 1")
     return recipe
 
 

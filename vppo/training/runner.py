@@ -23,7 +23,7 @@ from typing import Any
 from vppo import package_versions
 from vppo.algorithm import MethodPreset, get_method
 from vppo.fileio import write_json_atomic
-from vppo.modeling import verify_checkpoint_dir
+from vppo.modeling import verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt
 from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
 
@@ -51,16 +51,20 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def prompt_token_counts(dataset, processor) -> list[int]:
+def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_pixels: int | None = None) -> list[int]:
     """Encoded prompt length of every row (text tokens + each image's vision tokens), without pixel work.
 
-    Image token counts come from the image sizes (file headers only) through the processor's ``smart_resize``.
+    Image token counts come from the image sizes (file headers only): the training resize into
+    [min_pixels, max_pixels] (:func:`vppo.training.images.training_image_size`), then the processor's
+    ``smart_resize``.
     """
     import io
 
     import datasets
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from vppo.training.images import training_image_size
 
     image_processor, tokenizer = processor.image_processor, processor.tokenizer
     factor = image_processor.patch_size * image_processor.merge_size
@@ -72,27 +76,35 @@ def prompt_token_counts(dataset, processor) -> list[int]:
         n = len(tokenizer(text)["input_ids"]) - len(images)  # each image's single placeholder is expanded below
         for image in images:
             with Image.open(image["path"] or io.BytesIO(image["bytes"])) as opened:
-                width, height = opened.size
+                width, height = training_image_size(*opened.size, min_pixels, max_pixels)
             h, w = smart_resize(height, width, factor=factor, **bounds)
             n += (h // factor) * (w // factor)
         counts.append(n)
     return counts
 
 
-def _generation_kwargs(model_dir: Path, recipe: Recipe) -> dict | None:
-    """Tokens the checkpoint's generation config suppresses (the tiny model's special tokens), for HF generate."""
-    from transformers import AutoConfig, GenerationConfig
+#: logit bias of a token the policy must never sample in vLLM rollouts (the official rollout's value)
+NEVER_SAMPLE_LOGIT_BIAS = -100.0
 
-    if recipe.use_vllm:
-        return None
+
+def _generation_kwargs(model_dir: Path, recipe: Recipe) -> dict:
+    """What keeps the vision special tokens (and any the checkpoint suppresses) out of every rollout.
+
+    vLLM: ``logit_bias`` -100 in its SamplingParams (TRL passes ``generation_kwargs`` there), as the official
+    rollout does for the image token; HF ``generate``: ``suppress_tokens`` (TRL's own default covers only the
+    image token, and ``generation_kwargs`` replaces it).
+    """
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
     try:
-        suppressed = list(GenerationConfig.from_pretrained(model_dir).suppress_tokens or [])
+        suppressed = set(GenerationConfig.from_pretrained(model_dir).suppress_tokens or [])
     except OSError:
-        suppressed = []
-    if not suppressed:
-        return None
-    image_token = getattr(AutoConfig.from_pretrained(model_dir), "image_token_id", None)
-    return {"suppress_tokens": sorted(set(suppressed) | ({image_token} if image_token is not None else set()))}
+        suppressed = set()
+    never = sorted(suppressed | set(vision_token_ids(AutoConfig.from_pretrained(model_dir),
+                                                     AutoTokenizer.from_pretrained(model_dir))))
+    if recipe.use_vllm:
+        return {"logit_bias": {token: NEVER_SAMPLE_LOGIT_BIAS for token in never}}
+    return {"suppress_tokens": never}
 
 
 def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
@@ -104,9 +116,7 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     # disable_dropout: the old-log-prob and masked passes must see the same network as the update
     kwargs.update(save_total_limit=2, disable_dropout=True,
                   model_init_kwargs={"dtype": "bfloat16" if recipe.bf16 else "float32"})
-    generation = _generation_kwargs(request.model, recipe)
-    if generation:
-        kwargs["generation_kwargs"] = generation
+    kwargs["generation_kwargs"] = _generation_kwargs(request.model, recipe)
     if recipe.use_vllm and recipe.vllm_mode == "server":
         kwargs["vllm_server_host"] = os.environ.get("VPPO_VLLM_SERVER_HOST", "0.0.0.0")
         kwargs["vllm_server_port"] = int(os.environ.get("VPPO_VLLM_SERVER_PORT", "8000"))
@@ -185,6 +195,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from vppo.data.train_data import MANIFEST_FILE, load_train_dataset
     from vppo.modeling import load_processor
     from vppo.training.checkpoints import last_complete_checkpoint
+    from vppo.training.images import with_training_images
     from transformers.trainer_callback import ProgressCallback
 
     from vppo.training.metrics import CompactProgressCallback, JsonlLogCallback
@@ -198,9 +209,10 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     manifest = json.loads(manifest_path.read_text())
 
     args = build_config(request, recipe, preset)  # before the model: DeepSpeed ZeRO-3 partitions at load time
-    processor = load_processor(request.model, recipe.min_pixels, recipe.max_pixels)
+    # The checkpoint's own processor, as vLLM builds it: the images are already inside the recipe's bounds.
+    processor = load_processor(request.model)
     dataset = load_train_dataset(request.data)
-    lengths = prompt_token_counts(dataset, processor)
+    lengths = prompt_token_counts(dataset, processor, recipe.min_pixels, recipe.max_pixels)
     keep = [i for i, n in enumerate(lengths) if n <= recipe.max_prompt_length]
     if not keep:
         raise TrainError(f"{request.data}: every prompt is longer than max_prompt_length={recipe.max_prompt_length}")
@@ -208,6 +220,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         logger.warning("%d of %d prompts exceed max_prompt_length=%d and are skipped",
                        len(dataset) - len(keep), len(dataset), recipe.max_prompt_length)
         dataset = dataset.select(keep)
+    dataset = with_training_images(dataset, recipe.min_pixels, recipe.max_pixels)
     data_info = {"path": str(request.data), "sha256": manifest.get("sha256"), "rows": len(lengths),
                  "rows_used": len(keep), "dropped_long_prompts": len(lengths) - len(keep)}
 

@@ -9,9 +9,13 @@ What is TRL's and what is ours:
   pass, GRPO advantages, and the mini-batch layout that TAS needs; :meth:`_compute_loss` is
   :func:`vppo.algorithm.policy_loss` with :func:`vppo.algorithm.vppo_weights` (all maths lives there).
 
-Mini-batch layout: the rollout's rows are permuted (seeded) and cut into ``steps_per_generation``
-micro-batches; micro-batch k is consumed by the k-th training step of the rollout, so update u owns
-micro-batches [u*GA, (u+1)*GA). Each micro-batch carries its update's TAS scores (min/max, PROTOCOL 3; rank-
+Data order: every generation round (the first of a rollout and each dynamic-sampling refill) takes the next
+prompts of one seeded stream (:func:`vppo.training.batch.data_order`), as the official trainer takes the next
+batches of its data loader; the stream position is saved in every checkpoint (:class:`DataCursor`).
+
+Mini-batch layout: the rollout's rows, in their order (whole prompt groups in sequence, no shuffle), are cut
+into ``steps_per_generation`` micro-batches; micro-batch k is consumed by the k-th training step of the
+rollout, so update u owns micro-batches [u*GA, (u+1)*GA). Each micro-batch carries its update's TAS scores (min/max, PROTOCOL 3; rank-
 local as in the official code) and its update's global valid-token count / world size as loss denominator,
 so gradient accumulation plus data-parallel averaging gives the token-mean over the update mini-batch.
 """
@@ -19,17 +23,20 @@ so gradient accumulation plus data-parallel averaging gives the token-mean over 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState, TrainerState
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from vppo.algorithm import (MethodPreset, dynamic_sampling_keep, grpo_advantages, policy_loss,
                             token_vision_dependency, vppo_weights)
-from vppo.training.batch import concat_rollouts, micro_batch_rows, select_rows, update_rows
+from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
 from vppo.training.dependency import mask_row_images, masked_pixel_values
 from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric, sync_cuda
 from vppo.training.rewards import GradingReward
@@ -38,20 +45,36 @@ logger = logging.getLogger(__name__)
 
 #: TRL rollout keys that are model inputs besides ids and masks
 VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images")
-#: domain tags keep the seeded streams of masking, refill and shuffling apart
-_TAG_REFILL, _TAG_PERMUTE = 0x72656669, 0x7065726D
+
+
+class SamplingCapError(RuntimeError):
+    """Dynamic sampling reached its safety cap of generation rounds without filling the rollout batch."""
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint cannot be resumed exactly (it lacks the data-stream position)."""
+
+
+class DataCursor(TrainerCallback, ExportableState):
+    """How many prompts of the data stream this run has drawn; saved with every checkpoint's trainer state."""
+
+    def __init__(self, prompts_drawn: int = 0):
+        self.prompts_drawn = int(prompts_drawn)
+
+    def state(self) -> dict:
+        return {"args": {"prompts_drawn": self.prompts_drawn}, "attributes": {}}
 
 
 class VPPOTrainer(GRPOTrainer):
     """GRPOTrainer whose rollout and loss follow ``preset`` (grpo, dapo, vppo, ablations).
 
     preset: a :class:`vppo.algorithm.MethodPreset`; entropy_penalty: coefficient of mean(-logp) in the loss;
-    max_sampling_rounds: generation rounds per rollout batch for dynamic sampling (after the cap the batch is
-    topped up with filtered groups, whose advantages are zero, and ``padded_groups`` is logged);
+    max_sampling_rounds: safety cap on generation rounds per rollout batch for dynamic sampling (None: no cap,
+    as the official run; reaching it raises :class:`SamplingCapError`);
     reward: a :class:`GradingReward` (the mathruler grader unless a test steers it).
     """
 
-    def __init__(self, *, preset: MethodPreset, entropy_penalty: float, max_sampling_rounds: int = 1,
+    def __init__(self, *, preset: MethodPreset, entropy_penalty: float, max_sampling_rounds: int | None = None,
                  reward: GradingReward | None = None, masking_params: dict | None = None, **kwargs):
         args = kwargs["args"]
         if preset.dependency_estimator != "k3":
@@ -68,13 +91,15 @@ class VPPOTrainer(GRPOTrainer):
         super().__init__(reward_funcs=[self.grading], **kwargs)
         self.preset = preset
         self.entropy_penalty = float(entropy_penalty)
-        self.max_sampling_rounds = max(int(max_sampling_rounds), 1)
+        self.max_sampling_rounds = None if max_sampling_rounds is None else max(int(max_sampling_rounds), 1)
+        self.cursor = DataCursor()
+        self.add_callback(self.cursor)  # so that _save_checkpoint stores its state
         self.masking_params = dict(masking_params or {})
         self.timer = PhaseTimer()
         self.masked_pass_calls = 0  # how many rollouts ran the masked-image pass (tests read it)
         self._defer_old_logps = False
-        self._warned_padding = False
         self._tokens_since_log = 0.0
+        self._grad_norm_finite, self._skipped_updates = True, 0
         self._log_clock: float | None = None
 
     # ------------------------------------------------------------------ rollout
@@ -93,26 +118,47 @@ class VPPOTrainer(GRPOTrainer):
             self._log_clock = time.perf_counter()
         spg = self.args.steps_per_generation
         if self._step % spg == 0 or self._buffered_inputs is None:
-            self._buffered_inputs = self._build_rollout(generation_batch)
+            # TRL's loader sets the number of steps; the prompts come from the data stream (see the module doc)
+            self._buffered_inputs = self._build_rollout(self._next_examples(len(generation_batch)))
         return self._buffered_inputs[self._step % spg]
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint:
+            saved = TrainerState.load_from_json(str(Path(resume_from_checkpoint) / "trainer_state.json"))
+            cursor = saved.stateful_callbacks.get(type(self.cursor).__name__)
+            if cursor is None:
+                raise ResumeError(f"{resume_from_checkpoint}: no data-stream position in trainer_state.json "
+                                  "(a checkpoint from an older version; start a new --work-dir)")
+            self.cursor.prompts_drawn = int(cursor["args"]["prompts_drawn"])
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _rng(self, *parts: int) -> np.random.Generator:
         return np.random.default_rng([self.args.seed, self.state.global_step, self.accelerator.process_index, *parts])
 
-    def _refill_examples(self, round_index: int, n_prompts: int) -> list[dict]:
-        """Prompts for a further generation round: a seeded draw (resume-exact), each repeated n times."""
-        size = len(self.train_dataset)
-        rows = self._rng(round_index, _TAG_REFILL).choice(size, size=n_prompts, replace=n_prompts > size)
-        return [self.train_dataset[int(i)] for i in rows for _ in range(self.num_generations)]
+    def _next_examples(self, n_rows: int) -> list[dict]:
+        """This process's share of the next global batch of the data stream, each prompt repeated n times.
+
+        Every process draws once per generation round (rounds are collective), so the stream position is the
+        same everywhere: the global batch is split into consecutive per-process slices, as TRL splits its own.
+        """
+        local = n_rows // self.num_generations
+        world = self.accelerator.num_processes
+        start = self.cursor.prompts_drawn + self.accelerator.process_index * local
+        rows = data_order(len(self.train_dataset), self.args.seed, start, local)
+        self.cursor.prompts_drawn += local * world
+        return [self.train_dataset[i] for i in rows for _ in range(self.num_generations)]
 
     def _any_process(self, flag: bool) -> bool:
         return bool(self.accelerator.gather(torch.tensor([int(flag)], device=self.accelerator.device)).sum() > 0)
 
     def _sample_until_full(self, examples: list[dict]):
-        """Generation rounds until the batch holds len(examples)/n kept groups (or the round cap)."""
+        """Generation rounds until the batch holds len(examples)/n kept groups; refills come from the data stream.
+
+        Kept groups are taken in order and those beyond the batch size are discarded, as in the official code.
+        """
         n = self.num_generations
-        groups_needed, n_prompts = len(examples) // n, len(examples) // n
-        parts, spare, grades_seen = [], [], []
+        groups_needed = len(examples) // n
+        parts, grades_seen = [], []
         filtered = rounds = 0
         batch_examples = examples
         while True:
@@ -134,35 +180,29 @@ class VPPOTrainer(GRPOTrainer):
             else:
                 keep = [True] * n_groups
             kept = [g for g in range(n_groups) if keep[g]][:groups_needed]
-            dropped = [g for g in range(n_groups) if not keep[g]] if groups_needed > 0 else []
-            filtered += len(dropped)
-            for groups, sink in ((kept, parts), (dropped[:max(groups_needed - len(kept), 0)], spare)):
-                if groups:
-                    rows = [g * n + j for g in groups for j in range(n)]
-                    sink.append((out, rows, [batch_examples[r] for r in rows], [grades[r] for r in rows]))
+            filtered += sum(not k for k in keep) if groups_needed > 0 else 0
+            if kept:
+                rows = [g * n + j for g in kept for j in range(n)]
+                parts.append((out, rows, [batch_examples[r] for r in rows], [grades[r] for r in rows]))
             groups_needed -= len(kept)
             rounds += 1
-            if not self._any_process(groups_needed > 0 and rounds < self.max_sampling_rounds):
+            if not self._any_process(groups_needed > 0):
                 break
-            batch_examples = self._refill_examples(rounds, n_prompts)
-        padded = 0
-        while groups_needed > 0 and spare:  # the cap was hit: top up with filtered groups (zero advantage)
-            out, rows, rows_examples, rows_grades = spare.pop(0)
-            take = min(groups_needed, len(rows) // n) * n
-            parts.append((out, rows[:take], rows_examples[:take], rows_grades[:take]))
-            groups_needed -= take // n
-            padded += take // n
-        if padded and not self._warned_padding:
-            self._warned_padding = True
-            logger.warning("dynamic sampling: %d group(s) still missing after %d round(s); topped up with filtered "
-                           "groups (zero advantage); later occurrences are only counted (padded_groups)", padded, rounds)
+            if self.max_sampling_rounds is not None and rounds >= self.max_sampling_rounds:
+                raise SamplingCapError(
+                    f"dynamic sampling: the rollout batch of step {self.state.global_step} is still "
+                    f"{groups_needed} prompt group(s) short on process {self.accelerator.process_index} after "
+                    f"{rounds} generation rounds (dynamic_sampling_max_rounds={self.max_sampling_rounds}): almost "
+                    "every group is all right or all wrong; check the data and grader, or raise the cap "
+                    "(null: no cap, as the official run)")
+            batch_examples = self._next_examples(len(examples))
         batch = concat_rollouts([select_rows(out, rows) for out, rows, _, _ in parts], self._tokenizer.pad_token_id)
         row_examples = [ex for _, _, exs, _ in parts for ex in exs]
         row_grades = [g for _, _, _, gs in parts for g in gs]
         rewards = torch.tensor([g.accuracy for g in row_grades], dtype=torch.float32)
         batch["advantages"] = grpo_advantages(rewards, [i // n for i in range(len(row_grades))]).to(
             self.accelerator.device)
-        self._record_rollout_metrics(grades_seen, filtered, padded, rounds)
+        self._record_rollout_metrics(grades_seen, filtered, rounds)
         return batch, row_examples
 
     def _logps(self, batch: dict, pixel_values: torch.Tensor | None) -> torch.Tensor:
@@ -195,9 +235,9 @@ class VPPOTrainer(GRPOTrainer):
         return self._layout(batch)
 
     def _layout(self, batch: dict) -> list[dict]:
-        """Seeded shuffle, micro-batches, and each update's TAS scores and loss denominator."""
+        """Micro-batches of the rows in order, and each update's TAS scores and loss denominator."""
         n_rows = batch["completion_ids"].shape[0]
-        micro = micro_batch_rows(self._rng(_TAG_PERMUTE).permutation(n_rows).tolist(), self.args.steps_per_generation)
+        micro = micro_batch_rows(list(range(n_rows)), self.args.steps_per_generation)
         updates = update_rows(micro, self.args.gradient_accumulation_steps)
         mask = batch["completion_mask"]
         local_tokens = torch.stack([mask[rows].sum() for rows in updates]).float()
@@ -216,16 +256,15 @@ class VPPOTrainer(GRPOTrainer):
             out.append(piece)
         return out
 
-    def _record_rollout_metrics(self, grades, filtered: int, padded: int, rounds: int) -> None:
+    def _record_rollout_metrics(self, grades, filtered: int, rounds: int) -> None:
         device = self.accelerator.device
         local = torch.tensor([sum(g.accuracy for g in grades), sum(g.format for g in grades), len(grades),
-                              filtered, padded], dtype=torch.float64, device=device)
-        acc, fmt, count, filtered_all, padded_all = self.accelerator.gather(local).view(-1, 5).sum(0).tolist()
+                              filtered], dtype=torch.float64, device=device)
+        acc, fmt, count, filtered_all = self.accelerator.gather(local).view(-1, 4).sum(0).tolist()
         metrics = self._metrics["train"]
         metrics["accuracy"].append(acc / max(count, 1))
         metrics["format"].append(fmt / max(count, 1))
         metrics["filtered_groups"].append(filtered_all)
-        metrics["padded_groups"].append(padded_all)
         metrics["sampling_rounds"].append(float(rounds))
 
     # ------------------------------------------------------------------ loss
@@ -282,6 +321,36 @@ class VPPOTrainer(GRPOTrainer):
             metrics["alpha_min"].append(rows[:, 7].min().item())
             metrics["alpha_max"].append(-rows[:, 8].min().item())
         self._tokens_since_log += n_valid
+
+    # ------------------------------------------------------------------ optimizer
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # The official optimizer decays every parameter; transformers would exempt biases and norm weights.
+        return [name for name, _ in model.named_parameters()]
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if getattr(optimizer, "_vppo_guarded", False):
+            return optimizer
+        step = optimizer.step
+
+        def step_if_finite(*args, **kwargs):
+            # The Trainer computed (and clipped with) the global gradient norm just before; as the official
+            # actor, an update whose norm is inf or nan is skipped (the gradients are then zeroed as usual).
+            if not self._grad_norm_finite:
+                self._skipped_updates += 1
+                logger.warning("step %d: gradient norm is not finite; optimizer step skipped", self.state.global_step)
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step, optimizer._vppo_guarded = step_if_finite, True
+        return optimizer
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._grad_norm_finite = norm is None or math.isfinite(float(norm))
+        self._metrics["train"]["skipped_updates"].append(float(not self._grad_norm_finite))
+        return norm
 
     # ------------------------------------------------------------------ resume
 
