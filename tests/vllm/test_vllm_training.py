@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from vppo.cli import main
@@ -32,19 +33,28 @@ def odd_size_data(tmp_path_factory):
     return write_layout(examples(), tmp_path_factory.mktemp("train") / "data", source="synthetic-odd-sizes")
 
 
+def _embeddings(generation) -> tuple:
+    """(trainer's, vLLM's) token embedding matrix at this rollout (embeddings are not repacked on CPU)."""
+    engine_model = generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    vllm_embed = next(p for n, p in engine_model.named_parameters() if n.endswith("embed_tokens.weight"))
+    trainer_embed = next(p for n, p in generation.model.named_parameters() if n.endswith("embed_tokens.weight"))
+    return trainer_embed.detach().clone(), vllm_embed.detach().clone()
+
+
 @pytest.fixture(scope="module")
 def vllm_run(vllm_model_dir, odd_size_data, tmp_path_factory, monkeypatch_module):
-    """A 2-step vppo smoke run with vLLM rollouts; records what TRL sent to vLLM and what vLLM ran."""
+    """A 2-step vppo smoke run with vLLM rollouts; records what reached vLLM and what vLLM ran."""
     from trl.generation.vllm_generation import VLLMGeneration
 
     calls = []
     original = VLLMGeneration.generate
 
     def recording(self, prompts, images, num_generations, profiler=None):
-        # the same call TRL makes, plus vLLM's own record of the prompt ids it ran (TRL drops those)
+        # the engine call (inside the trainer's fixes), plus vLLM's own record of the prompt ids it ran
         prompt_ids, completion_ids, logprobs, token_ids = original(self, prompts, images, num_generations, profiler)
         calls.append({"sent": [list(p) for p in prompts], "ran": [list(p) for p in prompt_ids],
-                      "image_sizes": [[im.size for im in ims or []] for ims in images or []],
+                      "embeddings": _embeddings(self),
+                      "images": [list(ims or []) for ims in images or []],
                       "completions": [list(c) for c in completion_ids], "mode": self.mode})
         return prompt_ids, completion_ids, logprobs, token_ids
 
@@ -66,19 +76,37 @@ def monkeypatch_module():
 
 
 def test_vllm_rollouts_run_the_trainers_prompt_ids(vllm_run, vllm_model_dir):
+    """vLLM gets one placeholder per image and expands it itself; what it ran has the image token count of the
+    trainer's processor (the run's own guard, RolloutPromptMismatch, compared every prompt id with the trainer's)."""
+    from vppo.modeling import load_processor
+
     _, _, calls = vllm_run
     assert calls and all(c["mode"] == "colocate" for c in calls)
-    image_token = json.loads((vllm_model_dir / "config.json").read_text())["image_token_id"]
+    processor = load_processor(vllm_model_dir)
+    image_token = processor.image_token_id
+    merge = processor.image_processor.merge_size ** 2
     counts = set()
     for call in calls:
-        assert call["ran"] == call["sent"]  # vLLM expanded nothing: its processor counted the same image tokens
-        counts |= {ids.count(image_token) for ids in call["sent"]}
-        # every image reached vLLM already resized into the recipe's bounds
-        for sizes in call["image_sizes"]:
-            for w, h in sizes:
-                assert RECIPE_BOUNDS["min_pixels"] * 0.95 <= w * h <= RECIPE_BOUNDS["max_pixels"]
+        for sent, ran, images in zip(call["sent"], call["ran"], call["images"]):
+            assert sent.count(image_token) == len(images) == 1
+            # every image reached vLLM already resized into the recipe's bounds
+            assert RECIPE_BOUNDS["min_pixels"] * 0.95 <= images[0].width * images[0].height <= RECIPE_BOUNDS["max_pixels"]
+            expected = int(processor.image_processor(images=images)["image_grid_thw"].prod()) // merge
+            assert ran.count(image_token) == expected
+            counts.add(expected)
         assert all(c for c in call["completions"])
     assert len(counts) >= 2  # the raw sizes lead to different image token counts
+
+
+def test_every_rollout_runs_on_the_current_weights(vllm_run):
+    _, _, calls = vllm_run
+    distinct = []  # the policy's weights as seen by successive rollouts (rounds of one rollout share them)
+    for call in calls:
+        trainer_embed, vllm_embed = call["embeddings"]
+        assert torch.equal(trainer_embed, vllm_embed)
+        if not any(torch.equal(trainer_embed, seen) for seen in distinct):
+            distinct.append(trainer_embed)
+    assert len(distinct) >= 2  # the policy changed between rollouts and vLLM followed it
 
 
 def test_vllm_rollout_run_finishes_and_converts(vllm_run, vllm_model_dir):
