@@ -6,7 +6,7 @@ lmms-eval's own vLLM backend refuses ``n > 1`` and sends the k repeats as k clon
 task's max_new_tokens is used as given. Prompts are built with the checkpoint's processor chat template exactly
 as the transformers backend builds them (``vppo.rollout.chat_prompt``), images passed as ``multi_modal_data``.
 
-Runs for real in the vLLM test tier (``tests/vllm``: vLLM's CPU build, the cluster's version) on the
+Runs for real in the vLLM test tier (``tests/vllm_tier``: vLLM's CPU build, the cluster's version) on the
 tiny model: same result files as ``vppo_hf``, same prompt ids and per-token log-probs as the transformers
 forward pass. Tensor parallelism and the GPU memory settings are exercised on GPUs only. ``engine=`` and
 ``sampling_params_cls=`` let the main CPU suite test request building and fan-out without vLLM;

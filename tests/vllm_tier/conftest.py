@@ -2,7 +2,9 @@
 
 They run in the vLLM environment (``bash workflow/scripts/install.sh vllm`` -> ``.venv-vllm``), which
 ``tests/run.sh`` runs after the main suite with ``VPPO_REQUIRE_VLLM=1``: there a missing vLLM is an error.
-In an environment without vLLM (the main CPU one) the folder is not collected.
+In an environment without vLLM (the main CPU one) the folder is not collected. It is not named ``vllm``:
+pytest puts ``tests/`` on sys.path, and a ``tests/vllm`` folder then passes for an installed vLLM
+(``importlib.util.find_spec("vllm")``), which made TRL's version check crash in the main environment.
 
 One engine per module at most: each start costs tens of seconds on 2 cores. The KV cache is kept small
 (``VLLM_CPU_KVCACHE_SPACE``, GiB) because the machines are shared, and the engine core runs in the test
@@ -22,14 +24,14 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # shared machines:
 
 if importlib.util.find_spec("vllm") is None:
     if os.environ.get("VPPO_REQUIRE_VLLM") == "1":
-        raise RuntimeError("tests/vllm: VPPO_REQUIRE_VLLM=1 but vllm is not importable; "
+        raise RuntimeError("tests/vllm_tier: VPPO_REQUIRE_VLLM=1 but vllm is not importable; "
                            "build the environment with `bash workflow/scripts/install.sh vllm`")
     collect_ignore_glob = ["test_*.py"]
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "tests/vllm/" in str(item.fspath).replace(os.sep, "/"):
+        if "tests/vllm_tier/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.vllm)
 
 
