@@ -2,7 +2,8 @@
 
 SOURCE is ``tiny`` (the offline random-init test model, built by :mod:`vppo.testing.tiny_qwen`), ``tiny-warm``
 (the same model after its warm start: it answers ``<think> .. </think> \\boxed{X}`` at about chance accuracy,
-so smoke runs see non-zero rewards), an existing local directory (copied), or a Hugging Face hub id
+so smoke runs see non-zero rewards), ``tiny-vllm`` (the warm-started model at the width vLLM's CPU build accepts,
+head_dim 64, with a hub checkpoint's processor files), an existing local directory (copied), or a Hugging Face hub id
 (downloaded; needs network, so it runs on the submit host).
 The result is checked with :func:`vppo.modeling.verify_checkpoint_dir` so a partial download fails here,
 not hours later in a training job. The copy is written to a temporary sibling and renamed at the end.
@@ -17,8 +18,8 @@ from pathlib import Path
 from vppo.errors import InputError, OutputExistsError
 from vppo.fileio import publish_dir
 
-#: Offline sources built here rather than fetched.
-TINY_SOURCES = ("tiny", "tiny-warm")
+#: Offline sources built here rather than fetched: source -> (tiny_qwen shape, warm start).
+TINY_SOURCES = {"tiny": ("tiny", False), "tiny-warm": ("tiny", True), "tiny-vllm": ("vllm", True)}
 
 
 def fetch_model(source: str, out: str | Path, revision: str | None = None, seed: int = 0) -> Path:
@@ -29,7 +30,8 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         if source in TINY_SOURCES:
             from vppo.testing.tiny_qwen import WARM_START_STEPS, build_tiny_qwen
 
-            build_tiny_qwen(tmp, seed=seed, warm_start_steps=WARM_START_STEPS if source == "tiny-warm" else 0)
+            shape, warm = TINY_SOURCES[source]
+            build_tiny_qwen(tmp, seed=seed, shape=shape, warm_start_steps=WARM_START_STEPS if warm else 0)
         elif Path(source).is_dir():
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         elif Path(source).exists():
@@ -51,7 +53,7 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="tiny | tiny-warm | a local checkpoint directory | a hub id "
+    parser.add_argument("source", help="tiny | tiny-warm | tiny-vllm | a local checkpoint directory | a hub id "
                                        "(e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
     parser.add_argument("out", type=Path, help="directory to create")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")

@@ -6,10 +6,11 @@ lmms-eval's own vLLM backend refuses ``n > 1`` and sends the k repeats as k clon
 task's max_new_tokens is used as given. Prompts are built with the checkpoint's processor chat template exactly
 as the transformers backend builds them (``vppo.rollout.chat_prompt``), images passed as ``multi_modal_data``.
 
-UNVERIFIED on a real vLLM: vLLM cannot be installed on our CPU machines and the GPU test machine has no vLLM.
-The request building and response fan-out are tested with a fake engine (``engine=`` and
-``sampling_params_cls=`` are the injection points); ``bench/bench_eval_vllm.py`` measures n=k against k cloned
-requests where vLLM exists.
+Runs for real in the vLLM test tier (``tests/vllm_tier``: vLLM's CPU build, the cluster's version) on the
+tiny model: same result files as ``vppo_hf``, same prompt ids and per-token log-probs as the transformers
+forward pass. Tensor parallelism and the GPU memory settings are exercised on GPUs only. ``engine=`` and
+``sampling_params_cls=`` let the main CPU suite test request building and fan-out without vLLM;
+``bench/bench_eval_vllm.py`` measures n=k against k cloned requests and against transformers ``generate``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def auto_tensor_parallel_size(checkpoint: str | Path, n_gpus: int) -> int:
     while tp > 1 and heads % tp:
         tp //= 2
     return tp
+
+
+def engine_context_length(checkpoint: str | Path, wanted: int) -> int:
+    """``wanted`` capped at the checkpoint's own context (vLLM refuses a max_model_len above it)."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    limit = (config.get("text_config") or config).get("max_position_embeddings") or config.get("max_position_embeddings")
+    return min(int(wanted), int(limit)) if limit else int(wanted)
 
 
 def request_seed(seed: int, key: tuple) -> int:
@@ -88,7 +96,8 @@ class VPPOVLLMModel(lmms):
             if tensor_parallel_size in (None, "", "auto", 0):
                 tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
-                         gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=int(max_model_len),
+                         gpu_memory_utilization=float(gpu_memory_utilization),
+                         max_model_len=engine_context_length(self.pretrained, max_model_len),
                          limit_mm_per_prompt={"image": int(max_images_per_prompt)},
                          mm_processor_kwargs=self.image_bounds.as_dict(), **engine_kwargs)
         if sampling_params_cls is None:

@@ -177,28 +177,67 @@ def build_processor(tokenizer, min_pixels: int = TINY_MIN_PIXELS,
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                    warm_start_steps: int = 0) -> Path:
+#: Widths of the tiny builds. ``tiny``: the CPU test model (head_dim 16, the fastest). ``vllm``: the narrowest
+#: shape vLLM's CPU attention accepts (head_dim 64; it refuses 16), same layers, vision tower and tokenizer.
+TINY_SHAPES = {"tiny": {"hidden_size": 64, "num_heads": 4}, "vllm": {"hidden_size": 128, "num_heads": 2}}
+
+
+def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int | None = None, num_layers: int = 2,
+                    warm_start_steps: int = 0, shape: str = "tiny") -> Path:
     """Write a complete tiny Qwen2.5-VL checkpoint (weights, config, tokenizer, processor) to ``out_dir``.
 
-    ``warm_start_steps > 0`` fits the random-init model to the answer format first (:func:`warm_start`).
+    ``shape`` picks the width from :data:`TINY_SHAPES` (``hidden_size`` overrides it); ``warm_start_steps > 0``
+    fits the random-init model to the answer format first (:func:`warm_start`). The ``vllm`` shape also gets
+    the processor files a real Qwen2.5-VL checkpoint ships (:func:`write_hub_processor_files`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    width = dict(TINY_SHAPES[shape])
+    hidden_size = width.pop("hidden_size") if hidden_size is None else hidden_size
+    width.pop("hidden_size", None)
     tokenizer = build_tokenizer(seed)
-    config = build_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
+    config = build_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers, **width)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config = build_generation_config(tokenizer)
     processor = build_processor(tokenizer)
     info = {"builder": "vppo.testing.tiny_qwen", "seed": seed, "hidden_size": hidden_size, "num_layers": num_layers}
+    if shape != "tiny":
+        info["shape"] = shape
     if warm_start_steps > 0:
         info["warm_start"] = warm_start(model, processor, seed=seed, steps=warm_start_steps)
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    if shape == "vllm":
+        write_hub_processor_files(out_dir, processor)
     (out_dir / "vppo_tiny.json").write_text(json.dumps(info) + "\n")
     return out_dir
+
+
+def write_hub_processor_files(out_dir: Path, processor) -> None:
+    """The processor files of a hub Qwen2.5-VL checkpoint, in their layout, beside transformers 5's own.
+
+    A hub checkpoint has a flat ``preprocessor_config.json`` (``min_pixels``/``max_pixels``), a
+    ``chat_template.json`` and, in current revisions, a ``video_preprocessor_config.json``; vLLM builds its
+    Qwen2.5-VL processor (images AND videos) from these and fails without the video half. Values are the tiny
+    processor's; the video bounds are the image bounds (videos are never fed).
+    """
+    ip = processor.image_processor
+    common = {"patch_size": ip.patch_size, "temporal_patch_size": ip.temporal_patch_size, "merge_size": ip.merge_size,
+              "image_mean": list(ip.image_mean), "image_std": list(ip.image_std), "do_convert_rgb": True,
+              "do_normalize": True, "do_rescale": True, "do_resize": True, "rescale_factor": ip.rescale_factor,
+              "resample": int(ip.resample), "processor_class": "Qwen2_5_VLProcessor"}
+    bounds = {"min_pixels": ip.size["shortest_edge"], "max_pixels": ip.size["longest_edge"],
+              "size": {"shortest_edge": ip.size["shortest_edge"], "longest_edge": ip.size["longest_edge"]}}
+    files = {
+        "preprocessor_config.json": {**common, **bounds, "image_processor_type": "Qwen2VLImageProcessor"},
+        "video_preprocessor_config.json": {**common, **bounds, "video_processor_type": "Qwen2VLVideoProcessor",
+                                           "do_sample_frames": False, "fps": 2.0},
+        "chat_template.json": {"chat_template": processor.chat_template},
+    }
+    for name, data in files.items():
+        (out_dir / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------ warm start: the answer format, not the answers
@@ -314,7 +353,9 @@ def warm_start(model, processor, seed: int, steps: int = WARM_START_STEPS, lr: f
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=Path, help="directory to write the checkpoint into")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--shape", choices=sorted(TINY_SHAPES), default="tiny",
+                        help="width: tiny (head_dim 16, fastest) or vllm (head_dim 64, what vLLM's CPU build accepts)")
+    parser.add_argument("--hidden-size", type=int, default=None, help="override the shape's width")
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--warm-start-steps", type=int, default=0,
                         help=f"fit the answer format after random init (0: none; {WARM_START_STEPS}: `fetch-model tiny-warm`)")
@@ -322,6 +363,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = build_tiny_qwen(args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                           warm_start_steps=args.warm_start_steps)
+                           warm_start_steps=args.warm_start_steps, shape=args.shape)
     print(f"tiny Qwen2.5-VL written to {path}")
     return 0

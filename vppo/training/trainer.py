@@ -88,6 +88,10 @@ class VPPOTrainer(GRPOTrainer):
                              "has no vLLM/trainer importance-sampling correction)")
         self.grading = reward or GradingReward()
         super().__init__(reward_funcs=[self.grading], **kwargs)
+        if args.use_vllm:
+            from vppo.training.vllm_colocate import install_colocate_fixes
+
+            install_colocate_fixes(self)  # unexpanded image placeholders for vLLM, CPU weight reload, cache reset
         self.preset = preset
         self.entropy_penalty = float(entropy_penalty)
         self.max_sampling_rounds = None if max_sampling_rounds is None else max(int(max_sampling_rounds), 1)

@@ -2,10 +2,15 @@
 # Installs vppo and its CPU dependencies into the active Python environment (a venv is recommended).
 #   bash workflow/scripts/install.sh          # the embedded default run (CPU)
 #   bash workflow/scripts/install.sh test     # plus pytest and hypothesis
+#   bash workflow/scripts/install.sh vllm     # the vLLM test environment in .venv-vllm (workflow/scripts/install_vllm.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 extra="${1:-cpu}"
-case "$extra" in cpu|test) ;; *) echo "install.sh: unknown set '$extra' (cpu|test; the cluster uses environment.yml)" >&2; exit 2 ;; esac
+case "$extra" in
+  cpu|test) ;;
+  vllm) exec bash workflow/scripts/install_vllm.sh ;;
+  *) echo "install.sh: unknown set '$extra' (cpu|test|vllm; the cluster uses environment.yml)" >&2; exit 2 ;;
+esac
 py="${PYTHON:-python3}"
 "$py" -m pip install --quiet --disable-pip-version-check \
   -c workflow/envs/cpu-constraints.txt -e ".[$extra]"

@@ -1,0 +1,57 @@
+"""``vppo eval --backend vllm`` on vLLM's CPU build: the same result files as the transformers backend (same
+benchmarks, questions, bad rows, sampling record and per-sample layout), only the backend and the sampled
+responses differ."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vppo.catalog import BENCHMARKS
+from vppo.cli import main
+from vppo.data.eval_data import prepare_eval_data
+from vppo.evaluation.results import read_result, read_samples
+
+N_ROWS = 2
+#: What may differ between two backends' results for the same checkpoint, data and seed.
+PER_RUN_FIELDS = {"backend", "model_load_s", "accuracy", "stderr", "wall_time_s", "created", "lmms_eval", "versions", "package_versions"}
+
+
+@pytest.fixture(scope="module")
+def both_backends(vllm_model_dir, tmp_path_factory):
+    data = prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_bad_rows=1)
+    outs = {}
+    for backend in ("vllm", "hf"):
+        out = tmp_path_factory.mktemp(f"eval-{backend}") / "tiny" / "base"
+        rc = main(["eval", str(vllm_model_dir), "--data", str(data), "--benchmarks", "all", "--out", str(out),
+                   "--backend", backend, "--max-new-tokens", "12", "--model-label", "tiny", "--method-label", "base"])
+        assert rc == 0
+        outs[backend] = out
+    return outs
+
+
+def test_vllm_backend_writes_the_same_result_files_as_hf(both_backends):
+    vllm_out, hf_out = both_backends["vllm"], both_backends["hf"]
+    assert sorted(p.name for p in vllm_out.iterdir()) == sorted(p.name for p in hf_out.iterdir())
+    for bench in BENCHMARKS:
+        v, h = read_result(vllm_out / f"{bench.key}.json"), read_result(hf_out / f"{bench.key}.json")
+        assert (v["backend"], h["backend"]) == ("vllm", "hf")
+        assert set(v) == set(h)
+        assert {k: x for k, x in v.items() if k not in PER_RUN_FIELDS} == \
+               {k: x for k, x in h.items() if k not in PER_RUN_FIELDS}
+        assert v["n_questions"] == N_ROWS and v["n_samples"] == 8 * N_ROWS and v["bad_rows"] == 2
+        assert v["lmms_eval"]["metric"] == pytest.approx(v["accuracy"])
+        vs, hs = read_samples(vllm_out / v["samples_file"]), read_samples(hf_out / h["samples_file"])
+        assert [s["row_id"] for s in vs] == [s["row_id"] for s in hs]
+        assert all(set(a) == set(b) for a, b in zip(vs, hs))
+        assert all(len(s["responses"]) == len(s["correct"]) == 8 for s in vs)
+
+
+def test_vllm_samples_are_the_warm_models_answers(both_backends):
+    """vLLM really sampled from the checkpoint: the warm-started model answers in its trained format."""
+    samples = [s for bench in BENCHMARKS
+               for s in read_samples(both_backends["vllm"] / f"{bench.key}.samples.jsonl")]
+    responses = [r for s in samples for r in s["responses"]]
+    assert len(set(responses)) > 1  # k samples, not one answer copied
+    assert sum("\\boxed{" in r for r in responses) > len(responses) // 2
