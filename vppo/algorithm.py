@@ -177,10 +177,7 @@ def trajectory_scores(
 
 
 def consecutive_groups(n_rows: int, group_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Group id of each of ``n_rows`` consecutive rows cut into groups of ``group_size``: int64 [n_rows].
-
-    Row r belongs to group r // group_size (the last group is shorter when group_size does not divide n_rows).
-    """
+    """int64 [n_rows]: row r is in group r // group_size (consecutive runs; the last may be shorter)."""
     if group_size < 1:
         raise ValueError(f"vppo/algorithm.py: group_size must be >= 1, got {group_size}")
     return torch.arange(n_rows, device=device) // group_size
@@ -211,9 +208,7 @@ def tas_alpha(
     low, high = reference.min().to(scores.device), reference.max().to(scores.device)
     if float(high - low) <= TAS_MIN_SPREAD:
         return ones
-    if groups is None:
-        groups = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
-    groups = groups.to(scores.device).reshape(-1)
+    groups = torch.zeros_like(scores, dtype=torch.int64) if groups is None else groups.to(scores.device).reshape(-1)
     _check_same_shape("groups", groups, "scores", scores)
     norm = ((scores - low) / (high - low)).clamp(0.0, 1.0)
     beta_max = torch.ones_like(scores)
@@ -236,12 +231,10 @@ def tas_scale(
 ) -> torch.Tensor:
     """The code's advantage shaping factor alpha_i, float32 [B] (PROTOCOL 3), from dependencies.
 
-    dependency, response_mask (, token_mask): [B, T]; scores come from :func:`trajectory_scores`
-    (``token_mask`` only for the ``tas_score_kept_tokens_only`` variant; the official code scores all valid
-    tokens). minibatch_scores: 1-D scores of the whole update mini-batch (responses with n_valid > 0),
-    computed with the same mask convention; min/max come from them, else from this batch's rows with
-    n_valid > 0. groups: int64 [B] (see :func:`tas_alpha`); default: mu over all rows of this batch, i.e. the
-    batch is one official micro-batch.
+    dependency, response_mask (, token_mask): [B, T]; scores from :func:`trajectory_scores` (``token_mask``
+    only for the ``tas_score_kept_tokens_only`` variant). minibatch_scores: 1-D scores of the update
+    mini-batch (responses with n_valid > 0, same mask convention) for min/max; groups: int64 [B]; both as in
+    :func:`tas_alpha` (defaults: this batch's own range, one group = one official micro-batch).
     """
     scores = trajectory_scores(dependency, response_mask, token_mask)
     return tas_alpha(scores, _valid(response_mask).any(dim=1), beta_min, minibatch_scores, groups)
