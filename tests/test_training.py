@@ -108,7 +108,7 @@ def test_dynamic_sampling_is_on_for_dapo_and_off_for_grpo(preset_runs):
 
 def test_the_micro_batch_size_is_memory_only(tiny_model_dir, data_dir, tmp_path):
     """Same tas_group_responses, forward chunks of 4 or 8 responses: the same alpha (TAS's mu over each 4
-    consecutive responses in both), the same loss and the same weights after the update."""
+    consecutive responses in both), the same loss and loss terms, and the same weights after the update."""
     runs = {}
     for micro in (4, 8):
         overrides = {"micro_batch_responses": micro, "tas_group_responses": 4}
@@ -117,7 +117,7 @@ def test_the_micro_batch_size_is_memory_only(tiny_model_dir, data_dir, tmp_path)
         runs[micro] = (read_log(out / "training_log.jsonl")[0], load_file(out / "final" / "model.safetensors"))
     (chunked, chunked_weights), (whole, whole_weights) = runs[4], runs[8]
     assert chunked["reward"] == whole["reward"]  # the same rollout
-    for key in ("alpha_mean", "alpha_min", "alpha_max", "loss"):
+    for key in ("alpha_mean", "alpha_min", "alpha_max", "loss", "pg_loss", "entropy_penalty"):
         assert chunked[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-7), key
     assert chunked["alpha_min"] < 1 < chunked["alpha_max"]
     # Measured on CPU: alpha_min/max equal, alpha_mean and loss 3e-8 apart (summation order), weights up to

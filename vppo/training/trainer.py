@@ -328,9 +328,13 @@ class VPPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         metrics["kept_token_fraction"].append(n_kept / max(n_valid, 1.0))
         metrics["entropy"].append(total[9].item() / max(n_valid, 1.0))
+        # pg_loss and the entropy penalty of a micro-batch are its share of the update's token-mean: x GA, their
+        # mean over the update's micro-batches is the update's value whatever the chunk size
+        accumulation = self.args.gradient_accumulation_steps
         for i, key in enumerate(("pg_loss", "entropy_penalty", "clipfrac_low", "clipfrac_high", "clipfrac_dual",
                                  "ppo_kl")):
-            metrics[key].append(rows[:, 10 + i].mean().item())
+            share = accumulation if key in ("pg_loss", "entropy_penalty") else 1
+            metrics[key].append(rows[:, 10 + i].mean().item() * share)
         if dependency is not None:
             metrics["dependency_kept_mean"].append(total[3].item() / n_kept if n_kept else float("nan"))
             metrics["dependency_dropped_mean"].append(total[4].item() / n_dropped if n_dropped else float("nan"))
