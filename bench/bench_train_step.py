@@ -91,6 +91,7 @@ def run_method(method: str, model_dir: Path, data_dir: Path, work: Path, size: d
 
     overrides = dict(rollout_batch_prompts=size["prompts"], num_generations=size["generations"],
                      update_batch_prompts=size["prompts"] // updates_per_rollout, micro_batch_responses=size["micro"],
+                     tas_group_responses=size["micro"],
                      max_completion_length=size["response_length"], max_steps=rollouts * updates_per_rollout,
                      save_steps=10**6 * updates_per_rollout, dynamic_sampling_max_rounds=1, bf16=size["bf16"],
                      gradient_checkpointing=device == "cuda", gpus_per_node=1 if device == "cuda" else 0,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from vppo.algorithm import (
-    DEPENDENCY_ESTIMATORS, METHOD_PRESETS, dynamic_sampling_keep, get_method, grpo_advantages, keep_counts,
-    policy_loss, tas_scale, tgf_mask, token_vision_dependency, trajectory_scores, vppo_weights,
+    DEPENDENCY_ESTIMATORS, METHOD_PRESETS, consecutive_groups, dynamic_sampling_keep, get_method, grpo_advantages,
+    keep_counts, policy_loss, tas_alpha, tas_scale, tgf_mask, token_vision_dependency, trajectory_scores,
+    vppo_weights,
 )
 
 T = torch.tensor
@@ -164,6 +165,54 @@ def test_tas_scale_degenerate_cases_are_ones():
     # valid rows score 0 and 2 -> alpha .9 and 1.1; the empty row -> 1.
     dep, mask = T([[0.0], [2.0], [9.0]]), T([[1], [1], [0]])
     torch.testing.assert_close(tas_scale(dep, mask), T([0.9, 1.1, 1.0]))
+
+
+def _official_micro_batch_alpha(scores, lo, hi, beta_min=0.9):
+    """The official per-micro-batch formula, in plain Python, for one micro-batch of valid responses."""
+    norm = [min(max((s - lo) / (hi - lo), 0.0), 1.0) for s in scores]
+    mu = sum(norm) / len(norm)
+    beta_max = beta_min + (1 - beta_min) / (mu + 1e-8)
+    return [beta_min + n * (beta_max - beta_min) for n in norm]
+
+
+def test_tas_alpha_groups_hand_values():
+    # update scores 0, 1, 2, 4 -> min 0, max 4, norm 0, .25, .5, 1; groups of 2:
+    # group 0: mu .125, beta_max = .9 + .1/.125 = 1.7 -> alpha .9, .9 + .25 * .8 = 1.1
+    # group 1: mu .75, beta_max = .9 + .1/.75 = 1.0333333 -> alpha .9666667, 1.0333333 (each group's mean is 1)
+    groups = consecutive_groups(4, 2)
+    assert groups.tolist() == [0, 0, 1, 1] and consecutive_groups(5, 2).tolist() == [0, 0, 1, 1, 2]
+    alpha = tas_alpha(T([0.0, 1.0, 2.0, 4.0]), torch.ones(4, dtype=torch.bool), 0.9, groups=groups)
+    torch.testing.assert_close(alpha, T([0.9, 1.1, 0.9666667, 1.0333333]))
+    with pytest.raises(ValueError, match="group_size must be >= 1"):
+        consecutive_groups(4, 0)
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 4, 8, 16])
+def test_tas_alpha_per_group_is_the_official_micro_batch_formula(group_size):
+    # one update mini-batch of 16 responses: min/max over all 16, mu over each chunk of group_size rows
+    scores = [(7 * i % 16) / 5 + (0.3 if i % 3 else 0.0) for i in range(16)]
+    lo, hi = min(scores), max(scores)
+    expected = [a for start in range(0, 16, group_size)
+                for a in _official_micro_batch_alpha(scores[start:start + group_size], lo, hi)]
+    dep, mask = _rows_with_scores(scores)
+    alpha = vppo_weights(get_method("vppo_tas_only"), dep, mask, tas_groups=consecutive_groups(16, group_size)).alpha
+    torch.testing.assert_close(alpha, T(expected), atol=1e-6, rtol=1e-6)
+    # the old call shape: each micro-batch alone with the mini-batch's scores gives the same alpha
+    for start in range(0, 16, group_size):
+        chunk = tas_scale(dep[start:start + group_size], mask[start:start + group_size], 0.9,
+                          minibatch_scores=T(scores))
+        assert torch.equal(chunk, alpha[start:start + group_size])
+
+
+def test_tas_alpha_groups_skip_rows_without_tokens():
+    # rows 1 and 3 have no valid token: alpha 1, and they count in neither min/max nor their group's mu.
+    # valid scores 0 (group 0), 1 and 3 (group 1) -> norm 0 | 1/3, 1; group 0: mu 0 -> alpha .9 (beta_min);
+    # group 1: mu 2/3, beta_max = .9 + .15 = 1.05 -> alpha .9 + (1/3) * .15 = .95, 1.05
+    dep, mask = T([[0.0], [9.0], [1.0], [9.0], [3.0]]), T([[1], [0], [1], [0], [1]])
+    alpha = tas_scale(dep, mask, 0.9, groups=T([0, 0, 1, 1, 1]))
+    torch.testing.assert_close(alpha, T([0.9, 1.0, 0.95, 1.0, 1.05]))
+    # a single group is the whole-batch formula, bit for bit
+    assert torch.equal(tas_scale(dep, mask, groups=torch.zeros(5, dtype=torch.int64)), tas_scale(dep, mask))
 
 
 # ----------------------------------------------------------------------------- advantages, filtering

@@ -107,13 +107,35 @@ def test_dynamic_sampling_is_on_for_dapo_and_off_for_grpo(preset_runs):
     assert all(line["filtered_groups"] == 0 and line["sampling_rounds"] == 1 for line in grpo)
 
 
+def test_the_micro_batch_size_is_memory_only(tiny_model_dir, data_dir, tmp_path):
+    """Same tas_group_responses, forward chunks of 4 or 8 responses: the same alpha (TAS's mu over each 4
+    consecutive responses in both), the same loss and loss terms, and the same weights after the update."""
+    runs = {}
+    for micro in (4, 8):
+        overrides = {"micro_batch_responses": micro, "tas_group_responses": 4}
+        out = run_training(_request(tmp_path / str(micro), tiny_model_dir, data_dir, "vppo", max_steps=1,
+                                    overrides=overrides), reward=GradingReward(steered_grade))
+        runs[micro] = (read_log(out / "training_log.jsonl")[0], load_file(out / "final" / "model.safetensors"))
+    (chunked, chunked_weights), (whole, whole_weights) = runs[4], runs[8]
+    assert chunked["reward"] == whole["reward"]  # the same rollout
+    for key in ("alpha_mean", "alpha_min", "alpha_max", "loss", "pg_loss", "entropy_penalty"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-7), key
+    assert chunked["alpha_min"] < 1 < chunked["alpha_max"]
+    # Measured on CPU: alpha_min/max equal, alpha_mean and loss 3e-8 apart (summation order), weights up to
+    # 8.5e-7 apart: Adam's first step divides each gradient by its magnitude, so a rounding difference in a
+    # near-zero gradient moves that weight by a visible fraction of lr (1e-4).
+    for name, tensor in whole_weights.items():
+        torch.testing.assert_close(chunked_weights[name], tensor, atol=5e-6, rtol=0, msg=name)
+
+
 # ------------------------------------------------------------------ one trainer, inspected step by step
 
 @pytest.fixture(scope="module")
 def vppo_trainer(tiny_model_dir, data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("inspect")
+    # TAS groups = micro-batches of 2: the loss must be the per-micro-batch formula of the official code
     recipe = load_recipe("smoke", {"rollout_batch_prompts": 4, "update_batch_prompts": 2, "micro_batch_responses": 2,
-                                   "save_steps": 2, "dynamic_sampling_max_rounds": 8})
+                                   "tas_group_responses": 2, "save_steps": 2, "dynamic_sampling_max_rounds": 8})
     with cpu_threads(recipe):
         run = build_trainer(_request(root, tiny_model_dir, data_dir, "vppo"), recipe, reward=GradingReward(steered_grade))
         run.trainer.model.train()

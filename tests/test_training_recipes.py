@@ -1,4 +1,5 @@
-"""The 7B and 32B recipes in their CPU form: the paper's hyperparameters reach GRPOConfig as intended."""
+"""The 7B and 32B recipes in their CPU form: the paper's hyperparameters reach GRPOConfig as intended; the
+TAS group is its own key, independent of the memory chunk."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import dataclasses
 import pytest
 
 from vppo.algorithm import get_method
-from vppo.training.recipes import grpo_config_kwargs, load_recipe
+from vppo.training.recipes import RecipeError, grpo_config_kwargs, load_recipe
 
 
-@pytest.mark.parametrize("name, world, accumulation, steps_per_generation", [("7b", 8, 8, 24), ("32b", 32, 2, 6)])
-def test_paper_recipes_map_to_the_published_schedule(name, world, accumulation, steps_per_generation, tmp_path):
+@pytest.mark.parametrize("name, world, micro, accumulation, steps_per_generation",
+                         [("7b", 8, 8, 16, 48), ("32b", 32, 4, 8, 24)])
+def test_paper_recipes_map_to_the_published_schedule(name, world, micro, accumulation, steps_per_generation,
+                                                     tmp_path):
     recipe, preset = load_recipe(name), get_method("vppo")
     kwargs = grpo_config_kwargs(recipe, preset, tmp_path, seed=0)
     assert recipe.world_size == world and recipe.distributed == "deepspeed_zero3" and recipe.use_vllm
@@ -20,7 +23,10 @@ def test_paper_recipes_map_to_the_published_schedule(name, world, accumulation, 
     assert kwargs["gradient_accumulation_steps"] == accumulation
     assert recipe.steps_per_generation == steps_per_generation
     assert kwargs["per_device_train_batch_size"] * world * accumulation == 128 * 8
-    assert kwargs["per_device_train_batch_size"] == 16  # the official 7B script's micro-batch (TAS's mu over it)
+    # the forward/backward chunk fits an 80 GB GPU at full length (docs/cluster.md); TAS's mu still runs over
+    # the official 7B script's micro-batch of 16 responses, whole groups within each rank's update
+    assert kwargs["per_device_train_batch_size"] == micro and recipe.tas_group_responses == 16
+    assert (128 * 8 // world) % recipe.tas_group_responses == 0
     assert recipe.dynamic_sampling_max_rounds is None  # no cap on refills (max_try_make_batch -1)
     assert (kwargs["learning_rate"], kwargs["weight_decay"], kwargs["max_grad_norm"]) == (1e-6, 0.01, 1.0)
     assert (kwargs["epsilon"], kwargs["epsilon_high"], kwargs["beta"]) == (0.2, 0.28, 0.0)
@@ -37,3 +43,20 @@ def test_paper_recipe_kwargs_are_accepted_by_trl_in_cpu_form(tmp_path):
     kwargs = grpo_config_kwargs(recipe, get_method("dapo"), tmp_path, seed=3)
     config = GRPOConfig(**{**kwargs, "use_cpu": True})
     assert config.generation_batch_size == 3072 and config.seed == 3 and config.num_generations == 8
+
+
+def test_the_smoke_recipe_groups_tas_as_its_micro_batches():
+    recipe = load_recipe("smoke")
+    assert recipe.tas_group_responses == recipe.micro_batch_responses == 4
+
+
+@pytest.mark.parametrize("group", [0, -4, 3, 32])
+def test_a_tas_group_that_does_not_split_the_update_is_refused(group):
+    # smoke: 2 prompts x 4 responses = 8 responses per update on one rank
+    with pytest.raises(RecipeError, match=r"--set.*'tas_group_responses' \(%d\).*8 update responses" % group):
+        load_recipe("smoke", {"tas_group_responses": group})
+
+
+def test_the_tas_group_may_exceed_or_split_the_micro_batch():
+    assert load_recipe("smoke", {"micro_batch_responses": 2, "tas_group_responses": 8}).gradient_accumulation_steps == 4
+    assert load_recipe("smoke", {"micro_batch_responses": 8, "tas_group_responses": 2}).gradient_accumulation_steps == 1

@@ -178,37 +178,68 @@ def trajectory_scores(
     return (dependency.detach().float() * weight).sum(dim=1) / n_valid
 
 
-def tas_scale(
-    dependency: torch.Tensor,
-    response_mask: torch.Tensor,
-    beta_min: float = 0.9,
-    minibatch_scores: torch.Tensor | None = None,
-    token_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The code's advantage shaping factor alpha_i, float32 [B] (PROTOCOL 3).
+def consecutive_groups(n_rows: int, group_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """int64 [n_rows]: row r is in group r // group_size (consecutive runs; the last may be shorter)."""
+    if group_size < 1:
+        raise ValueError(f"vppo/algorithm.py: group_size must be >= 1, got {group_size}")
+    return torch.arange(n_rows, device=device) // group_size
 
-    dependency, response_mask (, token_mask): [B, T] of the current micro-batch; scores come from
-    :func:`trajectory_scores` (``token_mask`` only for the ``tas_score_kept_tokens_only`` variant; the official
-    code scores all valid tokens).
-    minibatch_scores: 1-D scores of the whole update mini-batch (responses with n_valid > 0), computed with
-    the same mask convention; min/max come from them, else from this batch's rows with n_valid > 0.
-    mu is the mean of norm_i over this batch's rows with n_valid > 0. alpha = 1 for every row when
-    max - min <= 1e-6, and for rows without valid tokens (they carry no loss anyway).
+
+def tas_alpha(
+    scores: torch.Tensor,
+    has_tokens: torch.Tensor,
+    beta_min: float = 0.9,
+    reference_scores: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The code's advantage shaping factor alpha_i from trajectory scores, float32 [B] (PROTOCOL 3).
+
+    scores: float [B] (:func:`trajectory_scores`); has_tokens: bool [B], rows with at least one valid token.
+    reference_scores: 1-D scores of the update mini-batch (rows with tokens) that give min/max; default
+    ``scores[has_tokens]``. groups: int64 [B] group id per row, default one group for all rows: mu, and with it
+    beta_max = beta_min + (1 - beta_min) / (mu + 1e-8), is taken per group, as the mean of norm_i over the
+    group's rows with tokens (the official code's group is its device micro-batch). alpha = 1 for every row
+    when max - min <= 1e-6, and for rows without tokens (they carry no loss anyway).
     """
-    scores = trajectory_scores(dependency, response_mask, token_mask)
-    has_tokens = _valid(response_mask).any(dim=1)
-    reference = scores[has_tokens] if minibatch_scores is None else minibatch_scores.detach().float().reshape(-1)
+    scores = scores.detach().float().reshape(-1)
+    has_tokens = has_tokens.bool().reshape(-1).to(scores.device)
+    reference = scores[has_tokens] if reference_scores is None else reference_scores.detach().float().reshape(-1)
     ones = torch.ones_like(scores)
     if reference.numel() == 0 or not bool(has_tokens.any()):
         return ones
     low, high = reference.min().to(scores.device), reference.max().to(scores.device)
     if float(high - low) <= TAS_MIN_SPREAD:
         return ones
+    groups = torch.zeros_like(scores, dtype=torch.int64) if groups is None else groups.to(scores.device).reshape(-1)
+    _check_same_shape("groups", groups, "scores", scores)
     norm = ((scores - low) / (high - low)).clamp(0.0, 1.0)
-    mu = norm[has_tokens].mean()
-    beta_max = beta_min + (1.0 - beta_min) / (mu + TAS_MU_EPS)
+    beta_max = torch.ones_like(scores)
+    for group in torch.unique(groups[has_tokens]).tolist():
+        # A mean per group (not one scatter-add) keeps a single group bit-identical to the per-batch formula.
+        rows = groups == group
+        mu = norm[rows & has_tokens].mean()
+        beta_max[rows] = beta_min + (1.0 - beta_min) / (mu + TAS_MU_EPS)
     alpha = beta_min + norm * (beta_max - beta_min)
     return torch.where(has_tokens, alpha, ones)
+
+
+def tas_scale(
+    dependency: torch.Tensor,
+    response_mask: torch.Tensor,
+    beta_min: float = 0.9,
+    minibatch_scores: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The code's advantage shaping factor alpha_i, float32 [B] (PROTOCOL 3), from dependencies.
+
+    dependency, response_mask (, token_mask): [B, T]; scores from :func:`trajectory_scores` (``token_mask``
+    only for the ``tas_score_kept_tokens_only`` variant). minibatch_scores: 1-D scores of the update
+    mini-batch (responses with n_valid > 0, same mask convention) for min/max; groups: int64 [B]; both as in
+    :func:`tas_alpha` (defaults: this batch's own range, one group = one official micro-batch).
+    """
+    scores = trajectory_scores(dependency, response_mask, token_mask)
+    return tas_alpha(scores, _valid(response_mask).any(dim=1), beta_min, minibatch_scores, groups)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,17 +454,20 @@ def vppo_weights(
     dependency: torch.Tensor,
     response_mask: torch.Tensor,
     minibatch_scores: torch.Tensor | None = None,
+    tas_groups: torch.Tensor | None = None,
 ) -> VPPOWeights:
     """TGF mask and TAS alpha of a batch under ``preset``.
 
     The TAS score averages the dependency over all valid tokens (the official code), or over the TGF-kept
     tokens when ``preset.tas_score_kept_tokens_only`` (and TGF) is on. Call it once on the whole update
     mini-batch and pass ``scores[response_mask.any(1)]`` of that call as ``minibatch_scores`` for each
-    micro-batch, so min/max come from the mini-batch (PROTOCOL 3).
+    micro-batch, so min/max come from the mini-batch (PROTOCOL 3). Or call it once per update mini-batch
+    with ``tas_groups`` (int64 [B], e.g. :func:`consecutive_groups`): min/max over the call's rows, TAS's mu
+    per group, whatever chunks the loss later runs in.
     """
     token_mask = tgf_mask(dependency, response_mask, preset.keep_ratio) if preset.use_tgf else None
     score_mask = token_mask if preset.tas_score_kept_tokens_only else None
     scores = trajectory_scores(dependency, response_mask, score_mask)
-    alpha = (tas_scale(dependency, response_mask, preset.beta_min, minibatch_scores, score_mask)
+    alpha = (tas_scale(dependency, response_mask, preset.beta_min, minibatch_scores, score_mask, tas_groups)
              if preset.use_tas else None)
     return VPPOWeights(token_mask=token_mask, alpha=alpha, scores=scores)

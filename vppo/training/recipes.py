@@ -10,7 +10,8 @@ recipe key                  GRPOConfig field(s)
 ==========================  ==============================================================================
 rollout_batch_prompts       generation_batch_size = rollout_batch_prompts * num_generations
 update_batch_prompts        gradient_accumulation_steps = update * n / (W * micro_batch_responses)
-micro_batch_responses       per_device_train_batch_size (responses per forward/backward chunk)
+micro_batch_responses       per_device_train_batch_size (responses per forward/backward chunk: memory only)
+tas_group_responses         none: our trainer's TAS mu group (consecutive responses of a rank's update)
 num_generations             num_generations
 learning_rate, weight_decay learning_rate, weight_decay (AdamW: optim="adamw_torch"), lr_scheduler "constant"
 warmup_ratio, max_grad_norm warmup_steps (0 when the ratio is 0), max_grad_norm
@@ -64,6 +65,7 @@ class Recipe:
     num_generations: int
     update_batch_prompts: int
     micro_batch_responses: int
+    tas_group_responses: int
     learning_rate: float
     weight_decay: float
     warmup_ratio: float
@@ -172,6 +174,10 @@ def validate(recipe: Recipe, where: str) -> Recipe:
     need(per_rank_update % (recipe.world_size * recipe.micro_batch_responses) == 0,
          f"update_batch_prompts * num_generations ({per_rank_update}) must divide into "
          f"{recipe.world_size} ranks x micro_batch_responses {recipe.micro_batch_responses}")
+    need(recipe.tas_group_responses >= 1 and per_rank_update % (recipe.world_size * recipe.tas_group_responses) == 0,
+         f"key 'tas_group_responses' ({recipe.tas_group_responses}) must be a positive int dividing each rank's "
+         f"{per_rank_update // recipe.world_size} update responses (every TAS group is whole, as the official "
+         "micro-batches are)")
     local_rollout = recipe.rollout_batch_prompts * recipe.num_generations // recipe.world_size
     need(recipe.rollout_batch_prompts * recipe.num_generations % recipe.world_size == 0
          and local_rollout % recipe.num_generations == 0,

@@ -238,7 +238,8 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     entropy = recipe.entropy_coef if recipe.entropy_coef is not None else preset.entropy_coef
     trainer = VPPOTrainer(
         model=str(request.model), args=args, train_dataset=dataset, processing_class=processor, preset=preset,
-        entropy_penalty=entropy, max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
+        entropy_penalty=entropy, tas_group_responses=recipe.tas_group_responses,
+        max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)

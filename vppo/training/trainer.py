@@ -15,9 +15,12 @@ batches of its data loader; the stream position is saved in every checkpoint (:c
 
 Mini-batch layout: the rollout's rows, in their order (whole prompt groups in sequence, no shuffle), are cut
 into ``steps_per_generation`` micro-batches; micro-batch k is consumed by the k-th training step of the
-rollout, so update u owns micro-batches [u*GA, (u+1)*GA). Each micro-batch carries its update's TAS scores (min/max, PROTOCOL 3; rank-
-local as in the official code) and its update's global valid-token count / world size as loss denominator,
-so gradient accumulation plus data-parallel averaging gives the token-mean over the update mini-batch.
+rollout, so update u owns micro-batches [u*GA, (u+1)*GA). The TGF mask and TAS alpha are computed once per
+update, before any chunking: min/max over the update's rows (PROTOCOL 3; rank-local as in the official code)
+and TAS's mu over each run of ``tas_group_responses`` consecutive rows (the official device micro-batch), so
+the micro-batch size is a memory setting only. Each micro-batch carries its rows' mask and alpha and its
+update's global valid-token count / world size as loss denominator, so gradient accumulation plus
+data-parallel averaging gives the token-mean over the update mini-batch.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from transformers.trainer_callback import ExportableState, TrainerState
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from vppo.algorithm import (MethodPreset, dynamic_sampling_keep, grpo_advantages, policy_loss,
+from vppo.algorithm import (MethodPreset, consecutive_groups, dynamic_sampling_keep, grpo_advantages, policy_loss,
                             token_vision_dependency, vppo_weights)
 from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
 from vppo.training.dependency import mask_row_images, masked_pixel_values
@@ -70,12 +73,16 @@ class VPPOTrainer(GRPOTrainer):
     preset: a :class:`vppo.algorithm.MethodPreset`; entropy_penalty: coefficient of mean(-logp) in the loss;
     max_sampling_rounds: safety cap on generation rounds per rollout batch for dynamic sampling (None: no cap,
     as the official run; reaching it raises :class:`SamplingCapError`);
-    reward: a :class:`GradingReward` (the mathruler grader unless a test steers it).
+    reward: a :class:`GradingReward` (the mathruler grader unless a test steers it);
+    tas_group_responses: consecutive responses of an update over which TAS's mu is averaged (the recipe key).
     """
 
-    def __init__(self, *, preset: MethodPreset, entropy_penalty: float, max_sampling_rounds: int | None = None,
-                 reward: GradingReward | None = None, masking_params: dict | None = None, **kwargs):
+    def __init__(self, *, preset: MethodPreset, entropy_penalty: float, tas_group_responses: int,
+                 max_sampling_rounds: int | None = None, reward: GradingReward | None = None,
+                 masking_params: dict | None = None, **kwargs):
         args = kwargs["args"]
+        if int(tas_group_responses) < 1:
+            raise ValueError(f"VPPOTrainer: tas_group_responses must be >= 1, got {tas_group_responses}")
         if preset.dependency_estimator != "k3":
             raise ValueError(f"method {preset.name}: the trainer computes the official k3 dependency from sampled-"
                              f"token log-probs; estimator {preset.dependency_estimator!r} is not supported here")
@@ -94,6 +101,7 @@ class VPPOTrainer(GRPOTrainer):
             install_colocate_fixes(self)  # unexpanded image placeholders for vLLM, CPU weight reload, cache reset
         self.preset = preset
         self.entropy_penalty = float(entropy_penalty)
+        self.tas_group_responses = int(tas_group_responses)
         self.max_sampling_rounds = None if max_sampling_rounds is None else max(int(max_sampling_rounds), 1)
         self.cursor = DataCursor()
         self.add_callback(self.cursor)  # so that _save_checkpoint stores its state
@@ -235,7 +243,8 @@ class VPPOTrainer(GRPOTrainer):
         return self._layout(batch)
 
     def _layout(self, batch: dict) -> list[dict]:
-        """Micro-batches of the rows in order, and each update's TAS scores and loss denominator."""
+        """Micro-batches of the rows in order, each row with its TGF mask and TAS alpha, and each update's loss
+        denominator."""
         n_rows = batch["completion_ids"].shape[0]
         micro = micro_batch_rows(list(range(n_rows)), self.args.steps_per_generation)
         updates = update_rows(micro, self.args.gradient_accumulation_steps)
@@ -243,18 +252,34 @@ class VPPOTrainer(GRPOTrainer):
         local_tokens = torch.stack([mask[rows].sum() for rows in updates]).float()
         tokens = self.accelerator.gather(local_tokens).view(-1, len(updates)).sum(0)
         denominators = (tokens / self.accelerator.num_processes).clamp_min(1.0)
-        scores = (vppo_weights(self.preset, batch["dependency"], mask).scores
-                  if self.preset.needs_masked_pass else None)
+        if self.preset.needs_masked_pass:
+            self._update_weights(batch, updates)
         out = []
         for k, rows in enumerate(micro):
-            u = k // self.args.gradient_accumulation_steps
             piece = select_rows(batch, rows)
-            piece["loss_denominator"] = denominators[u]
-            if scores is not None:
-                update = torch.tensor(updates[u], device=mask.device)
-                piece["minibatch_scores"] = scores[update][mask[update].bool().any(1)]
+            piece["loss_denominator"] = denominators[k // self.args.gradient_accumulation_steps]
             out.append(piece)
         return out
+
+    def _update_weights(self, batch: dict, updates: list[list[int]]) -> None:
+        """Adds the rows' TGF mask ``tgf_mask`` [B, T] and TAS factor ``tas_alpha`` [B] (where the preset uses
+        them), each update's rows weighed together: min/max over the update, mu per group of
+        ``tas_group_responses`` consecutive rows of it."""
+        dependency, mask = batch["dependency"], batch["completion_mask"]
+        token_mask = torch.ones_like(dependency) if self.preset.use_tgf else None
+        alpha = torch.ones(mask.shape[0], device=mask.device) if self.preset.use_tas else None
+        for rows in updates:
+            index = torch.tensor(rows, device=mask.device)
+            groups = consecutive_groups(len(rows), self.tas_group_responses, device=mask.device)
+            weights = vppo_weights(self.preset, dependency[index], mask[index], tas_groups=groups)
+            if token_mask is not None:
+                token_mask[index] = weights.token_mask
+            if alpha is not None:
+                alpha[index] = weights.alpha
+        if token_mask is not None:
+            batch["tgf_mask"] = token_mask
+        if alpha is not None:
+            batch["tas_alpha"] = alpha
 
     def _record_rollout_metrics(self, grades, filtered: int, rounds: int) -> None:
         device = self.accelerator.device
@@ -278,10 +303,7 @@ class VPPOTrainer(GRPOTrainer):
         mask = inputs["completion_mask"]
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
-        token_mask = alpha = None
-        if self.preset.needs_masked_pass:
-            weights = vppo_weights(self.preset, inputs["dependency"], mask, inputs["minibatch_scores"])
-            token_mask, alpha = weights.token_mask, weights.alpha
+        token_mask, alpha = inputs.get("tgf_mask"), inputs.get("tas_alpha")  # from _layout, per update
         loss, stats = policy_loss(
             logps, old, inputs["advantages"], mask, token_mask=token_mask, clip_low=self.epsilon_low,
             clip_high=self.epsilon_high, dual_clip=self.preset.dual_clip, entropy_coef=self.entropy_penalty,
@@ -310,9 +332,13 @@ class VPPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         metrics["kept_token_fraction"].append(n_kept / max(n_valid, 1.0))
         metrics["entropy"].append(total[9].item() / max(n_valid, 1.0))
+        # pg_loss and the entropy penalty of a micro-batch are its share of the update's token-mean: x GA, their
+        # mean over the update's micro-batches is the update's value whatever the chunk size
+        accumulation = self.args.gradient_accumulation_steps
         for i, key in enumerate(("pg_loss", "entropy_penalty", "clipfrac_low", "clipfrac_high", "clipfrac_dual",
                                  "ppo_kl")):
-            metrics[key].append(rows[:, 10 + i].mean().item())
+            share = accumulation if key in ("pg_loss", "entropy_penalty") else 1
+            metrics[key].append(rows[:, 10 + i].mean().item() * share)
         if dependency is not None:
             metrics["dependency_kept_mean"].append(total[3].item() / n_kept if n_kept else float("nan"))
             metrics["dependency_dropped_mean"].append(total[4].item() / n_dropped if n_dropped else float("nan"))
