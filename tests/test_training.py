@@ -303,7 +303,7 @@ def test_filtered_tokens_receive_exactly_zero_gradient(vppo_trainer, rollout):
         return logps, entropies, aux
 
     trainer._get_per_token_logps_and_entropies, penalty = capture, trainer.entropy_penalty
-    trainer.entropy_penalty = 0.0  # the entropy penalty covers every valid token by design (PROTOCOL 4)
+    trainer.entropy_penalty = 0.0  # the entropy penalty covers every valid token by design (docs/protocol.md §4)
     try:
         trainer._compute_loss(trainer.model, piece).backward()
     finally:

@@ -3,7 +3,7 @@
 Shapes: B responses, T response positions (right- or left-padded), V vocabulary. ``response_mask`` is a 0/1
 tensor [B, T] (any dtype) marking real response tokens. Every function here is a pure function of its
 inputs; randomness, models and optimisers live elsewhere. What each function reproduces is cited against
-shared/notes/PROTOCOL.md (sections 1-4), which records the official code's behaviour.
+docs/protocol.md (sections 1-4), which records the official code's behaviour.
 
 The method presets (grpo, dapo, vppo and the ablations) are data: :class:`MethodPreset`,
 :data:`METHOD_PRESETS`, :func:`get_method`; :func:`vppo_weights` turns a preset plus dependencies into the
@@ -21,13 +21,13 @@ import torch
 
 from vppo.catalog import parse_method
 
-#: log-ratio clamp used wherever exp(logp difference) is taken (PROTOCOL 1 and 4).
+#: log-ratio clamp used wherever exp(logp difference) is taken (docs/protocol.md §1 and 4).
 LOG_RATIO_CLAMP = 20.0
-#: upper clamp of the per-token k3 dependency (PROTOCOL 1).
+#: upper clamp of the per-token k3 dependency (docs/protocol.md §1).
 K3_MAX = 10.0
-#: TAS falls back to alpha = 1 when the score spread is this small (PROTOCOL 3).
+#: TAS falls back to alpha = 1 when the score spread is this small (docs/protocol.md §3).
 TAS_MIN_SPREAD = 1e-6
-#: the code's guard in beta_max = beta_min + (1 - beta_min) / (mu + 1e-8) (PROTOCOL 3).
+#: the code's guard in beta_max = beta_min + (1 - beta_min) / (mu + 1e-8) (docs/protocol.md §3).
 TAS_MU_EPS = 1e-8
 #: default number of token rows per chunk for the full-vocabulary KL (rows x V float32 each side).
 KL_CHUNK_TOKENS = 256
@@ -48,7 +48,7 @@ def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------------
-# 1. Token vision dependency (PROTOCOL 1)
+# 1. Token vision dependency (docs/protocol.md §1)
 # --------------------------------------------------------------------------------------------------
 
 def k3_dependency(logp: torch.Tensor, masked_logp: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ def token_vision_dependency(logp, masked_logp, response_mask: torch.Tensor, esti
 
 
 # --------------------------------------------------------------------------------------------------
-# 2. Token-level Gradient Filtering (PROTOCOL 2)
+# 2. Token-level Gradient Filtering (docs/protocol.md §2)
 # --------------------------------------------------------------------------------------------------
 
 def keep_counts(n_valid: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -157,13 +157,13 @@ def tgf_mask(dependency: torch.Tensor, response_mask: torch.Tensor, keep_ratio: 
 
 
 # --------------------------------------------------------------------------------------------------
-# 3. Trajectory-level Advantage Shaping (PROTOCOL 3)
+# 3. Trajectory-level Advantage Shaping (docs/protocol.md §3)
 # --------------------------------------------------------------------------------------------------
 
 def trajectory_scores(
     dependency: torch.Tensor, response_mask: torch.Tensor, token_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """score_i = sum_t(dep_t * mask_t) / max(n_valid_i, 1)  (PROTOCOL 3) -> float32 [B].
+    """score_i = sum_t(dep_t * mask_t) / max(n_valid_i, 1)  (docs/protocol.md §3) -> float32 [B].
 
     mask_t is the response mask: the official code (dp_actor.py) scores every valid token. ``token_mask``
     (the TGF mask) restricts the sum to the kept tokens, the ``tas_score_kept_tokens_only`` variant. The
@@ -192,7 +192,7 @@ def tas_alpha(
     reference_scores: torch.Tensor | None = None,
     groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The code's advantage shaping factor alpha_i from trajectory scores, float32 [B] (PROTOCOL 3).
+    """The code's advantage shaping factor alpha_i from trajectory scores, float32 [B] (docs/protocol.md §3).
 
     scores: float [B] (:func:`trajectory_scores`); has_tokens: bool [B], rows with at least one valid token.
     reference_scores: 1-D scores of the update mini-batch (rows with tokens) that give min/max; default
@@ -231,7 +231,7 @@ def tas_scale(
     token_mask: torch.Tensor | None = None,
     groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The code's advantage shaping factor alpha_i, float32 [B] (PROTOCOL 3), from dependencies.
+    """The code's advantage shaping factor alpha_i, float32 [B] (docs/protocol.md §3), from dependencies.
 
     dependency, response_mask (, token_mask): [B, T]; scores from :func:`trajectory_scores` (``token_mask``
     only for the ``tas_score_kept_tokens_only`` variant). minibatch_scores: 1-D scores of the update
@@ -243,7 +243,7 @@ def tas_scale(
 
 
 # --------------------------------------------------------------------------------------------------
-# 4. Advantages and online filtering (PROTOCOL 4)
+# 4. Advantages and online filtering (docs/protocol.md §4)
 # --------------------------------------------------------------------------------------------------
 
 def group_index(group_ids: Sequence[Hashable] | torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -301,7 +301,7 @@ def dynamic_sampling_keep(accuracy: torch.Tensor, group_ids, low: float = 0.01, 
 
 
 # --------------------------------------------------------------------------------------------------
-# 5. Clipped policy loss (PROTOCOL 2 and 4)
+# 5. Clipped policy loss (docs/protocol.md §2 and 4)
 # --------------------------------------------------------------------------------------------------
 
 def _masked_fraction(flag: torch.Tensor, valid: torch.Tensor) -> float:
@@ -328,8 +328,8 @@ def policy_loss(
     TAS factor [B] multiplying the advantages. token_mask: optional TGF mask [B, T] (detached) multiplying
     each token's loss. The sum is divided by ``loss_denominator`` if given (the mini-batch's total valid
     tokens, for gradient accumulation over micro-batches) else by this batch's valid token count: the
-    average runs over ALL valid tokens even when token_mask zeroes some (PROTOCOL 2). The entropy penalty
-    entropy_coef * mean(-logp) uses the same denominator and all valid tokens (PROTOCOL 4).
+    average runs over ALL valid tokens even when token_mask zeroes some (docs/protocol.md §2). The entropy penalty
+    entropy_coef * mean(-logp) uses the same denominator and all valid tokens (docs/protocol.md §4).
 
     Returns (scalar loss, metrics of python floats: pg_loss, entropy_loss, clipfrac_low, clipfrac_high,
     clipfrac_dual, kept_token_fraction, ppo_kl [, alpha_mean]). Clip fractions count valid tokens whose
@@ -420,7 +420,7 @@ class MethodPreset:
 #: The paper's methods. grpo = the plain GRPO baseline: symmetric clip 0.2/0.2 (no clip-higher) and no
 #: online filtering; it keeps dual clip, token-mean, the entropy penalty and no KL term so it differs from
 #: dapo only in DAPO's two tricks (the published config disables the KL term for every run). dapo = GRPO
-#: advantages + clip-higher + online filtering + token-mean (PROTOCOL 6) = vppo with TGF and TAS off.
+#: advantages + clip-higher + online filtering + token-mean (docs/protocol.md §6) = vppo with TGF and TAS off.
 METHOD_PRESETS: dict[str, MethodPreset] = {
     p.name: p
     for p in (
@@ -461,7 +461,7 @@ def vppo_weights(
     The TAS score averages the dependency over all valid tokens (the official code), or over the TGF-kept
     tokens when ``preset.tas_score_kept_tokens_only`` (and TGF) is on. Call it once on the whole update
     mini-batch and pass ``scores[response_mask.any(1)]`` of that call as ``minibatch_scores`` for each
-    micro-batch, so min/max come from the mini-batch (PROTOCOL 3). Or call it once per update mini-batch
+    micro-batch, so min/max come from the mini-batch (docs/protocol.md §3). Or call it once per update mini-batch
     with ``tas_groups`` (int64 [B], e.g. :func:`consecutive_groups`): min/max over the call's rows, TAS's mu
     per group, whatever chunks the loss later runs in.
     """

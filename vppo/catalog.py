@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class Benchmark:
     key: str
     paper_name: str  # column header in the paper's tables (results/reference/*.csv)
-    expected_rows: int  # rows in chamber111/VPPO-Eval (PROTOCOL.md section 5)
+    expected_rows: int  # rows in chamber111/VPPO-Eval (docs/protocol.md section 5)
     answer_kind: str  # "number", "expression" or "choice": what the fixtures generate
 
     @property

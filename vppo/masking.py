@@ -1,4 +1,4 @@
-"""Image masking strategies for the vision-dependency pass (PROTOCOL 1).
+"""Image masking strategies for the vision-dependency pass (docs/protocol.md §1).
 
 The dependency pass re-runs the policy with every image replaced by a masked copy. Masking happens in
 pixel space on the PIL image, BEFORE the image processor (a zero in normalised ``pixel_values`` is not

@@ -2,7 +2,7 @@
 
 Accuracy = 1 when the content of the LAST ``\\boxed{...}`` of the response grades equal to the label under
 ``mathruler.grader.grade_answer``, after whitespace around ``<``, ``>`` and ``/`` is removed from the
-response (PROTOCOL.md section 4). Format is reported separately and never enters the reward: it checks for
+response (docs/protocol.md section 4). Format is reported separately and never enters the reward: it checks for
 a ``<think>...</think>`` block followed by a boxed answer, as the official format reward does.
 """
 

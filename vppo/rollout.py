@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 IMAGE_PLACEHOLDER = "<image>"
-#: PROTOCOL.md section 4: appended to every training question.
+#: docs/protocol.md section 4: appended to every training question.
 REASONING_INSTRUCTION = (
     "You first think through the reasoning process as an internal monologue, enclosed within <think> </think> "
     "tags. Then, provide your final answer enclosed within \\boxed{}."

@@ -1,4 +1,4 @@
-"""Inputs of the masked-image pass (PROTOCOL 1): every image of a rollout row masked in pixel space, then
+"""Inputs of the masked-image pass (docs/protocol.md §1): every image of a rollout row masked in pixel space, then
 re-encoded by the image processor.
 
 Masking happens on the PIL image before the processor (a zero in normalised ``pixel_values`` is not black).

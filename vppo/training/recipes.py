@@ -18,7 +18,7 @@ warmup_ratio, max_grad_norm warmup_steps (0 when the ratio is 0), max_grad_norm
 max_completion_length       max_completion_length (+ vllm_max_model_length = prompt + completion)
 temperature, top_p          temperature, top_p (top_k disabled)
 entropy_coef                NOT TRL's entropy_coef (a bonus on full entropy): our loss adds
-                            coef * mean(-logp) through vppo.algorithm.policy_loss (PROTOCOL 4)
+                            coef * mean(-logp) through vppo.algorithm.policy_loss (docs/protocol.md §4)
 method clip_low/clip_high   epsilon / epsilon_high (also used by our loss); loss_type "dapo" (token-mean)
 (no reference model)        beta = 0.0
 save_steps, logging_steps   save_steps, logging_steps (save_strategy "steps")

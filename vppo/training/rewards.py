@@ -1,7 +1,7 @@
 """The paper's grader (:func:`vppo.reward.grade`) as a TRL reward function that also remembers its grades.
 
 TRL calls reward functions with the decoded completions and every dataset column as keyword lists; the
-reward is accuracy only (PROTOCOL 4). Format never enters the reward but is reported, so each call's
+reward is accuracy only (docs/protocol.md §4). Format never enters the reward but is reported, so each call's
 :class:`~vppo.reward.Grade` list is kept until the trainer takes it with :meth:`GradingReward.take`
 (dynamic sampling needs the per-row accuracy of each generation round).
 """

@@ -16,7 +16,7 @@ batches of its data loader; the stream position is saved in every checkpoint (:c
 Mini-batch layout: the rollout's rows, in their order (whole prompt groups in sequence, no shuffle), are cut
 into ``steps_per_generation`` micro-batches; micro-batch k is consumed by the k-th training step of the
 rollout, so update u owns micro-batches [u*GA, (u+1)*GA). The TGF mask and TAS alpha are computed once per
-update, before any chunking: min/max over the update's rows (PROTOCOL 3; rank-local as in the official code)
+update, before any chunking: min/max over the update's rows (docs/protocol.md §3; rank-local as in the official code)
 and TAS's mu over each run of ``tas_group_responses`` consecutive rows (the official device micro-batch), so
 the micro-batch size is a memory setting only. Each micro-batch carries its rows' mask and alpha and its
 update's global valid-token count / world size as loss denominator, so gradient accumulation plus
