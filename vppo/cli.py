@@ -30,22 +30,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_key_values(pairs: list[str], flag: str) -> dict:
-    """``["key=value", ...]`` from repeated ``flag`` options -> dict with YAML-typed values (3, 1e-6, true, text)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{flag} {pair!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
-    return out
-
-
 def _top_level_parser() -> argparse.ArgumentParser:
     epilog = "commands:\n" + "\n".join(f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items())
     parser = argparse.ArgumentParser(

@@ -84,3 +84,19 @@ def check_options(options: dict[str, Any], allowed: dict[str, type], flag: str =
             raise InputError(f"{flag} {key}: unknown option; valid: {', '.join(valid) or 'none'}")
         checked[key] = _typed(key, value, kind, flag)
     return checked
+
+
+def parse_key_values(pairs: list[str], flag: str) -> dict:
+    """``["key=value", ...]`` from repeated ``flag`` options -> dict with YAML-typed values (3, 1e-6, true, text)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{flag} {pair!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
+    return out

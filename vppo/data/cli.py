@@ -6,8 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from vppo.cli import parse_key_values
-from vppo.errors import InputError
+from vppo.errors import InputError, parse_key_values
 
 #: kind -> (module, function); each function takes (source, out, **options) and returns the output Path.
 PREPARERS = {

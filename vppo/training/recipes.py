@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from vppo.errors import InputError
+from vppo.errors import InputError, parse_key_values
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DISTRIBUTED_BACKENDS = ("none", "deepspeed_zero3", "fsdp")
@@ -192,8 +192,6 @@ def validate(recipe: Recipe, where: str) -> Recipe:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["key=value", ...]`` -> dict with YAML-typed values (so 1e-6, true, null work)."""
-    from vppo.cli import parse_key_values
-
     try:
         return parse_key_values(pairs, "--set")
     except ValueError as exc:
