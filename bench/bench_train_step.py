@@ -55,7 +55,7 @@ def write_model(out: Path, size: dict, seed: int) -> Path:
     """A random-init Qwen2.5-VL checkpoint with the tiny model's tokenizer and a processor with ``size``'s bounds."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from vppo.testing.tiny_qwen import build_config, build_generation_config, build_processor, build_tokenizer
+    from vppo.data.tiny_models import build_config, build_generation_config, build_processor, build_tokenizer
 
     tokenizer = build_tokenizer(seed)
     config = build_config(

@@ -14,6 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A freshly built tiny random-init Qwen2.5-VL checkpoint directory (seed 0)."""
-    from vppo.testing.tiny_qwen import build_tiny_qwen
+    from vppo.data.tiny_models import build_tiny_qwen
 
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen") / "model", seed=0)

@@ -10,7 +10,7 @@ import pytest
 from vppo.catalog import BENCHMARK_KEYS
 from vppo.cli import main
 from vppo.evaluation.check import Score, compare, paper_reference, default_reference_dir
-from vppo.evaluation.protocol import protocol_image_bounds
+from vppo.eval_images import protocol_image_bounds
 from vppo.evaluation.results import SCHEMA, validate_result
 
 PAPER_VPPO_7B = dict(zip(BENCHMARK_KEYS, [71.6, 68.1, 82.8, 46.5, 33.3, 71.5, 47.9, 37.9]))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vppo.evaluation.protocol import PROCESSOR_BOUNDS, PixelBounds, prepare_image, protocol_image_bounds
+from vppo.eval_images import PROCESSOR_BOUNDS, PixelBounds, prepare_image, protocol_image_bounds
 
 TRAINING_BOUNDS = (256 * 28 * 28, 1280 * 28 * 28)  # 200704 .. 1003520: what a trained checkpoint may carry
 

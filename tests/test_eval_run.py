@@ -15,7 +15,7 @@ from vppo.data.eval_data import EvalDataError, prepare_eval_data
 from vppo.evaluation.results import read_result, read_samples
 from vppo.data.eval_data import data_checksum
 from vppo.evaluation.runner import EvalRequest, run_eval
-from vppo.testing.scripted_lmms import BACKEND, n_correct, register_scripted
+from doubles.scripted_lmms import BACKEND, n_correct, register_scripted
 
 pytestmark = pytest.mark.slow
 N_ROWS = 3  # + one planted row with an empty answer: scored, always wrong

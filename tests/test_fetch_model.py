@@ -18,9 +18,9 @@ def test_tiny_source_builds_the_offline_model(tmp_path):
 
 
 def test_tiny_warm_source_builds_the_warm_started_model(tmp_path, monkeypatch):
-    from vppo.testing import tiny_qwen
+    from vppo.data import tiny_models
 
-    monkeypatch.setattr(tiny_qwen, "WARM_START_STEPS", 2)  # the fit itself: tests/test_tiny_warm.py
+    monkeypatch.setattr(tiny_models, "WARM_START_STEPS", 2)  # the fit itself: tests/test_tiny_warm.py
     out = fetch_model("tiny-warm", tmp_path / "warm")
     assert verify_checkpoint_dir(out) == out
     assert json.loads((out / "vppo_tiny.json").read_text())["warm_start"]["steps"] == 2

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vppo"
 #: Module (dotted, longest prefix wins) -> floor. A module that matches none fails the test: place it first.
 FLOORS = {
     "vppo": 0, "vppo.algorithm": 0, "vppo.algorithm_checks": 0, "vppo.catalog": 0, "vppo.errors": 0,
-    "vppo.fileio": 0, "vppo.masking": 0, "vppo.modeling": 0, "vppo.reward": 0, "vppo.rollout": 0,
+    "vppo.eval_images": 0, "vppo.fileio": 0, "vppo.masking": 0, "vppo.modeling": 0, "vppo.reward": 0,
+    "vppo.rollout": 0,
     "vppo.data": 1,
     "vppo.training": 2, "vppo.evaluation": 2,
     "vppo.reporting": 3,
@@ -68,7 +69,7 @@ def imported_modules(path: Path, root: Path = PACKAGE.parent) -> list[tuple[int,
                 is_module = ((root / (candidate.replace(".", "/") + ".py")).exists()
                              or (root / candidate.replace(".", "/")).is_dir())
                 found.append((node.lineno, candidate if is_module else base))
-    return [(line, name) for line, name in found if name == "vppo" or name.startswith("vppo.")]
+    return sorted({(line, name) for line, name in found if name == "vppo" or name.startswith("vppo.")})
 
 
 def upward_imports() -> list[str]:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from vppo.modeling import CheckpointError, load_policy, load_processor, verify_checkpoint_dir
 from vppo.rollout import encode_prompts, join_prompt_and_response, repeat_prompt_batch, response_logprobs, split_generation
-from vppo.testing.tiny_qwen import SPECIAL_TOKENS, build_tiny_qwen
+from vppo.data.tiny_models import SPECIAL_TOKENS, build_tiny_qwen
 
 
 def _picture(seed: int = 0) -> Image.Image:

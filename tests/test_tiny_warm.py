@@ -20,8 +20,8 @@ from vppo.data.train_data import synthetic_example, training_prompt
 from vppo.modeling import load_policy, load_processor
 from vppo.reward import extract_answer
 from vppo.rollout import encode_prompts, split_generation
-from vppo.testing import tiny_qwen
-from vppo.testing.tiny_qwen import WARM_START_STEPS, build_tiny_qwen
+from vppo.data import tiny_models
+from vppo.data.tiny_models import WARM_START_STEPS, build_tiny_qwen
 
 #: The smoke configuration's generation budget (workflow/config/default.yaml eval.max_new_tokens, recipe smoke).
 SMOKE_MAX_NEW_TOKENS = 16
@@ -85,7 +85,7 @@ def test_counting_prompt_gets_boxed_guesses_within_the_smoke_budget(warm_policy)
 def test_choice_prompt_gets_boxed_letters(warm_policy):
     question, answer, labels = _fixture_question("choice", random.Random("test-choice"))
     text, _ = parse_sharegpt_row(_sharegpt("q", "unused.png", question, answer))
-    image = tiny_qwen.warm_start_prompt("choice", 0, seed=7)[1]  # any fixture-style picture
+    image = tiny_models.warm_start_prompt("choice", 0, seed=7)[1]  # any fixture-style picture
     answers = _sample_answers(warm_policy, text, image)
     assert sum(bool(a) for a in answers) >= 24, answers
     assert sum(a in set("ABCD") for a in answers) >= 16, answers
@@ -94,16 +94,16 @@ def test_choice_prompt_gets_boxed_letters(warm_policy):
 
 def test_every_taught_response_fits_the_smoke_token_budget(warm_policy):
     _, processor = warm_policy
-    for kind, answers in tiny_qwen.ANSWER_SETS.items():
-        for word in tiny_qwen.THINK_WORDS[kind]:
+    for kind, answers in tiny_models.ANSWER_SETS.items():
+        for word in tiny_models.THINK_WORDS[kind]:
             for answer in answers:
-                response = tiny_qwen.format_response(word, answer)
+                response = tiny_models.format_response(word, answer)
                 ids = processor.tokenizer(response, add_special_tokens=False)["input_ids"]
                 assert len(ids) <= SMOKE_MAX_NEW_TOKENS and extract_answer(response) == answer, response
 
 
 def test_cli_option(tmp_path):
     parser = argparse.ArgumentParser()
-    tiny_qwen.configure(parser)
-    assert tiny_qwen.run(parser.parse_args([str(tmp_path / "m"), "--warm-start-steps", "2"])) == 0
+    tiny_models.configure(parser)
+    assert tiny_models.run(parser.parse_args([str(tmp_path / "m"), "--warm-start-steps", "2"])) == 0
     assert json.loads((tmp_path / "m" / "vppo_tiny.json").read_text())["warm_start"]["steps"] == 2

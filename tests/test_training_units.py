@@ -14,7 +14,8 @@ from vppo.modeling import CheckpointError
 from vppo.reward import Grade
 from vppo.training.batch import micro_batch_rows, update_rows
 from vppo.training.checkpoints import is_complete_checkpoint, last_complete_checkpoint, weights_format
-from vppo.training.dependency import mask_row_images, masked_pixel_values
+from vppo.modeling import masked_pixel_values
+from vppo.training.dependency import mask_row_images
 from vppo.training.metrics import LOG_KEYS, JsonlLogCallback, read_log, reduce_metric
 from vppo.training.rewards import GradingReward, completion_text
 

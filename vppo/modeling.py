@@ -170,3 +170,20 @@ def load_policy(path: str | Path, dtype: torch.dtype | str = "auto", device: str
     path = verify_checkpoint_dir(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     return model.to(device)
+
+
+def masked_pixel_values(image_processor, masked_rows: list[list[Image.Image]], image_grid_thw: torch.Tensor) -> torch.Tensor:
+    """``pixel_values`` of the masked images, checked to tile exactly like the rollout's ``image_grid_thw``.
+
+    ``masked_rows`` holds each row's masked copies (same sizes as the originals); the result is the processor's
+    flat patch tensor for them, in row order, to swap into the rollout's inputs for the masked-image pass.
+    """
+    flat = [image for images in masked_rows for image in images]
+    if not flat:
+        raise ValueError("masked-image pass: the rollout batch has no images (VPPO needs image prompts)")
+    encoded = image_processor(images=flat, return_tensors="pt")
+    grid = encoded["image_grid_thw"]
+    if tuple(grid.shape) != tuple(image_grid_thw.shape) or not torch.equal(grid.cpu(), image_grid_thw.cpu()):
+        raise ValueError(f"masked-image pass: masked images tile as {grid.tolist()} but the rollout's images as "
+                         f"{image_grid_thw.tolist()} (masking must keep every image's size)")
+    return encoded["pixel_values"]

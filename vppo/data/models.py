@@ -1,6 +1,6 @@
 """``vppo fetch-model SOURCE OUT``: put a base or released checkpoint into the local layout.
 
-SOURCE is ``tiny`` (the offline random-init test model, built by :mod:`vppo.testing.tiny_qwen`), ``tiny-warm``
+SOURCE is ``tiny`` (the offline random-init test model, built by :mod:`vppo.data.tiny_models`), ``tiny-warm``
 (the same model after its warm start: it answers ``<think> .. </think> \\boxed{X}`` at about chance accuracy,
 so smoke runs see non-zero rewards), ``tiny-vllm`` (the warm-started model at the width vLLM's CPU build accepts,
 head_dim 64, with a hub checkpoint's processor files), an existing local directory (copied), or a Hugging Face hub id
@@ -18,7 +18,7 @@ from pathlib import Path
 from vppo.errors import InputError, OutputExistsError
 from vppo.fileio import publish_dir
 
-#: Offline sources built here rather than fetched: source -> (tiny_qwen shape, warm start).
+#: Offline sources built here rather than fetched: source -> (tiny_models shape, warm start).
 TINY_SOURCES = {"tiny": ("tiny", False), "tiny-warm": ("tiny", True), "tiny-vllm": ("vllm", True)}
 
 
@@ -28,7 +28,7 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         raise OutputExistsError(f"{out}: already exists and is not empty; remove it to fetch {source!r} again")
     with publish_dir(out) as tmp:
         if source in TINY_SOURCES:
-            from vppo.testing.tiny_qwen import WARM_START_STEPS, build_tiny_qwen
+            from vppo.data.tiny_models import WARM_START_STEPS, build_tiny_qwen
 
             shape, warm = TINY_SOURCES[source]
             build_tiny_qwen(tmp, seed=seed, shape=shape, warm_start_steps=WARM_START_STEPS if warm else 0)

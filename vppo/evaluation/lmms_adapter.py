@@ -16,7 +16,7 @@ import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
-from vppo.evaluation.protocol import PROCESSOR_BOUNDS, PixelBounds
+from vppo.eval_images import PROCESSOR_BOUNDS, PixelBounds
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_policy, load_processor
 from vppo.rollout import encode_prompts, split_generation

@@ -75,7 +75,7 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
                  if isinstance(result.get(name), (int, float)) and not math.isfinite(result[name])]
     if isinstance(result.get("backend"), str) and result["backend"] not in BACKENDS:
         problems.append(f"field 'backend': {result['backend']!r} is not one of {sorted(BACKENDS)}")
-    from vppo.evaluation.protocol import protocol_image_bounds
+    from vppo.eval_images import protocol_image_bounds
 
     if isinstance(result.get("image_bounds"), dict) and result["image_bounds"] != protocol_image_bounds():
         problems.append(f"field 'image_bounds': {result['image_bounds']} is not the protocol's "

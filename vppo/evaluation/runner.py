@@ -19,8 +19,8 @@ from vppo.errors import InputError
 from vppo.catalog import Benchmark
 from vppo.data.eval_data import EvalDataError, data_checksum, read_manifest
 from vppo.evaluation import tasklib
-from vppo.evaluation.protocol import (PROCESSOR_BOUNDS, ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr,
-                                      protocol_image_bounds)
+from vppo.evaluation.protocol import ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
+from vppo.eval_images import PROCESSOR_BOUNDS, protocol_image_bounds
 from vppo.evaluation.registry import BACKENDS
 from vppo import package_versions
 from vppo.evaluation.results import SCHEMA, read_result, validate_result

@@ -25,7 +25,8 @@ from typing import Callable
 from PIL import Image
 
 from vppo.errors import InputError
-from vppo.evaluation.protocol import avg_at_k, prepare_image, score_responses
+from vppo.evaluation.protocol import avg_at_k, score_responses
+from vppo.eval_images import prepare_image
 from vppo.rollout import user_content
 
 DATA_ENV = "VPPO_EVAL_DATA"

@@ -23,7 +23,8 @@ from typing import Any
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
-from vppo.evaluation.protocol import PROCESSOR_BOUNDS, Sampling
+from vppo.evaluation.protocol import Sampling
+from vppo.eval_images import PROCESSOR_BOUNDS
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_processor, verify_checkpoint_dir
 from vppo.rollout import chat_prompt

@@ -100,11 +100,11 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
     from PIL import Image
 
     from vppo.algorithm import token_vision_dependency
-    from vppo.evaluation.protocol import prepare_image
+    from vppo.eval_images import prepare_image
     from vppo.masking import mask_image
+    from vppo.modeling import masked_pixel_values
     from vppo.rollout import (encode_prompts, join_prompt_and_response, repeat_prompt_batch, response_logits,
                               response_logprobs, split_generation)
-    from vppo.training.dependency import masked_pixel_values
 
     device = next(model.parameters()).device
     pictures = []

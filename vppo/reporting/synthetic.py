@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vppo.evaluation.protocol import protocol_image_bounds
+from vppo.eval_images import protocol_image_bounds
 from vppo.evaluation.results import SCHEMA
 from vppo.fileio import write_json_atomic, write_jsonl_atomic
 from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID

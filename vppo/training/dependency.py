@@ -4,7 +4,7 @@ re-encoded by the image processor.
 Masking happens on the PIL image before the processor (a zero in normalised ``pixel_values`` is not black).
 The masked copy has the original size, so the processor yields the same ``image_grid_thw`` and the same
 number of vision tokens: prompt ids, attention mask and ``mm_token_type_ids`` of the rollout are reused as
-they are, only ``pixel_values`` change. Randomness is a numpy Generator seeded from (seed, global step,
+they are, only ``pixel_values`` change (:func:`vppo.modeling.masked_pixel_values`, shared with the analysis). Randomness is a numpy Generator seeded from (seed, global step,
 process, row), so a resumed run masks exactly as an uninterrupted one.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vppo.masking import mask_image
@@ -38,16 +37,3 @@ def mask_row_images(
         rng = row_rng(seed, step, process_index, row)
         masked.append([mask_image(image, strategy, rng, **params) for image in (images or [])])
     return masked
-
-
-def masked_pixel_values(image_processor, masked_rows: list[list[Image.Image]], image_grid_thw: torch.Tensor) -> torch.Tensor:
-    """``pixel_values`` of the masked images, checked to tile exactly like the rollout's ``image_grid_thw``."""
-    flat = [image for images in masked_rows for image in images]
-    if not flat:
-        raise ValueError("masked-image pass: the rollout batch has no images (VPPO needs image prompts)")
-    encoded = image_processor(images=flat, return_tensors="pt")
-    grid = encoded["image_grid_thw"]
-    if tuple(grid.shape) != tuple(image_grid_thw.shape) or not torch.equal(grid.cpu(), image_grid_thw.cpu()):
-        raise ValueError(f"masked-image pass: masked images tile as {grid.tolist()} but the rollout's images as "
-                         f"{image_grid_thw.tolist()} (masking must keep every image's size)")
-    return encoded["pixel_values"]

@@ -38,8 +38,9 @@ from trl.models.utils import disable_gradient_checkpointing
 
 from vppo.algorithm import (MethodPreset, consecutive_groups, dynamic_sampling_keep, grpo_advantages, policy_loss,
                             token_vision_dependency, vppo_weights)
+from vppo.modeling import masked_pixel_values
 from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
-from vppo.training.dependency import mask_row_images, masked_pixel_values
+from vppo.training.dependency import mask_row_images
 from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric, sync_cuda
 from vppo.training.rewards import GradingReward
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 
-from vppo.evaluation.protocol import PROCESSOR_BOUNDS
+from vppo.eval_images import PROCESSOR_BOUNDS
 from vppo.evaluation.requests import group_repeats
 
 BACKEND = "scripted"

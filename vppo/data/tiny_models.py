@@ -201,7 +201,7 @@ def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int | None 
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config = build_generation_config(tokenizer)
     processor = build_processor(tokenizer)
-    info = {"builder": "vppo.testing.tiny_qwen", "seed": seed, "hidden_size": hidden_size, "num_layers": num_layers}
+    info = {"builder": "vppo.data.tiny_models", "seed": seed, "hidden_size": hidden_size, "num_layers": num_layers}
     if shape != "tiny":
         info["shape"] = shape
     if warm_start_steps > 0:
@@ -280,7 +280,7 @@ def warm_start_prompt(kind: str, index: int, seed: int):
     from vppo.data.eval_data import parse_sharegpt_row
     from vppo.data.eval_fixtures import FIXTURE_SIZES, _draw_fixture_image, _fixture_question, _sharegpt
     from vppo.data.train_data import synthetic_example, training_prompt
-    from vppo.evaluation.protocol import prepare_image
+    from vppo.eval_images import prepare_image
 
     if kind == "count":
         row, image = synthetic_example(index, seed)
