@@ -114,7 +114,7 @@ def test_vllm_backend_hands_the_engine_the_protocol_bounds(tiny_model_dir, train
 def test_the_protocol_check_refuses_other_bounds_and_results_record_them():
     from vppo.evaluation.results import ResultError, validate_result
     from vppo.evaluation.runner import model_violations
-    from vppo.reporting.synthetic import eval_result
+    from doubles.reporting_inputs import eval_result
 
     assert model_violations(SimpleNamespace(image_bounds=PROCESSOR_BOUNDS)) == []
     assert "image processor bounds" in model_violations(SimpleNamespace(image_bounds=PixelBounds(*TRAINING_BOUNDS)))[0]

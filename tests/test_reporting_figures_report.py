@@ -13,7 +13,7 @@ from vppo.catalog import BENCHMARKS
 from vppo.cli import main as vppo_main
 from vppo.reporting import cost
 from vppo.reporting.results_io import ResultsError, load_training_log
-from vppo.reporting.synthetic import write_analysis, write_eval_result, write_training_log
+from doubles.reporting_inputs import write_analysis, write_eval_result, write_training_log
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
 KEYS = [b.key for b in BENCHMARKS]

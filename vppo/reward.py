@@ -71,8 +71,3 @@ def grade(response: str, ground_truth: str) -> Grade:
         format=1.0 if _FORMAT.fullmatch(normalized) else 0.0,
         extracted=extracted,
     )
-
-
-def accuracy_reward(response: str, ground_truth: str) -> float:
-    """The training reward of the published runs: accuracy only."""
-    return grade(response, ground_truth).accuracy

@@ -1,4 +1,4 @@
-"""Synthetic inputs of the reporting stage that follow the stage contracts exactly (tests and demos).
+"""Synthetic inputs of the reporting stage that follow the stage contracts exactly (a test double).
 
 They let the tables, figures and report be built and checked without training or evaluating anything:
 :func:`eval_result` is a ``vppo.eval/1`` result file, :func:`training_log_records` a ``training_log.jsonl``
