@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from fractions import Fraction
 from typing import Callable, Hashable, NamedTuple, Sequence, Union
 
 import torch
