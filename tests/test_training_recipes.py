@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from vppo.algorithm import get_method
-from vppo.training.recipes import RecipeError, grpo_config_kwargs, load_recipe
+from vppo.training.recipes import RECIPE_DIR, RecipeError, grpo_config_kwargs, load_recipe
 
 
 @pytest.mark.parametrize("name, world, micro, accumulation, steps_per_generation",
@@ -60,3 +60,17 @@ def test_a_tas_group_that_does_not_split_the_update_is_refused(group):
 def test_the_tas_group_may_exceed_or_split_the_micro_batch():
     assert load_recipe("smoke", {"micro_batch_responses": 2, "tas_group_responses": 8}).gradient_accumulation_steps == 4
     assert load_recipe("smoke", {"micro_batch_responses": 8, "tas_group_responses": 2}).gradient_accumulation_steps == 1
+
+
+def test_entropy_coef_has_one_home_the_method_preset(tmp_path):
+    """The entropy penalty is a method setting (vppo.algorithm presets); a recipe naming it is refused, so a
+    recipe value can never differ silently from the preset the run records."""
+    assert all("entropy_coef" not in path.read_text() for path in RECIPE_DIR.glob("*.yaml"))
+    text = (RECIPE_DIR / "smoke.yaml").read_text()
+    with pytest.raises(RecipeError, match="entropy_coef.*method preset"):
+        load_recipe("smoke", {"entropy_coef": 0.12})
+    stale = tmp_path / "stale.yaml"
+    stale.write_text(text + "entropy_coef: 0.12\n")
+    with pytest.raises(RecipeError, match=r"stale\.yaml.*entropy_coef.*method preset"):
+        load_recipe(str(stale))
+    assert get_method("vppo").entropy_coef == 0.06

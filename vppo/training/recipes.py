@@ -17,8 +17,8 @@ learning_rate, weight_decay learning_rate, weight_decay (AdamW: optim="adamw_tor
 warmup_ratio, max_grad_norm warmup_steps (0 when the ratio is 0), max_grad_norm
 max_completion_length       max_completion_length (+ vllm_max_model_length = prompt + completion)
 temperature, top_p          temperature, top_p (top_k disabled)
-entropy_coef                NOT TRL's entropy_coef (a bonus on full entropy): our loss adds
-                            coef * mean(-logp) through vppo.algorithm.policy_loss (docs/protocol.md §4)
+(method entropy_coef)       entropy_coef = 0.0: not TRL's bonus on full entropy; the method preset's
+                            coef * mean(-logp) enters our loss (vppo.algorithm.policy_loss, docs/protocol.md §4)
 method clip_low/clip_high   epsilon / epsilon_high (also used by our loss); loss_type "dapo" (token-mean)
 (no reference model)        beta = 0.0
 save_steps, logging_steps   save_steps, logging_steps (save_strategy "steps")
@@ -74,7 +74,6 @@ class Recipe:
     max_completion_length: int
     temperature: float
     top_p: float
-    entropy_coef: float | None
     dynamic_sampling_max_rounds: int | None
     save_steps: int
     logging_steps: int
@@ -114,6 +113,9 @@ class Recipe:
 
 
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
+#: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
+#: a run records. A new value is a new preset in vppo.algorithm.METHOD_PRESETS.
+METHOD_KEYS = ("entropy_coef",)
 _TYPES = {f.name: f.type for f in fields(Recipe)}
 
 
@@ -198,7 +200,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         raise RecipeError(str(exc)) from None
 
 
+def _refuse_method_keys(keys, where: str) -> None:
+    owned = sorted(set(keys) & set(METHOD_KEYS))
+    if owned:
+        raise RecipeError(f"{where}: {', '.join(owned)} is set by the method preset (vppo.algorithm.METHOD_PRESETS), "
+                          "not the recipe; remove it, or add a method preset with the value you want")
+
+
 def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
+    _refuse_method_keys(data, where)
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RECIPE_KEYS)}")
@@ -225,6 +235,7 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None, max_
         raise RecipeError(f"{path}: top level must be a mapping")
     where = str(path)
     if overrides:
+        _refuse_method_keys(overrides, f"--set (recipe {path})")
         unknown = sorted(set(overrides) - set(RECIPE_KEYS))
         if unknown:
             raise RecipeError(f"--set: unknown recipe key(s) {', '.join(unknown)} (recipe {path})")

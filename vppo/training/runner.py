@@ -235,10 +235,9 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     _claim_work_dir(work_dir, request, recipe, preset, manifest.get("sha256"), args.process_index == 0)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
-    entropy = recipe.entropy_coef if recipe.entropy_coef is not None else preset.entropy_coef
     trainer = VPPOTrainer(
         model=str(request.model), args=args, train_dataset=dataset, processing_class=processor, preset=preset,
-        entropy_penalty=entropy, tas_group_responses=recipe.tas_group_responses,
+        tas_group_responses=recipe.tas_group_responses,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])
     if not args.disable_tqdm:

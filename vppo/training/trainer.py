@@ -71,14 +71,15 @@ class DataCursor(TrainerCallback, ExportableState):
 class VPPOTrainer(GRPOTrainer):
     """GRPOTrainer whose rollout and loss follow ``preset`` (grpo, dapo, vppo, ablations).
 
-    preset: a :class:`vppo.algorithm.MethodPreset`; entropy_penalty: coefficient of mean(-logp) in the loss;
+    preset: a :class:`vppo.algorithm.MethodPreset` (its ``entropy_coef`` is the coefficient of mean(-logp) in the
+    loss, kept as ``entropy_penalty``);
     max_sampling_rounds: safety cap on generation rounds per rollout batch for dynamic sampling (None: no cap,
     as the official run; reaching it raises :class:`SamplingCapError`);
     reward: a :class:`GradingReward` (the mathruler grader unless a test steers it);
     tas_group_responses: consecutive responses of an update over which TAS's mu is averaged (the recipe key).
     """
 
-    def __init__(self, *, preset: MethodPreset, entropy_penalty: float, tas_group_responses: int,
+    def __init__(self, *, preset: MethodPreset, tas_group_responses: int,
                  max_sampling_rounds: int | None = None, reward: GradingReward | None = None,
                  masking_params: dict | None = None, **kwargs):
         args = kwargs["args"]
@@ -101,7 +102,7 @@ class VPPOTrainer(GRPOTrainer):
 
             install_colocate_fixes(self)  # unexpanded image placeholders for vLLM, CPU weight reload, cache reset
         self.preset = preset
-        self.entropy_penalty = float(entropy_penalty)
+        self.entropy_penalty = float(preset.entropy_coef)
         self.tas_group_responses = int(tas_group_responses)
         self.max_sampling_rounds = None if max_sampling_rounds is None else max(int(max_sampling_rounds), 1)
         self.cursor = DataCursor()
