@@ -168,3 +168,71 @@ def test_entry_point_payload_is_what_lmms_eval_loads():
     register()
     assert get_model("vppo_hf").__name__ == "VPPOHFModel" and get_model("vppo_vllm").__name__ == "VPPOVLLMModel"
     assert MODEL_REGISTRY_V2.resolve("vppo_vllm").model_type == "chat"
+
+
+#: Names under which a sampling value can appear as a default in the evaluation code.
+SAMPLING_NAMES = {"samples", "n", "k", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty"}
+
+
+def _literal_sampling_defaults(path):
+    """(line, name, value) for every number written as a default of a sampling-named parameter, field or
+    ``--option`` in ``path`` (function defaults, dataclass fields, argparse ``default=``, ``dict.get`` fallbacks)."""
+    import ast
+
+    found = []
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        pairs = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            positional = args.posonlyargs + args.args
+            pairs += list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            pairs = [(a.arg, d) for a, d in pairs]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            pairs.append((node.target.id, node.value))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and node.args:
+            flag = node.args[0].value if isinstance(node.args[0], ast.Constant) else ""
+            pairs += [(str(flag).lstrip("-").replace("-", "_"), kw.value) for kw in node.keywords if kw.arg == "default"]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get" and len(node.args) == 2:
+            key = node.args[0].value if isinstance(node.args[0], ast.Constant) else None
+            pairs.append((str(key), node.args[1]))
+        found += [(value.lineno, name, value.value) for name, value in pairs
+                  if name in SAMPLING_NAMES and isinstance(value, ast.Constant)
+                  and isinstance(value.value, (int, float)) and not isinstance(value.value, bool)]
+    return found
+
+
+def test_sampling_values_are_written_once_in_the_protocol():
+    """Every default sampling value of the evaluation code is read from PROTOCOL_SAMPLING, never re-typed."""
+    from pathlib import Path
+
+    import vppo.evaluation as evaluation
+
+    package = Path(evaluation.__file__).parent
+    retyped = {f"{p.name}:{line}: {name}={value}" for p in sorted(package.glob("*.py")) if p.name != "protocol.py"
+               for line, name, value in _literal_sampling_defaults(p)}
+    assert retyped == set()
+
+
+def test_sampling_defaults_follow_the_protocol():
+    import argparse
+    import dataclasses
+    import inspect
+
+    from vppo.evaluation.cli import add_eval_options
+    from vppo.evaluation.lmms_adapter import VPPOHFModel
+    from vppo.evaluation.protocol import Sampling
+    from vppo.evaluation.results import RESULT_JSON_SCHEMA
+    from vppo.evaluation.runner import EvalRequest
+
+    parser = argparse.ArgumentParser()
+    add_eval_options(parser)
+    args = parser.parse_args([])
+    assert (args.samples, args.max_new_tokens) == (PROTOCOL_SAMPLING.n, PROTOCOL_SAMPLING.max_new_tokens)
+    assert EvalRequest(checkpoint=None, data=None, benchmarks=[], out=None).sampling == PROTOCOL_SAMPLING
+    for model in (VPPOHFModel, VPPOVLLMModel):
+        assert inspect.signature(model).parameters["max_new_tokens"].default == PROTOCOL_SAMPLING.max_new_tokens
+    assert sampling_from_gen_kwargs({}, PROTOCOL_SAMPLING.n, PROTOCOL_SAMPLING.max_new_tokens) == PROTOCOL_SAMPLING
+    required = RESULT_JSON_SCHEMA["properties"]["sampling"]["required"]
+    assert required == [f.name for f in dataclasses.fields(Sampling)]

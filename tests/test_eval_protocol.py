@@ -57,3 +57,12 @@ def test_an_empty_answer_is_wrong_even_against_an_empty_box():
     assert scored.correct == [0, 0, 0] and scored.accuracy == 0.0
     item = tasklib.process_results({"answer": "", "row_id": "4"}, [r"\boxed{}"] * 8)[tasklib.METRIC]
     assert item["correct"] == [0] * 8 and item["score"] == 0.0
+
+
+def test_result_files_require_exactly_the_versions_every_stage_records():
+    from vppo import VERSION_KEYS, package_versions
+    from vppo.evaluation.results import RESULT_JSON_SCHEMA
+
+    assert RESULT_JSON_SCHEMA["properties"]["versions"]["required"] == list(VERSION_KEYS)
+    assert tuple(package_versions()) == VERSION_KEYS
+    assert tuple(package_versions("trl"))[-1] == "trl"

@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 
 #: Packages whose versions every result records (``vppo eval``, ``vppo analyze``, ``vppo train``).
 RECORDED_PACKAGES = ("torch", "transformers", "lmms_eval", "vllm")
+#: The keys of every ``versions`` record (what a result file must carry): the harness, the interpreter, the packages.
+VERSION_KEYS = ("vppo", "python", *RECORDED_PACKAGES)
 
 
 def package_versions(*extra: str) -> dict[str, str | None]:
@@ -19,5 +21,5 @@ def package_versions(*extra: str) -> dict[str, str | None]:
             return None
 
     # vppo's own version from the code that runs (the rules put the checkout on PYTHONPATH, uninstalled).
-    return {"vppo": __version__, "python": platform.python_version(),
-            **{name: version(name) for name in (*RECORDED_PACKAGES, *extra)}}
+    own = {"vppo": __version__, "python": platform.python_version()}
+    return {key: own[key] if key in own else version(key) for key in (*VERSION_KEYS, *extra)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vppo.catalog import resolve_benchmarks
 from vppo.errors import InputError
+from vppo.evaluation.protocol import PROTOCOL_SAMPLING
 
 
 #: where `snakemake` prepares the evaluation data (workflow/rules/data.smk)
@@ -21,8 +22,10 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks", default="all", help="all, or comma-separated keys (mathverse,geo3k,...)")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                         help="hf: transformers generate (CPU/one GPU); vllm: vLLM engine, one n=k request per question")
-    parser.add_argument("--samples", type=int, default=8, help="k of avg@k: samples per question, all scored")
-    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--samples", type=int, default=PROTOCOL_SAMPLING.n,
+                        help=f"k of avg@k: samples per question, all scored (default {PROTOCOL_SAMPLING.n})")
+    parser.add_argument("--max-new-tokens", type=int, default=PROTOCOL_SAMPLING.max_new_tokens,
+                        help=f"default {PROTOCOL_SAMPLING.max_new_tokens}")
     parser.add_argument("--limit", type=int, default=None, help="first N usable questions per benchmark (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-label", default=None, help="model name recorded in the results (default: dir name)")

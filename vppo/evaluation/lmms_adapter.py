@@ -17,6 +17,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
 from vppo.eval_images import PROCESSOR_BOUNDS, PixelBounds
+from vppo.evaluation.protocol import PROTOCOL_SAMPLING
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_policy, load_processor
 from vppo.rollout import encode_prompts, split_generation
@@ -25,7 +26,8 @@ from vppo.rollout import encode_prompts, split_generation
 class VPPOHFModel(lmms):
     is_simple = False
 
-    def __init__(self, pretrained: str, batch_size: int | str = 8, max_new_tokens: int = 2048, device: str | None = None,
+    def __init__(self, pretrained: str, batch_size: int | str = 8, max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens,
+                 device: str | None = None,
                  dtype: str = "auto", seed: int = 0, **kwargs: Any) -> None:
         super().__init__()
         unknown = {k: v for k, v in kwargs.items() if k not in ("max_batch_size",)}

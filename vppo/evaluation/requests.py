@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from vppo.evaluation.protocol import Sampling
+from vppo.evaluation.protocol import PROTOCOL_SAMPLING, Sampling
 from vppo.rollout import IMAGE_PLACEHOLDER
 
 
@@ -85,14 +85,15 @@ def sampling_from_gen_kwargs(gen_kwargs: dict, n: int, default_max_new_tokens: i
     """The task's generation kwargs as a :class:`Sampling`; the task's ``max_new_tokens`` wins over the model's.
 
     Unlike lmms-eval's vLLM backend (``max(task, model)``), the model argument is only the fallback.
+    A value the task does not set is the protocol's (:data:`PROTOCOL_SAMPLING`).
     """
-    g = dict(gen_kwargs or {})
-    if g.get("do_sample") is False or float(g.get("temperature", 1.0)) == 0.0:
+    g, p = dict(gen_kwargs or {}), PROTOCOL_SAMPLING
+    if g.get("do_sample") is False or float(g.get("temperature", p.temperature)) == 0.0:
         raise ValueError(f"greedy decoding requested ({g}); the avg@k protocol samples (do_sample, temperature > 0)")
-    return Sampling(temperature=float(g.get("temperature", 1.0)), top_p=float(g.get("top_p", 1.0)),
-                    top_k=int(g.get("top_k", 50)),
+    return Sampling(temperature=float(g.get("temperature", p.temperature)), top_p=float(g.get("top_p", p.top_p)),
+                    top_k=int(g.get("top_k", p.top_k)),
                     max_new_tokens=int(g.get("max_new_tokens") or default_max_new_tokens),
-                    repetition_penalty=float(g.get("repetition_penalty", 1.0)), n=n)
+                    repetition_penalty=float(g.get("repetition_penalty", p.repetition_penalty)), n=n)
 
 
 def build_job(request: Any, task_dict: dict, n: int, default_max_new_tokens: int) -> GenerationJob:

@@ -6,17 +6,19 @@ Per benchmark, ``OUT/<benchmark>.json`` (the numbers and their provenance) and `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+from vppo import VERSION_KEYS
 from vppo.errors import InputError
+from vppo.evaluation.protocol import Sampling
 
 SCHEMA = "vppo.eval/1"
 
 _INT, _STR = {"type": "integer"}, {"type": "string"}
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "n")
-VERSION_KEYS = ("vppo", "torch", "transformers", "lmms_eval", "vllm", "python")
+SAMPLING_KEYS = tuple(field.name for field in dataclasses.fields(Sampling))
 
 #: The one contract of a result file: ``vppo eval`` validates what it writes, every reader what it reads.
 #: Extra fields are allowed; these must be present.

@@ -19,7 +19,7 @@ from vppo.errors import InputError
 from vppo.catalog import Benchmark
 from vppo.data.eval_data import EvalDataError, data_checksum, read_manifest
 from vppo.evaluation import tasklib
-from vppo.evaluation.protocol import ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
+from vppo.evaluation.protocol import PROTOCOL_SAMPLING, ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
 from vppo.eval_images import PROCESSOR_BOUNDS, protocol_image_bounds
 from vppo.evaluation.registry import BACKENDS
 from vppo import package_versions
@@ -43,8 +43,8 @@ class EvalRequest:
     benchmarks: list[Benchmark]
     out: Path
     backend: str = "hf"
-    samples: int = 8
-    max_new_tokens: int = 2048
+    samples: int = PROTOCOL_SAMPLING.n
+    max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens
     limit: int | None = None
     seed: int = 0
     model_label: str | None = None
