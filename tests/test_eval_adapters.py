@@ -193,7 +193,8 @@ def _literal_sampling_defaults(path):
             pairs.append((node.target.id, node.value))
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and node.args:
             flag = node.args[0].value if isinstance(node.args[0], ast.Constant) else ""
-            pairs += [(str(flag).lstrip("-").replace("-", "_"), kw.value) for kw in node.keywords if kw.arg == "default"]
+            name = str(flag).lstrip("-").replace("-", "_")
+            pairs += [(name, kw.value) for kw in node.keywords if kw.arg == "default"]
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get" and len(node.args) == 2:
             key = node.args[0].value if isinstance(node.args[0], ast.Constant) else None
             pairs.append((str(key), node.args[1]))

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -172,7 +173,8 @@ def load_policy(path: str | Path, dtype: torch.dtype | str = "auto", device: str
     return model.to(device)
 
 
-def masked_pixel_values(image_processor, masked_rows: list[list[Image.Image]], image_grid_thw: torch.Tensor) -> torch.Tensor:
+def masked_pixel_values(image_processor, masked_rows: list[list[Image.Image]],
+                        image_grid_thw: torch.Tensor) -> torch.Tensor:
     """``pixel_values`` of the masked images, checked to tile exactly like the rollout's ``image_grid_thw``.
 
     ``masked_rows`` holds each row's masked copies (same sizes as the originals); the result is the processor's

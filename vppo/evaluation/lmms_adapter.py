@@ -26,7 +26,8 @@ from vppo.rollout import encode_prompts, split_generation
 class VPPOHFModel(lmms):
     is_simple = False
 
-    def __init__(self, pretrained: str, batch_size: int | str = 8, max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens,
+    def __init__(self, pretrained: str, batch_size: int | str = 8,
+                 max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens,
                  device: str | None = None,
                  dtype: str = "auto", seed: int = 0, **kwargs: Any) -> None:
         super().__init__()

@@ -71,7 +71,8 @@ def sampling_params_kwargs(sampling: Sampling, seed: int) -> dict:
 class VPPOVLLMModel(lmms):
     is_simple = False
 
-    def __init__(self, pretrained: str, tensor_parallel_size: int | None = None, max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens,
+    def __init__(self, pretrained: str, tensor_parallel_size: int | None = None,
+                 max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens,
                  seed: int = 0, batch_size: int = 512, gpu_memory_utilization: float = 0.9,
                  max_model_len: int = 8192, max_images_per_prompt: int = 4, engine: Any = None,
                  sampling_params_cls: Any = None, **engine_kwargs: Any) -> None:

@@ -4,8 +4,9 @@ re-encoded by the image processor.
 Masking happens on the PIL image before the processor (a zero in normalised ``pixel_values`` is not black).
 The masked copy has the original size, so the processor yields the same ``image_grid_thw`` and the same
 number of vision tokens: prompt ids, attention mask and ``mm_token_type_ids`` of the rollout are reused as
-they are, only ``pixel_values`` change (:func:`vppo.modeling.masked_pixel_values`, shared with the analysis). Randomness is a numpy Generator seeded from (seed, global step,
-process, row), so a resumed run masks exactly as an uninterrupted one.
+they are, only ``pixel_values`` change (:func:`vppo.modeling.masked_pixel_values`, shared with the analysis).
+Randomness is a numpy Generator seeded from (seed, global step, process, row), so a resumed run masks exactly
+as an uninterrupted one.
 """
 
 from __future__ import annotations
