@@ -20,7 +20,7 @@ PER_RUN_FIELDS = {"backend", "model_load_s", "accuracy", "stderr", "wall_time_s"
 
 @pytest.fixture(scope="module")
 def both_backends(vllm_model_dir, tmp_path_factory):
-    data = prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_bad_rows=1)
+    data = prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_empty_answers=1)
     outs = {}
     for backend in ("vllm", "hf"):
         out = tmp_path_factory.mktemp(f"eval-{backend}") / "tiny" / "base"
@@ -40,7 +40,7 @@ def test_vllm_backend_writes_the_same_result_files_as_hf(both_backends):
         assert set(v) == set(h)
         assert {k: x for k, x in v.items() if k not in PER_RUN_FIELDS} == \
                {k: x for k, x in h.items() if k not in PER_RUN_FIELDS}
-        assert v["n_questions"] == N_ROWS and v["n_samples"] == 8 * N_ROWS and v["bad_rows"] == 2
+        assert v["n_questions"] == N_ROWS + 1 and v["n_samples"] == 8 * (N_ROWS + 1) and v["bad_rows"] == 1  # scored as wrong
         assert v["lmms_eval"]["metric"] == pytest.approx(v["accuracy"])
         vs, hs = read_samples(vllm_out / v["samples_file"]), read_samples(hf_out / h["samples_file"])
         assert [s["row_id"] for s in vs] == [s["row_id"] for s in hs]
