@@ -17,16 +17,18 @@ from typing import Any
 
 from PIL import Image
 
+from vppo.eval_images import PixelBounds, base_resize_sizes
+
 
 def training_image_size(width: int, height: int, min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
-    """(width, height) after the training resize of a ``width`` x ``height`` image (bounds None = no bound)."""
-    if max_pixels is not None and width * height > max_pixels:
-        factor = math.sqrt(max_pixels / (width * height))
-        width, height = int(width * factor), int(height * factor)
-    if min_pixels is not None and width * height < min_pixels:
-        factor = math.sqrt(min_pixels / (width * height))
-        width, height = int(width * factor), int(height * factor)
-    return width, height
+    """(width, height) after the training resize of a ``width`` x ``height`` image (bounds None = no bound).
+
+    The same area steps as the evaluation's base resize (:func:`vppo.eval_images.base_resize_sizes`), with the
+    recipe's bounds; the image is then resized once, straight to the last size.
+    """
+    bounds = PixelBounds(min_pixels=min_pixels or 0, max_pixels=math.inf if max_pixels is None else max_pixels)
+    sizes = base_resize_sizes(width, height, bounds)
+    return sizes[-1] if sizes else (width, height)
 
 
 def resize_training_image(image: Image.Image, min_pixels: int | None, max_pixels: int | None) -> Image.Image:
