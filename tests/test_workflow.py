@@ -147,20 +147,23 @@ def test_slurm_profile_is_found_by_its_bare_name():
     assert "Using profile slurm" in done.stdout + done.stderr
 
 
+def _dry_run_default_config_with(tmp_path, old: str, new: str):
+    """A dry run of the default config with one text edit (which must apply)."""
+    text = (ROOT / "workflow" / "config" / "default.yaml").read_text()
+    assert old in text
+    bad = tmp_path / "edited.yaml"
+    bad.write_text(text.replace(old, new))
+    return snakemake("--dry-run", "--cores", "1", "--configfile", str(bad), check=False)
+
+
 def test_config_typo_stops_the_run_naming_the_key(tmp_path):
-    text = (ROOT / "workflow" / "config" / "default.yaml").read_text().replace("  backend: hf", "  backnd: hf")
-    bad = tmp_path / "typo.yaml"
-    bad.write_text(text)
-    done = snakemake("--dry-run", "--cores", "1", "--configfile", str(bad), check=False)
+    done = _dry_run_default_config_with(tmp_path, "  backend: hf", "  backnd: hf")
     assert done.returncode != 0
     assert "'backnd' was unexpected" in done.stdout + done.stderr
 
 
 def test_a_method_name_the_trainer_refuses_stops_the_run_at_config_time(tmp_path):
-    text = (ROOT / "workflow" / "config" / "default.yaml").read_text().replace("vppo_k0.2]", "vppo_k0.0]")
-    bad = tmp_path / "k0.yaml"
-    bad.write_text(text)
-    done = snakemake("--dry-run", "--cores", "1", "--configfile", str(bad), check=False)
+    done = _dry_run_default_config_with(tmp_path, "vppo_k0.2]", "vppo_k0.0]")
     assert done.returncode != 0
     assert "models.tiny.methods: unknown method 'vppo_k0.0'" in done.stdout + done.stderr
 
