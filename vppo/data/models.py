@@ -3,7 +3,8 @@
 SOURCE is ``tiny`` (the offline random-init test model, built by :mod:`vppo.data.tiny_models`), ``tiny-warm``
 (the same model after its warm start: it answers ``<think> .. </think> \\boxed{X}`` at about chance accuracy,
 so smoke runs see non-zero rewards), ``tiny-vllm`` (the warm-started model at the width vLLM's CPU build accepts,
-head_dim 64, with a hub checkpoint's processor files), an existing local directory (copied), or a Hugging Face hub id
+head_dim 64, with a hub checkpoint's processor files), ``mini`` (the mini study's model, partly taught the grid
+task: :mod:`vppo.data.mini_model`), an existing local directory (copied), or a Hugging Face hub id
 (downloaded; needs network, so it runs on the submit host).
 The result is checked with :func:`vppo.modeling.verify_checkpoint_dir` so a partial download fails here,
 not hours later in a training job. The copy is written to a temporary sibling and renamed at the end.
@@ -32,6 +33,10 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
 
             shape, warm = TINY_SOURCES[source]
             build_tiny_qwen(tmp, seed=seed, shape=shape, warm_start_steps=WARM_START_STEPS if warm else 0)
+        elif source == "mini":
+            from vppo.data.mini_model import build_mini_model
+
+            build_mini_model(tmp, seed=seed)
         elif Path(source).is_dir():
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         elif Path(source).exists():
@@ -53,7 +58,7 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="tiny | tiny-warm | tiny-vllm | a local checkpoint directory | a hub id "
+    parser.add_argument("source", help="tiny | tiny-warm | tiny-vllm | mini | a local checkpoint directory | a hub id "
                                        "(e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
     parser.add_argument("out", type=Path, help="directory to create")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")

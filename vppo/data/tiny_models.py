@@ -82,8 +82,9 @@ def _training_corpus(seed: int, n_lines: int = 3000) -> list[str]:
     return lines
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on generated text, carrying Qwen's special tokens and ChatML."""
+def build_tokenizer(seed: int = 0, vocab_size: int = 512, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on generated text (``corpus`` replaces it), carrying Qwen's special
+    tokens and ChatML."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -93,7 +94,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> PreTrainedTokenizer
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _training_corpus(seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

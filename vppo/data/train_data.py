@@ -197,6 +197,20 @@ def _synthetic(out: Path, n_rows: int = 64, seed: int = 0) -> Path:
                         out, source=f"synthetic(seed={seed},n_rows={n_rows})")
 
 
+def _mini(out: Path, n_rows: int = 512, split: str = "train", kinds: str = "all") -> Path:
+    """The mini study's grid questions (:mod:`vppo.data.mini_task`); ``kinds``: "all" or comma-separated."""
+    from vppo.data import mini_task
+
+    chosen = mini_task.KINDS if kinds == "all" else tuple(k.strip() for k in str(kinds).split(","))
+    unknown = sorted(set(chosen) - set(mini_task.KINDS)) + ([split] if split not in mini_task.SPLIT_SEEDS else [])
+    if unknown or n_rows < 1:
+        raise TrainDataError(f"--option kinds/split/n_rows: {unknown or n_rows} (kinds: {', '.join(mini_task.KINDS)}; "
+                             f"splits: {', '.join(mini_task.SPLIT_SEEDS)}; n_rows >= 1)")
+    examples = (mini_task.mini_example(split, i, chosen) for i in range(int(n_rows)))
+    return write_layout((({k: e[k] for k in ("id", "problem", "answer")}, [e["image"]]) for e in examples), out,
+                        source=f"mini(split={split},kinds={','.join(chosen)},n_rows={n_rows})")
+
+
 def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | None = None) -> Path:
     import datasets  # cluster path: needs the hub (HF_HUB_OFFLINE must be unset)
 
@@ -249,7 +263,7 @@ def _local(src: Path, out: Path) -> Path:
     return write_layout(examples, out, source=str(src))
 
 
-SOURCES: dict[str, Callable[..., Path]] = {"synthetic": _synthetic, "hub": _hub}
+SOURCES: dict[str, Callable[..., Path]] = {"synthetic": _synthetic, "mini": _mini, "hub": _hub}
 
 
 def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:

@@ -1,0 +1,129 @@
+"""The mini study's task family, training source and model (issue 13, items 1-2).
+
+The pictures must carry the answer (one cell = one merged vision token), the control split must not need
+them, everything must be a pure function of (split, index), and the mini model must be the real Qwen2.5-VL
+architecture with a tokenizer in which the task's words are single tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from vppo.data import mini_task
+from vppo.data.mini_task import COLOURS, FACTS, GRID, KINDS, SIZE, mini_example, reference_response, token_roles
+from vppo.data.train_data import read_layout
+
+
+def _cells_from_pixels(image) -> list[str]:
+    """The nine cell values read back from the picture's cell centres (what a perfect eye would see)."""
+    pixels = np.array(image)
+    by_rgb = {rgb: name for name, rgb in COLOURS.items()}
+    cell = SIZE // GRID
+    return [by_rgb[tuple(int(v) for v in pixels[(i // GRID) * cell + cell // 2, (i % GRID) * cell + cell // 2])]
+            for i in range(GRID * GRID)]
+
+
+@pytest.mark.parametrize("split", ["train", "heldout", "control"])
+def test_answers_follow_from_the_picture(split):
+    kinds = ("control",) if split == "control" else mini_task.IMAGE_KINDS
+    for index in range(60):
+        example = mini_example(split, index, kinds)
+        cells = _cells_from_pixels(example["image"])
+        assert cells == example["cells"]
+        counts = Counter(cells)
+        if example["kind"] == "majority":
+            leader = max(mini_task.FILLED, key=lambda c: counts[c])
+            assert example["answer"] == leader
+            assert sorted(counts[c] for c in mini_task.FILLED)[-1] > sorted(counts[c] for c in mini_task.FILLED)[-2]
+        elif example["kind"] == "filled":
+            assert example["answer"] == str(sum(c != "white" for c in cells))
+        else:  # control: the answer is in the words, whatever the picture
+            thing = example["problem"].split("What colour is ")[1].rstrip("?")
+            assert example["answer"] == FACTS[thing]
+
+
+def test_pure_function_of_split_and_index():
+    a, b = mini_example("heldout", 7), mini_example("heldout", 7)
+    assert a["image"].tobytes() == b["image"].tobytes() and a["problem"] == b["problem"]
+    train_images = {mini_example("train", i)["image"].tobytes() for i in range(40)}
+    heldout_images = {mini_example("heldout", i)["image"].tobytes() for i in range(40)}
+    assert len(train_images & heldout_images) < 3  # different streams (a chance collision of 4^9 pictures is rare)
+
+
+def test_every_cell_is_one_merged_vision_token(tiny_model_dir):
+    from vppo.modeling import load_processor
+
+    processor = load_processor(tiny_model_dir)
+    out = processor.image_processor(images=[mini_example("train", 0)["image"]], return_tensors="pt")
+    # 84 px / 14 px patches = 6x6 patches; the 2x2 merge gives 3x3 = 9 tokens, one per cell.
+    assert out["image_grid_thw"].tolist() == [[1, 6, 6]]
+
+
+def test_reference_response_and_token_roles():
+    example = mini_example("train", 0, ("majority",))
+    response = reference_response(example)
+    assert response.startswith("<think> most cells </think> \\boxed{") and response.endswith(f"{{{example['answer']}}}")
+    tokens = ["<think>", " red", " white", " bl", "ue", " </think>", " \\boxed{", "1", "2", "}"]
+    assert token_roles(tokens) == ["format", "perception", "perception", "perception", "perception", "format",
+                                   "format", "answer", "answer", "format"]
+    assert token_roles(["<think>", " leaf", " </think>", " \\boxed{}"]) == ["format"] * 4  # no colour, empty box
+
+
+def test_prepare_data_mini_source(tmp_path):
+    out = tmp_path / "data"
+    cmd = [sys.executable, "-m", "vppo", "prepare-data", "train", "--source", "mini", "--out", str(out),
+           "--option", "n_rows=9", "--option", "kinds=majority,control"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    rows = read_layout(out)
+    assert [r["id"] for r in rows] == [f"mini-train-{i:05d}" for i in range(9)]
+    assert {mini_example("train", i, ("majority", "control"))["answer"] for i in range(9)} == {r["answer"] for r in rows}
+    assert json.loads((out / "manifest.json").read_text())["rows"] == 9
+    bad = subprocess.run([*cmd[:8], str(tmp_path / "bad"), "--option", "kinds=majority,colour_at"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "colour_at" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def mini_dir(tmp_path_factory):
+    from vppo.data.mini_model import build_mini_model
+
+    # 100 steps: the format is learnt (mixed rewards, so online filtering keeps groups), the task barely.
+    return build_mini_model(tmp_path_factory.mktemp("mini") / "model", seed=0, warm_start_steps=100)
+
+
+def test_mini_model_builds_offline_with_task_words_as_single_tokens(mini_dir):
+    from vppo.modeling import load_policy, load_processor, verify_checkpoint_dir
+
+    path = mini_dir
+    verify_checkpoint_dir(path)
+    info = json.loads((path / "vppo_tiny.json").read_text())
+    assert info["builder"] == "vppo.data.mini_model" and info["warm_start"]["steps"] == 100
+    tokenizer = load_processor(path).tokenizer
+    for word in [*COLOURS, *(str(n) for n in range(10))]:
+        assert len(tokenizer.tokenize(" " + word)) == 1 or len(tokenizer.tokenize(word)) == 1, word
+    model = load_policy(path)
+    text = model.config.text_config
+    assert text.hidden_size == 128 and text.hidden_size // text.num_attention_heads == 64  # vLLM CPU: head_dim 64
+    assert set(KINDS) == {"majority", "filled", "control"}
+
+
+def test_two_steps_of_the_mini_recipe(mini_dir, tmp_path):
+    """The study's recipe runs vppo (masked pass, TGF, TAS) on the mini model and data for 2 steps."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "vppo", "prepare-data", "train", "--source", "mini", "--out", str(data),
+                    "--option", "n_rows=16"], check=True, capture_output=True)
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "vppo", "train", "--model", str(mini_dir), "--data", str(data), "--recipe",
+                    "mini", "--method", "vppo", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+                    "--max-steps", "2", "--set", "rollout_batch_prompts=2", "--set", "update_batch_prompts=2"],
+                   check=True, capture_output=True)
+    steps = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    logged = [s for s in steps if "kept_token_fraction" in s]
+    assert [s["step"] for s in logged] == [1, 2]
+    assert all(0.0 < s["kept_token_fraction"] < 1.0 for s in logged)  # TGF kept a share of the tokens
