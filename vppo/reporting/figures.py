@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from vppo.catalog import AVG, AVG_NAME, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG, TABLES  # noqa: E402
+from vppo.catalog import (AVG, AVG_NAME, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG,  # noqa: E402
+                          PAPER_MODELS, TABLES)
 from vppo.errors import require_dir  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
 from vppo.evaluation.protocol import paper_average  # noqa: E402
@@ -209,7 +210,7 @@ def draw_all(train_root, eval_root, analysis_root, out, reference=None, paper_mo
         if root is None or not root.is_dir():
             index["skipped"].append({"what": f"{name} figures", "reason": f"no {name} root ({root})"})
     for model in models or found:
-        paper_model = paper_models.get(model, model if model in MODEL_PAPER_NAMES and model != "tiny" else None)
+        paper_model = paper_models.get(model, model if model in PAPER_MODELS else None)
         _training(index, roots["train"], model, methods, label, out)
         _dependency(index, roots["analysis"], model, methods, label, out)
         _benchmarks(index, roots["eval"], model, methods, reference, paper_model, label, out)
