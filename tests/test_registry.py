@@ -260,6 +260,17 @@ def test_a_method_a_ninth_benchmark_and_a_table_join_the_default_dag_from_the_re
     probed = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True,
                             env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
     assert json.loads(probed.stdout) == [0.3, [*PAPER_AVG, NINTH.key], NINTH.source_name], probed.stderr
+    # Its fixture data is prepared and lmms-eval finds its task (not only the plan knows it).
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    prepared = subprocess.run([sys.executable, "-m", "vppo", "prepare-data", "eval", "--source", "fixtures", "--out",
+                               str(tmp_path / "data"), "--option", f"benchmarks=geo3k,{NINTH.key}", "--option", "n_rows=1"],
+                              cwd=repo, capture_output=True, text=True, env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    assert json.loads((tmp_path / "data" / f"{NINTH.key}.json").read_text())[0]["messages"]
+    tasks = ("from lmms_eval.tasks import TaskManager; "
+             "print('vppo_geo3k_copy' in TaskManager(include_path='benchmarks', include_defaults=False).all_subtasks)")
+    found = subprocess.run([sys.executable, "-c", tasks], cwd=repo, capture_output=True, text=True, env=env)
+    assert found.stdout.strip().splitlines()[-1:] == ["True"], found.stderr[-2000:]
 
 
 def test_train_nodes_and_gpus_have_one_home_the_recipe(tmp_path):
