@@ -12,7 +12,8 @@ import pytest
 
 from vppo.catalog import BENCHMARKS
 from vppo.cli import main as vppo_main
-from vppo.reporting.results_io import ResultsError, load_eval_frame, load_eval_json, load_reference
+from vppo.reference import load_reference
+from vppo.reporting.results_io import ResultsError, load_eval_frame, load_eval_json
 from doubles.reporting_inputs import eval_result, write_eval_result
 from vppo.reporting.tables import build_table, tex_escape, to_csv, to_latex, to_markdown
 

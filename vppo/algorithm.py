@@ -5,20 +5,19 @@ tensor [B, T] (any dtype) marking real response tokens. Every function here is a
 inputs; randomness, models and optimisers live elsewhere. What each function reproduces is cited against
 docs/protocol.md (sections 1-4), which records the official code's behaviour.
 
-The method presets (grpo, dapo, vppo and the ablations) are data: :class:`MethodPreset`,
-:data:`METHOD_PRESETS`, :func:`get_method`; :func:`vppo_weights` turns a preset plus dependencies into the
-TGF mask and TAS factors that :func:`policy_loss` takes.
+The method presets (grpo, dapo, vppo and the ablations) are data in the study registry (:mod:`vppo.catalog`:
+``MethodPreset``, ``METHOD_PRESETS``, ``get_method``, re-exported here); :func:`vppo_weights` turns a preset
+plus dependencies into the TGF mask and TAS factors that :func:`policy_loss` takes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Callable, Hashable, NamedTuple, Sequence, Union
 
 import torch
 
-from vppo.catalog import parse_method
+from vppo.catalog import METHOD_PRESETS, MethodPreset, get_method  # noqa: F401 (the presets are data)
 
 #: log-ratio clamp used wherever exp(logp difference) is taken (docs/protocol.md §1 and 4).
 LOG_RATIO_CLAMP = 20.0
@@ -383,62 +382,8 @@ def policy_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# 6. Method presets as data
+# 6. Method presets: data in the study registry (vppo.catalog), read here
 # --------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class MethodPreset:
-    """Everything that distinguishes the trained methods; defaults are the published VPPO-7B run.
-
-    dependency_estimator: a key of DEPENDENCY_ESTIMATORS; masking: a key of vppo.masking.MASKING_STRATEGIES.
-    """
-
-    name: str
-    use_tgf: bool
-    use_tas: bool
-    keep_ratio: float = 0.4
-    beta_min: float = 0.9
-    dynamic_sampling: bool = True
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float = 3.0
-    entropy_coef: float = 0.06
-    dependency_estimator: str = "k3"
-    masking: str = "patch"
-    #: TAS trajectory score over the TGF-kept tokens instead of all valid tokens. The official code
-    #: (dp_actor.py: ``masked_low_var_kl = low_var_kl * response_mask``, both for the mini-batch min/max
-    #: and for the micro-batch scores) averages over ALL valid tokens, so False is the default.
-    tas_score_kept_tokens_only: bool = False
-
-    @property
-    def needs_masked_pass(self) -> bool:
-        """True when the extra forward pass with masked images is needed (TGF or TAS on)."""
-        return self.use_tgf or self.use_tas
-
-
-#: The paper's methods. grpo = the plain GRPO baseline: symmetric clip 0.2/0.2 (no clip-higher) and no
-#: online filtering; it keeps dual clip, token-mean, the entropy penalty and no KL term so it differs from
-#: dapo only in DAPO's two tricks (the published config disables the KL term for every run). dapo = GRPO
-#: advantages + clip-higher + online filtering + token-mean (docs/protocol.md §6) = vppo with TGF and TAS off.
-METHOD_PRESETS: dict[str, MethodPreset] = {
-    p.name: p
-    for p in (
-        MethodPreset("grpo", use_tgf=False, use_tas=False, dynamic_sampling=False, clip_high=0.2),
-        MethodPreset("dapo", use_tgf=False, use_tas=False),
-        MethodPreset("vppo", use_tgf=True, use_tas=True),
-        MethodPreset("vppo_tas_only", use_tgf=False, use_tas=True),
-        MethodPreset("vppo_tgf_only", use_tgf=True, use_tas=False),
-    )
-}
-
-
-def get_method(name: str) -> MethodPreset:
-    """Preset by name (the grammar is vppo.catalog.parse_method); "vppo_k0.2" style names give the vppo preset
-    with that keep ratio in (0, 1]."""
-    key, keep_ratio = parse_method(name, trained_only=True)
-    preset = METHOD_PRESETS[key]
-    return preset if keep_ratio is None else dataclasses.replace(preset, name=name, keep_ratio=keep_ratio)
-
 
 class VPPOWeights(NamedTuple):
     """What a preset makes of one batch's dependencies; None where the preset leaves the loss alone."""

@@ -21,6 +21,7 @@ import math
 import torch
 
 from vppo.algorithm import MethodPreset, get_method, grpo_advantages, policy_loss, vppo_weights
+from vppo.catalog import KEEP_RATIO_PRESET, METHOD_PRESETS
 
 
 def _toy_batch(gen: torch.Generator, theta: torch.Tensor, n_groups: int, group_size: int, max_len: int):
@@ -97,7 +98,9 @@ def measure_gradient_variance_ratio(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="vppo,vppo_tgf_only,vppo_tas_only,vppo_k0.2,vppo_k0.8")
+    # Default: every preset that scales gradients (TGF or TAS on), and two points of the keep-ratio sweep.
+    scaling = [name for name, preset in METHOD_PRESETS.items() if preset.needs_masked_pass]
+    parser.add_argument("--methods", default=",".join([*scaling, f"{KEEP_RATIO_PRESET}_k0.2", f"{KEEP_RATIO_PRESET}_k0.8"]))
     parser.add_argument("--replicates", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

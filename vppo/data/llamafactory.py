@@ -19,25 +19,15 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
+from vppo.catalog import BENCHMARKS
+
 DATA_DIR = "data"
 JSON_DIR = "vppo"
 DATASET_INFO = "dataset_info.json"
 
-#: Benchmark key -> LLaMA-Factory dataset name in chamber111/VPPO-Eval. The names are the source datasets'
-#: hub ids with "/" -> "_", as PAPO-Eval names them. Seen in public loaders of VPPO-Eval:
-#: DynaMath_DynaMath_Sample, MathLLMs_MathVision. The other six are PAPO-Eval's names for the same splits
-#: (its data/dataset_info.json); MMK12's is PAPO-Eval's "PAPO_MMK12" and is the least certain one: if the
-#: download names it otherwise, the import stops and lists the unclaimed file (pass name_map_mmk12=<name>).
-DATASET_NAMES: dict[str, str] = {
-    "mathverse": "AI4Math_MathVerse",
-    "dynamath": "DynaMath_DynaMath_Sample",
-    "mmk12": "PAPO_MMK12",
-    "geo3k": "hiyouga_geometry3k",
-    "mathvision": "MathLLMs_MathVision",
-    "wemath": "We-Math_We-Math",
-    "logicvista": "lscpku_LogicVista",
-    "mmmu_pro": "MMMU_MMMU_Pro",
-}
+#: Benchmark key -> LLaMA-Factory dataset name in the evaluation data folder (``Benchmark.source_name`` of the
+#: study registry, where the choice of each name is explained).
+DATASET_NAMES: dict[str, str] = {b.key: b.source_name for b in BENCHMARKS}
 
 
 class LayoutError(ValueError):

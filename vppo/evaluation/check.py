@@ -6,26 +6,26 @@ first into ``--eval-out``, reusing matching results already there). REFERENCE is
 
 For each benchmark: diff = candidate - reference (points), se = sqrt(se_c^2 + se_r^2), z = diff / se. A drop is
 significant when z < -z_(1-alpha) (one-sided); it is a REGRESSION when significant and, if ``--max-drop`` is
-given, larger than that many points. An ``avg`` row compares the unweighted mean over the benchmarks (the
-paper's "Avg" column; se = sqrt(sum se_i^2) / n). Exit status: 0 no regression, 1 regression, 2 bad input.
+given, larger than that many points. An ``avg`` row compares the paper's "Avg": the unweighted mean over
+its Avg set (``vppo.catalog.PAPER_AVG``; se = sqrt(sum se_i^2) / n), only when all its benchmarks are checked;
+other supported benchmarks are checked one by one, never averaged in. Exit status: 0 no regression,
+1 regression, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
 from vppo.errors import InputError
-from vppo.catalog import BENCHMARK_BY_KEY, MODEL_PAPER_NAMES, METHOD_PAPER_NAMES, resolve_benchmarks
-from vppo.evaluation.protocol import benchmark_average
+from vppo.catalog import AVG, PAPER_AVG, resolve_benchmarks
+from vppo.evaluation.protocol import paper_average
+from vppo.reference import load_reference
 from vppo.evaluation.results import check_against_samples, read_results_dir
 from vppo.fileio import write_text_atomic
-
-AVG = "avg"
 
 
 class CheckInputError(InputError, ValueError):
@@ -53,31 +53,17 @@ def default_reference_dir() -> Path:
 
 
 def paper_reference(spec: str, reference_dir: Path) -> dict[str, Score]:
-    """``paper:<model>/<method>`` -> {benchmark or "avg": Score} from every reference CSV that has the row."""
+    """``paper:<model>/<method>`` (our keys) -> {benchmark or "avg": Score} from every table of the paper's
+    reference CSVs that has the row (:mod:`vppo.reference`, the reader the tables use)."""
     model_key, _, method_key = spec.removeprefix("paper:").partition("/")
     if not model_key or not method_key:
         raise CheckInputError(f"reference {spec!r}: expected paper:<model>/<method>, e.g. paper:qwen2.5-vl-7b/vppo")
-    model = MODEL_PAPER_NAMES.get(model_key, model_key).lower()
-    method = METHOD_PAPER_NAMES.get(method_key, method_key).lower()
-    by_column = {b.paper_name.lower(): b.key for b in BENCHMARK_BY_KEY.values()} | {"avg": AVG}
-    scores: dict[str, Score] = {}
-    files = sorted(reference_dir.glob("*.csv"))
-    if not files:
-        raise CheckInputError(f"{reference_dir}: no reference CSV files")
-    for path in files:
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                row_method = (row.get("method") or row.get("setting") or "").strip().lower()
-                if row.get("model", "").strip().lower() != model or row_method != method:
-                    continue
-                for column, value in row.items():
-                    key = by_column.get((column or "").strip().lower())
-                    if key and value not in (None, ""):
-                        scores[key] = Score(float(value), None)
+    scores = load_reference(reference_dir).scores(model_key, method_key)
     if not scores:
-        raise CheckInputError(f"reference {spec!r}: no row with model {model!r} and method/setting {method!r} "
-                              f"in {', '.join(p.name for p in files)}")
-    return scores
+        raise CheckInputError(f"reference {spec!r}: no row for model {model_key!r} and method {method_key!r} in "
+                              f"{reference_dir}/paper_*.csv (labels: vppo.catalog MODEL_PAPER_NAMES, "
+                              "METHOD_PAPER_NAMES)")
+    return {key: Score(value, None) for key, value in scores.items()}
 
 
 def results_scores(root: Path, keys: list[str]) -> tuple[dict[str, Score], dict[str, dict]]:
@@ -88,11 +74,12 @@ def results_scores(root: Path, keys: list[str]) -> tuple[dict[str, Score], dict[
 
 
 def with_average(scores: dict[str, Score], keys: list[str]) -> dict[str, Score]:
-    """Add the unweighted mean over ``keys`` (unless the source states its own, as the paper does)."""
-    if AVG in scores or len(keys) < 2 or not all(k in scores for k in keys):
+    """Add the paper's Avg (its Avg set only) when ``keys`` hold that whole set and the source does not state its
+    own Avg, as the paper does."""
+    if AVG in scores or not set(PAPER_AVG) <= set(keys):
         return scores
-    mean, stderr = benchmark_average([scores[k].accuracy for k in keys], [scores[k].stderr for k in keys])
-    return {**scores, AVG: Score(mean, stderr)}
+    mean, stderr = paper_average({k: (s.accuracy, s.stderr) for k, s in scores.items() if k in keys})
+    return scores if mean is None else {**scores, AVG: Score(mean, stderr)}
 
 
 def compare(candidate: dict[str, Score], reference: dict[str, Score], keys: list[str], alpha: float,
@@ -182,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
                   f"- candidate: {_describe(cand_results)}"]
         if args.against.startswith("paper:"):
             reference = paper_reference(args.against, args.reference_dir or default_reference_dir())
-            if set(keys) != set(BENCHMARK_BY_KEY):
-                reference.pop(AVG, None)  # the paper's Avg is over all eight benchmarks
+            if not set(PAPER_AVG) <= set(keys):
+                reference.pop(AVG, None)  # the paper's Avg is over its whole Avg set
             header.append(f"- reference: {args.against} (the paper's table: no standard error)")
         else:
             reference, ref_results = results_scores(Path(args.against), keys)

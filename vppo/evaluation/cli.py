@@ -19,7 +19,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``vppo eval`` and ``vppo check`` (which may evaluate a checkpoint first)."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"prepared evaluation data (vppo prepare-data eval ...; default {DEFAULT_DATA})")
-    parser.add_argument("--benchmarks", default="all", help="all, or comma-separated keys (mathverse,geo3k,...)")
+    parser.add_argument("--benchmarks", default="all", help="all (every supported benchmark of vppo.catalog), paper (the paper's Avg set) or comma-separated keys")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                         help="hf: transformers generate (CPU/one GPU); vllm: vLLM engine, one n=k request per question")
     parser.add_argument("--samples", type=int, default=PROTOCOL_SAMPLING.n,

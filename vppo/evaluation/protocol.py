@@ -6,14 +6,17 @@
 - :func:`score_responses`: every response graded by :func:`vppo.reward.grade` (last ``\\boxed{}``, mathruler);
   a row without an answer is wrong whatever the response.
 - :func:`avg_at_k` / :func:`avg_at_k_stderr`: total correct / total samples, and the per-question std / sqrt(n).
-- :func:`benchmark_average`: the paper's Avg over benchmarks and its standard error.
+- :func:`benchmark_average`: the unweighted mean over benchmarks and its standard error;
+  :func:`paper_average`: the paper's Avg, that mean over the paper's Avg set only (``vppo.catalog.PAPER_AVG``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
+
+from vppo.catalog import PAPER_AVG
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,13 @@ def benchmark_average(accuracies: Sequence[float], stderrs: Sequence[float | Non
     n = len(accuracies)
     stderr = None if any(s is None for s in stderrs) else math.sqrt(sum(s * s for s in stderrs)) / n
     return sum(accuracies) / n, stderr
+
+
+def paper_average(scores: Mapping[str, tuple[float | None, float | None]]) -> tuple[float | None, float | None]:
+    """The paper's "Avg" from ``{benchmark key: (accuracy, stderr)}``: :func:`benchmark_average` over the paper's
+    Avg set (``vppo.catalog.PAPER_AVG``) only, whatever other benchmarks ``scores`` holds; (None, None) unless
+    every member of that set has an accuracy (a subset's mean is not the paper's Avg)."""
+    members = [scores.get(key, (None, None)) for key in PAPER_AVG]
+    if any(accuracy is None for accuracy, _ in members):
+        return None, None
+    return benchmark_average([a for a, _ in members], [s for _, s in members])

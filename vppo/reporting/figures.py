@@ -28,18 +28,17 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES  # noqa: E402
+from vppo.catalog import (AVG, AVG_NAME, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG,  # noqa: E402
+                          PAPER_MODELS, TABLES)
 from vppo.errors import require_dir  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
-from vppo.reporting.results_io import (PaperReference, ResultsError, analysis_file, load_analysis,  # noqa: E402
-                                       load_eval_frame, load_reference, load_training_log, subdirs,
-                                       training_log_file)
-from vppo.reporting.tables import average  # noqa: E402
+from vppo.evaluation.protocol import paper_average  # noqa: E402
+from vppo.reference import PaperReference, ReferenceError, load_reference  # noqa: E402
+from vppo.reporting.results_io import (ResultsError, analysis_file, load_analysis, load_eval_frame,  # noqa: E402
+                                       load_training_log, subdirs, training_log_file)
 
 CURVE_PANELS = (("reward", "reward (mean per step)"), ("accuracy", "accuracy (mean per step)"),
                 ("kept_token_fraction", "kept-token fraction (TGF)"), ("alpha_mean", "TAS alpha (mean, min-max band)"))
-#: Paper tables searched, in order, for a method's paper value in the bar chart.
-PAPER_TABLES = ("main", "ablation", "scaling")
 DPI = 110
 LINESTYLES = ("-", "--", "-.", ":")
 
@@ -147,7 +146,7 @@ def dependency_figure(analysis: dict, model: str, method: str, label: str, out: 
 def paper_value(reference: PaperReference | None, paper_model: str | None, method: str, column: str) -> float | None:
     if reference is None or paper_model is None:
         return None
-    for table in PAPER_TABLES:
+    for table in TABLES:  # the first table that has the number
         value = reference.value(table, paper_model, method, column)
         if value is not None:
             return value
@@ -155,8 +154,11 @@ def paper_value(reference: PaperReference | None, paper_model: str | None, metho
 
 
 def benchmark_figure(cells, model: str, methods: list[str], reference, paper_model, label: str, out: Path) -> None:
-    columns = [b.key for b in BENCHMARKS] + ["avg"]
-    names = [b.paper_name for b in BENCHMARKS] + ["Avg"]
+    # The paper's Avg set, plus any other supported benchmark this model has results for; then the paper's Avg.
+    evaluated = set(cells.loc[cells["model"] == model, "benchmark"])
+    shown = [b for b in BENCHMARKS if b.key in PAPER_AVG or b.key in evaluated]
+    columns = [b.key for b in shown] + [AVG]
+    names = [b.paper_name for b in shown] + [AVG_NAME]
     fig = Figure(figsize=(13, 5.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(methods), 1)
@@ -166,7 +168,7 @@ def benchmark_figure(cells, model: str, methods: list[str], reference, paper_mod
         mine = cells[(cells["model"] == model) & (cells["method"] == method)].set_index("benchmark")
         values = [float(mine.loc[c, "ours"]) if c in mine.index else None for c in columns[:-1]]
         errors = [float(mine.loc[c, "stderr"]) if c in mine.index else None for c in columns[:-1]]
-        avg, avg_se = average(values, errors)
+        avg, avg_se = paper_average({c: (v, e) for c, v, e in zip(columns, values, errors)})
         values.append(avg)
         errors.append(avg_se)
         pos = x - 0.4 + width * (index + 0.5)
@@ -176,7 +178,7 @@ def benchmark_figure(cells, model: str, methods: list[str], reference, paper_mod
                error_kw={"linewidth": 0.8})
         for i in (i for i, v in enumerate(values) if v is None):
             ax.text(pos[i], 0.5, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
-        paper = [paper_value(reference, paper_model, method, n) for n in names]
+        paper = [paper_value(reference, paper_model, method, c) for c in columns]
         marks = [i for i, v in enumerate(paper) if v is not None]
         if marks:
             ax.plot(pos[marks], [paper[i] for i in marks], "D", color="black", markersize=4,
@@ -208,7 +210,7 @@ def draw_all(train_root, eval_root, analysis_root, out, reference=None, paper_mo
         if root is None or not root.is_dir():
             index["skipped"].append({"what": f"{name} figures", "reason": f"no {name} root ({root})"})
     for model in models or found:
-        paper_model = paper_models.get(model, model if model in MODEL_PAPER_NAMES and model != "tiny" else None)
+        paper_model = paper_models.get(model, model if model in PAPER_MODELS else None)
         _training(index, roots["train"], model, methods, label, out)
         _dependency(index, roots["analysis"], model, methods, label, out)
         _benchmarks(index, roots["eval"], model, methods, reference, paper_model, label, out)
@@ -307,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         reference = load_reference(args.reference_dir) if args.reference_dir else None
-    except ResultsError as exc:
+    except (ResultsError, ReferenceError) as exc:
         print(f"vppo figures: {exc}", file=sys.stderr)
         return 2
     split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)

@@ -29,7 +29,8 @@ from vppo.errors import require_dir
 from vppo.reporting import cost as cost_mod
 from vppo.fileio import write_text_atomic
 from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json
-from vppo.reporting.tables import COLUMNS, LEGEND, TABLES, describe, wide_blocks
+from vppo.catalog import TABLES
+from vppo.reporting.tables import COLUMNS, LEGEND, describe, wide_blocks
 
 MISSING = "—"
 STYLE = """
@@ -208,9 +209,10 @@ def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_ma
     tables_dir = Path(tables_dir) if tables_dir else None
     table_files = sorted(tables_dir.glob("*.csv")) if tables_dir and tables_dir.is_dir() else []
     tables = [read_table_csv(p) for p in table_files]
-    order = sorted(range(len(tables)), key=lambda i: (  # the paper's order: main, scaling, ablation
-        TABLES.index(tables[i]["table"].iloc[0]) if len(tables[i]) and tables[i]["table"].iloc[0] in TABLES
-        else len(TABLES), table_files[i].name))
+    known = list(TABLES)  # the registry's order: the paper's main, scaling, ablation, then any added table
+    order = sorted(range(len(tables)), key=lambda i: (
+        known.index(tables[i]["table"].iloc[0]) if len(tables[i]) and tables[i]["table"].iloc[0] in known
+        else len(known), table_files[i].name))
     tables, table_files = [tables[i] for i in order], [table_files[i] for i in order]
     cells = load_eval_frame(eval_root)  # a missing root is an empty frame
     labels = [label] if label else sorted({t["label"].iloc[0] for t in tables if len(t) and t["label"].iloc[0]})

@@ -2,7 +2,7 @@
 
 - Evaluation results ``<eval-root>/<model>/<method>/<benchmark>.json`` (schema ``vppo.eval/1``, written by
   ``vppo eval``) -> one :class:`pandas.DataFrame` row per cell (:func:`load_eval_frame`).
-- The paper's numbers ``<reference-dir>/paper_<table>_<size>.csv`` -> :class:`PaperReference`.
+- The paper's numbers: :mod:`vppo.reference` (shared with ``vppo check``).
 - Training logs ``<train-root>/<model>/<method>/training_log.jsonl`` (:func:`load_training_log`).
 - Dependency analyses ``<analysis-root>/<model>/<method>.json`` (schema ``vppo.analysis/1``).
 
@@ -13,14 +13,13 @@ raises :class:`ResultsError` naming the file and the field: a wrong number must 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from vppo.errors import InputError
-from vppo.catalog import BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES
+from vppo.catalog import BENCHMARKS
 from vppo.evaluation.results import ResultError, field_errors, read_result
 from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID
 
@@ -126,57 +125,6 @@ def subdirs(path: Path | None) -> list[str]:
     if path is None or not path.is_dir():
         return []
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-# --------------------------------------------------------------------------------------- paper reference
-
-@dataclass(frozen=True)
-class PaperReference:
-    """The paper's numbers: ``values[(table, paper_model_label, paper_method, column)] = percent``.
-
-    ``table`` is ``main``/``scaling``/``ablation`` (from ``paper_<table>_<size>.csv``), ``column`` a paper
-    header (``MathVerse`` ... ``Avg``). ``sources`` maps (table, model label) to the CSV it came from.
-    """
-
-    values: dict[tuple[str, str, str, str], float]
-    sources: dict[tuple[str, str], str]
-
-    def value(self, table: str, model_key: str, method_key: str, column: str) -> float | None:
-        model = MODEL_PAPER_NAMES.get(model_key, model_key)
-        method = METHOD_PAPER_NAMES.get(method_key)
-        if method is None:  # keep-ratio sweeps and other non-paper rows
-            return None
-        return self.values.get((table, model, method, column))
-
-    def source(self, table: str, model_key: str) -> str | None:
-        return self.sources.get((table, MODEL_PAPER_NAMES.get(model_key, model_key)))
-
-
-def load_reference(reference_dir: str | Path) -> PaperReference:
-    """Read every ``paper_<table>_*.csv`` (columns: model, method|setting, paper headers...)."""
-    root = Path(reference_dir)
-    files = sorted(root.glob("paper_*.csv"))
-    if not files:
-        raise ResultsError(f"{root}: no paper_<table>_<size>.csv files (the paper's numbers)")
-    values: dict[tuple[str, str, str, str], float] = {}
-    sources: dict[tuple[str, str], str] = {}
-    for path in files:
-        table = path.stem.split("_")[1]
-        frame = pd.read_csv(path)
-        row_key = "method" if "method" in frame.columns else "setting"
-        for needed in ("model", row_key):
-            if needed not in frame.columns:
-                raise ResultsError(f"{path}: field '{needed}': missing column")
-        for record in frame.to_dict("records"):
-            sources[(table, record["model"])] = str(path)
-            for column, value in record.items():
-                if column in ("model", row_key) or pd.isna(value):
-                    continue
-                try:
-                    values[(table, record["model"], record[row_key], column)] = float(value)
-                except (TypeError, ValueError):
-                    raise ResultsError(f"{path}: field '{column}' of row {record[row_key]!r}: not a number") from None
-    return PaperReference(values, sources)
 
 
 # ----------------------------------------------------------------------------------- training, analysis

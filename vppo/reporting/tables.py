@@ -3,8 +3,10 @@
 One long frame (:func:`build_table`) is the single source of all three formats and of the HTML report:
 one row per (method, column) with our value and standard error, the paper's value and the difference,
 and the provenance of the cell. A cell without a result file is missing (empty in CSV, "—" in Markdown
-and HTML, "--" in LaTeX), never zero. Our Avg is the mean of the eight benchmark accuracies, computed only
-when all eight are present; its standard error is sqrt(sum se_i^2) / 8 (benchmarks are independent).
+and HTML, "--" in LaTeX), never zero. Our Avg is the paper's: the mean over its Avg set
+(``vppo.catalog.PAPER_AVG``, its eight benchmarks), computed only when all eight are present; its standard
+error is sqrt(sum se_i^2) / 8 (benchmarks are independent). A supported benchmark outside that set is an extra
+column, never in Avg.
 
 CLI: ``vppo tables --table main --model tiny --paper-model qwen2.5-vl-7b --methods base,grpo,dapo,vppo
 --eval-root results/eval --reference-dir results/reference --out results/tables/main --label "SMOKE RUN"``.
@@ -19,19 +21,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, resolve_benchmarks
+from vppo.catalog import (AVG, AVG_NAME, BENCHMARK_BY_KEY, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG, PAPER_MODELS,
+                          TABLES, resolve_benchmarks)
 from vppo.errors import require_dir
-from vppo.evaluation.protocol import benchmark_average
+from vppo.evaluation.protocol import paper_average
 from vppo.fileio import write_text_atomic
-from vppo.reporting.results_io import PaperReference, ResultsError, load_eval_frame, load_reference
+from vppo.reference import PaperReference, load_reference
+from vppo.reporting.results_io import ResultsError, load_eval_frame
 
-AVG = "avg"
 MISSING_MD = "—"
 MISSING_TEX = "--"
-TABLES = ("main", "scaling", "ablation")
-TITLES = {"main": "Main results", "scaling": "Scaling to 32B", "ablation": "Ablation of TGF and TAS"}
-DEFAULT_METHODS = {"main": "base,grpo,dapo,vppo", "scaling": "grpo,dapo,vppo",
-                   "ablation": "vppo,vppo_tas_only,vppo_tgf_only,dapo"}
 #: Provenance columns copied from each cell's result file into the CSV.
 PROVENANCE = ["n_questions", "n_samples", "k", "backend", "seed", "checkpoint_sha256", "data_sha256", "eval_file"]
 #: Columns of the long CSV, in order.
@@ -48,46 +47,38 @@ def _num(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def average(accuracies: list[float | None], stderrs: list[float | None]) -> tuple[float | None, float | None]:
-    """(mean, sqrt(sum se^2) / n) of the benchmark accuracies, or (None, None) when any is missing."""
-    if not accuracies or any(a is None for a in accuracies) or any(s is None for s in stderrs):
-        return None, None
-    return benchmark_average(accuracies, stderrs)
-
-
 def build_table(table: str, model: str, paper_model: str | None, methods: list[str], benchmarks: list[str],
                 cells: pd.DataFrame, reference: PaperReference | None, label: str = "") -> pd.DataFrame:
     """Long frame: per method, one row per benchmark in ``benchmarks`` then one ``avg`` row.
 
-    ``cells`` is :func:`vppo.reporting.results_io.load_eval_frame` output. Avg is only ours when
-    ``benchmarks`` are all eight and all eight cells exist (a subset's mean is not the paper's Avg).
+    ``cells`` is :func:`vppo.reporting.results_io.load_eval_frame` output. Our Avg is the paper's
+    (:func:`vppo.evaluation.protocol.paper_average`): only when ``benchmarks`` hold the paper's whole Avg set and
+    all its cells exist; other benchmarks in ``benchmarks`` are extra columns, outside Avg.
     """
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; choose from {', '.join(TABLES)}")
-    all_eight = list(benchmarks) == [b.key for b in BENCHMARKS]
     source = reference.source(table, paper_model) if reference is not None and paper_model else None
     rows = []
     for method in methods:
         mine = cells[(cells["model"] == model) & (cells["method"] == method)].set_index("benchmark")
-        accs, ses, present = [], [], []
+        scores, present = {}, []
         for bench in benchmarks:
             cell = mine.loc[bench] if bench in mine.index else None
             ours = None if cell is None else float(cell["ours"])
             se = None if cell is None else float(cell["stderr"])
-            accs.append(ours)
-            ses.append(se)
-            if cell is not None:
+            scores[bench] = (ours, se)
+            if cell is not None and bench in PAPER_AVG:
                 present.append(cell)
             provenance = {k: (None if cell is None else cell[k]) for k in PROVENANCE}
             rows.append(_row(table, label, model, paper_model, method, bench, BENCHMARK_BY_KEY[bench].paper_name,
                              ours, se, reference, source, provenance))
-        avg, avg_se = average(accs, ses) if all_eight else (None, None)
+        avg, avg_se = paper_average(scores)
         provenance = {"n_questions": sum(int(c["n_questions"]) for c in present) if avg is not None else None,
                       "n_samples": sum(int(c["n_samples"]) for c in present) if avg is not None else None,
                       **{k: _joined(c[k] for c in present) or None
                          for k in ("k", "backend", "seed", "checkpoint_sha256", "data_sha256")},
                       "eval_file": None}
-        rows.append(_row(table, label, model, paper_model, method, AVG, "Avg", avg, avg_se, reference, source,
+        rows.append(_row(table, label, model, paper_model, method, AVG, AVG_NAME, avg, avg_se, reference, source,
                          provenance))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for column in ("n_questions", "n_samples"):  # counts stay integers next to missing cells
@@ -96,7 +87,7 @@ def build_table(table: str, model: str, paper_model: str | None, methods: list[s
 
 
 def _row(table, label, model, paper_model, method, bench, column, ours, se, reference, source, provenance) -> dict:
-    paper = reference.value(table, paper_model, method, column) if reference is not None and paper_model else None
+    paper = reference.value(table, paper_model, method, bench) if reference is not None and paper_model else None
     diff = ours - paper if ours is not None and paper is not None else None
     return {"table": table, "label": label, "model": model, "model_name": MODEL_PAPER_NAMES.get(model, model),
             "paper_model": paper_model, "paper_model_name": MODEL_PAPER_NAMES.get(paper_model, paper_model),
@@ -141,13 +132,14 @@ def describe(long: pd.DataFrame) -> dict[str, str]:
     comparison = (f"Ours: {ours}; paper: {paper_name}"
                   + (f" (from {first['paper_source']})" if first["paper_source"] else "") + ".")
     notes = " ".join(BASELINE_NOTES[m] for m in dict.fromkeys(long["method"]) if m in BASELINE_NOTES)
-    return {"title": f"{TITLES[first['table']]}: avg@8 accuracy (%)", "label": first["label"] or "",
+    return {"title": f"{TABLES[first['table']].title}: avg@8 accuracy (%)", "label": first["label"] or "",
             "comparison": comparison, "notes": notes}
 
 
-LEGEND = ("Ours: value ± standard error over questions. Avg: mean of the eight benchmarks, only when all eight "
-          "are present; its standard error is sqrt(sum of se²)/8. Δ = ours − paper. Missing cells: not computed "
-          "yet (ours) or not reported by the paper.")
+LEGEND = (f"Ours: value ± standard error over questions. Avg: the paper's, the mean of its {len(PAPER_AVG)} "
+          f"benchmarks ({', '.join(BENCHMARK_BY_KEY[k].paper_name for k in PAPER_AVG)}; no other column), only "
+          f"when all {len(PAPER_AVG)} are present; its standard error is sqrt(sum of se²)/{len(PAPER_AVG)}. "
+          "Δ = ours − paper. Missing cells: not computed yet (ours) or not reported by the paper.")
 
 
 def _fmt(value: float | None, missing: str, signed: bool = False) -> str:
@@ -240,12 +232,13 @@ def write_table(long: pd.DataFrame, out_prefix: str | Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------------ CLI
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", choices=TABLES, required=True)
+    parser.add_argument("--table", choices=list(TABLES), required=True, help="a table of vppo.catalog.TABLES")
     parser.add_argument("--model", required=True, help="model key of our results (path <eval-root>/<model>/...)")
     parser.add_argument("--paper-model", default=None,
-                        help="the paper's model to compare with (qwen2.5-vl-7b, qwen2.5-vl-32b); default: --model")
-    parser.add_argument("--methods", default=None, help="comma-separated method keys (default depends on --table)")
-    parser.add_argument("--benchmarks", default="all")
+                        help=f"the paper's model to compare with ({', '.join(PAPER_MODELS)}); default: the table's")
+    parser.add_argument("--methods", default=None, help="comma-separated method keys (default: the table's)")
+    parser.add_argument("--benchmarks", default="all",
+                        help="all (every supported benchmark), paper (the paper's Avg set) or comma-separated keys")
     parser.add_argument("--eval-root", required=True)
     parser.add_argument("--reference-dir", required=True)
     parser.add_argument("--out", required=True, help="output prefix: writes OUT.md, OUT.csv, OUT.tex")
@@ -266,8 +259,9 @@ def run(args: argparse.Namespace) -> int:
     require_dir(args.reference_dir, "--reference-dir")
     try:
         benchmarks = [b.key for b in resolve_benchmarks(args.benchmarks)]
-        methods = [m.strip() for m in (args.methods or DEFAULT_METHODS[args.table]).split(",") if m.strip()]
-        paper_model = args.paper_model or args.model
+        spec = TABLES[args.table]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(spec.default_methods)
+        paper_model = args.paper_model or spec.paper_model
         reference = load_reference(args.reference_dir)
         cells = load_eval_frame(args.eval_root, [args.model], methods, benchmarks)
     except (ResultsError, ValueError) as exc:

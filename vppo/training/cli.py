@@ -13,12 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from vppo.catalog import method_grammar
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="HF checkpoint directory of the initial policy")
     parser.add_argument("--data", type=Path, required=True, help="training data directory (vppo prepare-data train)")
     parser.add_argument("--recipe", required=True, help="smoke | 7b | 32b | path to a recipe YAML")
-    parser.add_argument("--method", required=True, help="grpo | dapo | vppo | vppo_tas_only | vppo_tgf_only | vppo_k<r>")
+    parser.add_argument("--method", required=True, help=method_grammar(trained_only=True))
     parser.add_argument("--work-dir", type=Path, required=True, help="resumable trainer state (checkpoint-N folders)")
     parser.add_argument("--out", type=Path, required=True, help="finished run: final/, training_log.jsonl, summary")
     parser.add_argument("--seed", type=int, default=0)

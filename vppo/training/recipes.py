@@ -1,7 +1,7 @@
 """Training recipes: YAML files in ``vppo/training/recipes/`` (smoke, 7b, 32b), validated and mapped to TRL.
 
 A recipe is the schedule and the hardware layout; the method (grpo, dapo, vppo, ablations) is a separate
-preset from :func:`vppo.algorithm.get_method` and supplies clip ranges, TGF/TAS settings and filtering.
+preset from :func:`vppo.catalog.get_method` and supplies clip ranges, TGF/TAS settings and filtering.
 
 Mapping to ``trl.GRPOConfig`` (:func:`grpo_config_kwargs`), with W = num_nodes * max(gpus_per_node, 1):
 
@@ -114,7 +114,7 @@ class Recipe:
 
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
-#: a run records. A new value is a new preset in vppo.algorithm.METHOD_PRESETS.
+#: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
 _TYPES = {f.name: f.type for f in fields(Recipe)}
 
@@ -203,7 +203,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def _refuse_method_keys(keys, where: str) -> None:
     owned = sorted(set(keys) & set(METHOD_KEYS))
     if owned:
-        raise RecipeError(f"{where}: {', '.join(owned)} is set by the method preset (vppo.algorithm.METHOD_PRESETS), "
+        raise RecipeError(f"{where}: {', '.join(owned)} is set by the method preset (vppo.catalog.METHOD_PRESETS), "
                           "not the recipe; remove it, or add a method preset with the value you want")
 
 

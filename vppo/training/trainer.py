@@ -71,7 +71,7 @@ class DataCursor(TrainerCallback, ExportableState):
 class VPPOTrainer(GRPOTrainer):
     """GRPOTrainer whose rollout and loss follow ``preset`` (grpo, dapo, vppo, ablations).
 
-    preset: a :class:`vppo.algorithm.MethodPreset` (its ``entropy_coef`` is the coefficient of mean(-logp) in the
+    preset: a :class:`vppo.catalog.MethodPreset` (its ``entropy_coef`` is the coefficient of mean(-logp) in the
     loss, kept as ``entropy_penalty``);
     max_sampling_rounds: safety cap on generation rounds per rollout batch for dynamic sampling (None: no cap,
     as the official run; reaching it raises :class:`SamplingCapError`);

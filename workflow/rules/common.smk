@@ -4,6 +4,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -12,10 +13,11 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import update_config, validate
 
 sys.path.insert(0, workflow.basedir)  # the checkout's vppo (torch-free modules only: the driver env has no torch)
-from vppo.catalog import parse_method
+from vppo.catalog import BASE_METHOD, UNTRAINED_METHODS, fill_config_schema, parse_method
 
 CONFIG_DIR = Path(workflow.basedir) / "workflow" / "config"
-SCHEMA = "../schemas/config.schema.yaml"
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+RECIPE_DIR = Path(workflow.basedir) / "vppo" / "training" / "recipes"
 # Rules name their software environment: the driver (Snakemake, pandas, matplotlib) for CPU stages and the
 # cluster's pinned GPU environment (the root environment.yml, one copy) for data, training, evaluation and
 # analysis. Paths are relative to this rules folder.
@@ -29,7 +31,7 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 
 
 def recipe_file(name):
-    return Path(workflow.basedir) / "vppo" / "training" / "recipes" / f"{name}.yaml"
+    return RECIPE_DIR / f"{name}.yaml"
 
 
 def recipe_of(model):
@@ -60,6 +62,32 @@ def select_preset(config):
     return chosen
 
 
+#: Train-job keys whose one home is the model's recipe (the launcher and the trainer read them from there).
+RECIPE_LAYOUT = {"nodes": "num_nodes", "gpus_per_node": "gpus_per_node"}
+
+
+def check_moved_keys(config):
+    """Keys that moved out of the configuration: one line saying where the value lives now."""
+    for name, spec in (config.get("models") or {}).items():
+        for key, recipe_key in RECIPE_LAYOUT.items():
+            if isinstance(spec, dict) and key in (spec.get("train_resources") or {}):
+                raise ValueError(f"models.{name}.train_resources.{key}: no longer a config key; the training layout "
+                                 f"lives in the recipe only: set {recipe_key} in vppo/training/recipes/"
+                                 f"{spec.get('recipe', '<recipe>')}.yaml (or a recipe of your own)")
+
+
+def validate_against_registry(config):
+    """JSON-schema validation with the schema's enums filled from the study registry (vppo.catalog), the
+    presets found in workflow/config/ and the recipes in vppo/training/recipes/ (Snakemake's validate takes a
+    file, so the filled schema is written to a temporary one)."""
+    schema = fill_config_schema(yaml.safe_load(SCHEMA.read_text()), [p.stem for p in CONFIG_DIR.glob("*.yaml")],
+                                [p.stem for p in RECIPE_DIR.glob("*.yaml")])
+    with tempfile.TemporaryDirectory() as folder:
+        filled = Path(folder) / SCHEMA.name
+        filled.write_text(yaml.safe_dump(schema, sort_keys=False))
+        validate(config, str(filled))
+
+
 def check_cross_references(config):
     """What the schema cannot say: tables, analysis and released checkpoints name configured cells."""
     problems = []
@@ -70,12 +98,6 @@ def check_cross_references(config):
                 parse_method(method)
             except ValueError as exc:
                 problems.append(f"models.{name}.methods: {exc}")
-        recipe = yaml.safe_load(recipe_file(spec["recipe"]).read_text())
-        resources = spec.get("train_resources", {})
-        for key, recipe_key in (("nodes", "num_nodes"), ("gpus_per_node", "gpus_per_node")):
-            if resources.get(key, 1 if key == "nodes" else 0) != recipe[recipe_key]:
-                problems.append(f"models.{name}.train_resources.{key} = {resources.get(key)} but recipe "
-                                f"{spec['recipe']} has {recipe_key} = {recipe[recipe_key]}")
         for method in spec.get("released", {}):
             if method not in spec["methods"]:
                 problems.append(f"models.{name}.released.{method}: not in models.{name}.methods")
@@ -100,7 +122,8 @@ _selected = select_preset(config)
 if _selected is not config:
     config.clear()
     config.update(_selected)
-validate(config, SCHEMA)
+check_moved_keys(config)
+validate_against_registry(config)
 check_cross_references(config)
 
 MODELS = config["models"]
@@ -116,6 +139,7 @@ wildcard_constraints:
     model=_alternatives(MODELS),
     method=_alternatives(ALL_METHODS),
     benchmark=_alternatives(BENCHMARKS),
+    table=_alternatives(config["tables"]),
     name=r"[A-Za-z0-9._-]+",
 
 
@@ -133,7 +157,7 @@ def eval_json(model, method, benchmark):
 def trained_methods(model):
     """Methods of a model that the workflow trains (not base, not a released checkpoint)."""
     spec = MODELS[model]
-    return [m for m in spec["methods"] if m != "base" and m not in spec.get("released", {})]
+    return [m for m in spec["methods"] if m not in UNTRAINED_METHODS and m not in spec.get("released", {})]
 
 
 def base_model_dir(wildcards):
@@ -142,7 +166,7 @@ def base_model_dir(wildcards):
 
 def checkpoint_dir(wildcards):
     """The checkpoint a cell evaluates: the base model, a released checkpoint, or our converted training."""
-    if wildcards.method == "base":
+    if wildcards.method == BASE_METHOD:
         return base_model_dir(wildcards)
     if wildcards.method in MODELS[wildcards.model].get("released", {}):
         return f"resources/models/{wildcards.model}/released_{wildcards.method}"
@@ -197,8 +221,15 @@ def slurm_placement(kind):
     return {**_env_account(), **_env_partition(kind)}
 
 
+def train_layout(model):
+    """{nodes, gpus_per_node} of a model's training job: its recipe's num_nodes and gpus_per_node."""
+    recipe = recipe_of(model)
+    return {key: recipe[recipe_key] for key, recipe_key in RECIPE_LAYOUT.items()}
+
+
 def train_spec(wildcards):
-    return MODELS[wildcards.model].get("train_resources", {})
+    """The training job's resources: the config's train_resources (cpus, mem_mb, runtime) and the recipe's layout."""
+    return {**MODELS[wildcards.model].get("train_resources", {}), **train_layout(wildcards.model)}
 
 
 def eval_spec(wildcards):
@@ -269,7 +300,7 @@ PREFLIGHT = "results/preflight/doctor.txt"
 
 
 def any_gpu_job():
-    specs = [spec.get(key, {}) for spec in MODELS.values() for key in ("train_resources", "eval_resources")]
+    specs = [spec.get("eval_resources", {}) for spec in MODELS.values()] + [train_layout(m) for m in MODELS]
     specs += [analysis_spec(), check_spec()]
     return any(spec.get("gpus_per_node", 0) or spec.get("gpus", 0) for spec in specs)
 
@@ -279,6 +310,13 @@ def preflight_options():
     gpus = 1 if any_gpu_job() else 0
     vllm = EVAL["backend"] == "vllm" or any(recipe_of(model).get("use_vllm") for model in MODELS)
     return f"--gpus {gpus}{' --vllm' if vllm else ''} --min-free-gb {CLUSTER['min_free_gb']} --path work"
+
+
+def eval_data_options():
+    """`vppo prepare-data eval` options: the configured ones, and the configured benchmarks (its default, "all",
+    is every supported benchmark, which a source such as VPPO-Eval need not hold)."""
+    options = {"benchmarks": ",".join(BENCHMARKS), **(config["data"]["eval"].get("options") or {})}
+    return cli_pairs("--option", options)
 
 
 def cli_pairs(flag, mapping):
@@ -355,7 +393,7 @@ def job_resources(spec, partition="GPU", stage=None):
 
 def analysis_options(wildcards):
     analysis = config["analysis"]
-    return (f"--n-prompts {analysis['n_prompts']} --samples {analysis['samples']} "
+    return (f"--benchmarks {','.join(BENCHMARKS)} --n-prompts {analysis['n_prompts']} --samples {analysis['samples']} "
             f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']} "
             f"--model-label {wildcards.model} --method-label {wildcards.method}")
 
@@ -387,8 +425,8 @@ def gpus_per_job():
 
     mapping = {"*": 0}
     for model, spec in MODELS.items():
-        train = spec.get("train_resources", {})
-        mapping[f"train/{model}"] = train.get("nodes", 1) * train.get("gpus_per_node", 0)
+        train = train_layout(model)
+        mapping[f"train/{model}"] = train["nodes"] * train["gpus_per_node"]
         mapping[f"eval/{model}"] = spec.get("eval_resources", {}).get("gpus", 0)
         mapping[f"analysis/{model}"] = analysis_spec().get("gpus", 0)
     return json.dumps(mapping, sort_keys=True)

@@ -31,7 +31,7 @@ rule prepare_eval_data:
         directory("resources/data/eval"),
     params:
         source=config["data"]["eval"]["source"],
-        options=cli_pairs("--option", config["data"]["eval"].get("options")),
+        options=eval_data_options(),
     log:
         "logs/data/eval.log",
     benchmark:

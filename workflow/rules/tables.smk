@@ -10,8 +10,6 @@ rule table:
         md="results/tables/{table}.md",
         csv="results/tables/{table}.csv",
         tex="results/tables/{table}.tex",
-    wildcard_constraints:
-        table="main|scaling|ablation",
     params:
         spec=lambda wildcards: config["tables"][wildcards.table],
         methods=lambda wildcards: ",".join(config["tables"][wildcards.table]["methods"]),
