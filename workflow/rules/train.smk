@@ -36,7 +36,7 @@ rule train:
         cpus_per_task=lambda wildcards: train_spec(wildcards).get("cpus", 1),
         mem_mb=memory_mb("train", train_spec),
         runtime=grown_runtime(train_spec),
-        # Several nodes: the job script itself fans out one launcher per node (SNAKEMAKE.md, "payload").
+        # Several nodes: the job script itself fans out one launcher per node (docs/cluster.md, the nested-srun section).
         mpi=lambda wildcards: "srun" if is_multi_node(wildcards) else None,
         tasks=lambda wildcards: train_spec(wildcards)["nodes"] if is_multi_node(wildcards) else None,
         tasks_per_gpu=0,
