@@ -127,3 +127,24 @@ def test_two_steps_of_the_mini_recipe(mini_dir, tmp_path):
     logged = [s for s in steps if "kept_token_fraction" in s]
     assert [s["step"] for s in logged] == [1, 2]
     assert all(0.0 < s["kept_token_fraction"] < 1.0 for s in logged)  # TGF kept a share of the tokens
+
+
+def test_eval_source_mini_writes_the_study_sets_in_the_real_layout(mini_dir, tmp_path):
+    data = tmp_path / "eval"
+    subprocess.run([sys.executable, "-m", "vppo", "prepare-data", "eval", "--source", "mini", "--out", str(data),
+                    "--option", "n_rows=3", "--option", "benchmarks=mini_heldout,mini_control"], check=True,
+                   capture_output=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["files"] == {"mini_heldout": "data/vppo/vppo_mini_heldout.json",
+                                 "mini_control": "data/vppo/vppo_mini_control.json"}  # through the LLaMA-Factory importer
+    rows = json.loads((data / "mini_control.json").read_text())
+    assert [r["messages"][1]["content"] for r in rows] == [mini_example("control", i, ("control",))["answer"]
+                                                          for i in range(3)]
+    # The paper's eight are not part of this source, and eval refuses a benchmark the folder does not hold.
+    refused = subprocess.run([sys.executable, "-m", "vppo", "prepare-data", "eval", "--source", "mini", "--out",
+                              str(tmp_path / "all"), "--option", "benchmarks=geo3k"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "geo3k" in refused.stderr
+    missing = subprocess.run([sys.executable, "-m", "vppo", "eval", str(mini_dir), "--data", str(data), "--benchmarks",
+                              "mini_heldout,geo3k", "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "geo3k not prepared" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

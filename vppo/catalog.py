@@ -58,7 +58,12 @@ PAPER_BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("mmmu_pro", "MMMU-Pro", 1730, "choice", "MMMU_MMMU_Pro"),
 )
 #: Supported benchmarks outside the paper's Avg set: shown as extra columns, never averaged into Avg.
-EXTRA_BENCHMARKS: tuple[Benchmark, ...] = ()
+EXTRA_BENCHMARKS: tuple[Benchmark, ...] = (
+    # The mini study (workflow/config/mini.yaml; vppo.data.mini_task): its held-out grid questions and the
+    # text-only control. Generated offline by `prepare-data eval --source mini`; rows = the mini preset's n_rows.
+    Benchmark("mini_heldout", "Grid (held-out)", 256, "choice", "vppo_mini_heldout"),
+    Benchmark("mini_control", "Text-only control", 128, "choice", "vppo_mini_control"),
+)
 
 #: Every supported benchmark ("all" of ``--benchmarks``): the paper's eight first, then the extras.
 BENCHMARKS: tuple[Benchmark, ...] = PAPER_BENCHMARKS + EXTRA_BENCHMARKS

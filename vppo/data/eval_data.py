@@ -314,7 +314,7 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     layout (the folder holding ``data/``, or ``data/`` itself).
     Options: ``n_rows`` (fixtures, default 5), ``seed`` (fixtures, 0), ``plant_empty_answers`` (fixtures: one
     more row per benchmark whose answer is empty), ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub),
-    ``benchmarks`` ("all" or keys), ``name_map_<key>`` (LLaMA-Factory name of a benchmark's file),
+    ``benchmarks`` ("paper", the default: the paper's eight; "all"; or keys), ``name_map_<key>`` (LLaMA-Factory name of a benchmark's file),
     ``expected_rows`` (rows per benchmark for a folder or hub source that is not the real set; default: the
     catalog's counts).
     """
@@ -332,7 +332,7 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
 
     out = Path(out)
     try:
-        benchmarks = resolve_benchmarks(str(options.get("benchmarks", "all")))
+        benchmarks = resolve_benchmarks(str(options.get("benchmarks", "paper")))
     except ValueError as exc:
         raise EvalDataError(f"--option benchmarks: {exc}") from None
     name_map = {k[len("name_map_"):]: str(v) for k, v in options.items() if k.startswith("name_map_")}
@@ -347,6 +347,16 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
         folder = write_llamafactory_fixtures(out / "_fixtures", n_rows, int(options.get("seed", 0)), benchmarks,
                                              planted)
         expected = {b.key: n_rows + int(planted) for b in benchmarks}
+    elif source == "mini":
+        from vppo.data.mini_task import EVAL_SETS, write_llamafactory_mini
+
+        others = [b.key for b in benchmarks if b.key not in EVAL_SETS]
+        if others:
+            raise EvalDataError(f"eval data source 'mini': writes {', '.join(EVAL_SETS)} only, not {', '.join(others)} "
+                                "(set --option benchmarks=...)")
+        n_rows = int(options.get("n_rows", 5))
+        folder = write_llamafactory_mini(out / "_mini", n_rows, [b.key for b in benchmarks])
+        expected = {b.key: n_rows for b in benchmarks}
     elif source == "hub":
         # str(): options are YAML-typed, and an all-digit commit prefix would arrive as an int
         requested = options.get("revision")
@@ -355,7 +365,7 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
     elif Path(source).is_dir():
         folder = Path(source)
     else:
-        raise EvalDataError(f"eval data source {source!r}: expected 'fixtures', 'hub' or an existing directory")
+        raise EvalDataError(f"eval data source {source!r}: expected 'fixtures', 'mini', 'hub' or an existing directory")
     files = import_llamafactory(folder, out, benchmarks, name_map)
     body = verify_eval_dir(out, benchmarks, expected)
     manifest = {"source": source, "revision": revision, "files": files,
@@ -371,6 +381,6 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
 def write_fixtures(out: str | Path, n_rows: int = 5, seed: int = 0, benchmarks: list[Benchmark] | None = None,
                    plant_empty_answer: bool = False) -> Path:
     """Prepared fixture data in ``out``: :func:`prepare_eval_data` with source ``fixtures``."""
-    keys = ",".join(b.key for b in benchmarks) if benchmarks else "all"
+    keys = ",".join(b.key for b in benchmarks) if benchmarks else "paper"
     return prepare_eval_data("fixtures", out, n_rows=n_rows, seed=seed, benchmarks=keys,
                              plant_empty_answers=int(plant_empty_answer))

@@ -98,3 +98,22 @@ def write_llamafactory_fixtures(root: str | Path, n_rows: int = 5, seed: int = 0
         info[name] = _dataset_info_entry(name)
     write_text_atomic(data / DATASET_INFO, json.dumps(info, indent=1) + "\n")
     return root
+
+
+def write_llamafactory_rows(root: str | Path, rows: dict[str, list[tuple[str, str, Image.Image]]]) -> Path:
+    """Given rows (question, answer, picture) per benchmark key, in the same layout as the fixtures (RGB PNGs)."""
+    root = Path(root)
+    data = root / DATA_DIR
+    info = {}
+    for key, items in rows.items():
+        name = DATASET_NAMES[key]
+        (data / "images" / name).mkdir(parents=True, exist_ok=True)
+        records = []
+        for i, (question, answer, image) in enumerate(items):
+            reference = f"./data/images/{name}/{i:04d}.png"
+            image.save(root / reference)
+            records.append(_sharegpt(str(i), reference, question, answer))
+        write_text_atomic(data / JSON_DIR / f"{name}.json", json.dumps(records, indent=1) + "\n")
+        info[name] = _dataset_info_entry(name)
+    write_text_atomic(data / DATASET_INFO, json.dumps(info, indent=1) + "\n")
+    return root

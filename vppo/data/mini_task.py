@@ -117,3 +117,20 @@ def token_roles(response_tokens: list[str]) -> list[str]:
         roles.append(role)
         offset = end
     return roles
+
+
+#: The study's evaluation benchmarks (registered in vppo.catalog): key -> (split, kinds).
+EVAL_SETS = {"mini_heldout": ("heldout", IMAGE_KINDS), "mini_control": ("control", ("control",))}
+
+
+def write_llamafactory_mini(root, n_rows: int, keys: list[str]) -> "Path":
+    """The evaluation sets ``keys`` (of :data:`EVAL_SETS`) in VPPO-Eval's LLaMA-Factory layout under ``root``, so
+    ``prepare-data eval --source mini`` runs the importer the real data runs. Rows 0..n_rows-1 of each split."""
+    from vppo.data.eval_fixtures import write_llamafactory_rows
+
+    rows = {}
+    for key in keys:
+        split, kinds = EVAL_SETS[key]
+        examples = (mini_example(split, i, kinds) for i in range(n_rows))
+        rows[key] = [(e["problem"].removeprefix(IMAGE_PLACEHOLDER), e["answer"], e["image"]) for e in examples]
+    return write_llamafactory_rows(root, rows)

@@ -1,8 +1,9 @@
-"""``vppo eval CHECKPOINT --data DIR --benchmarks all --out DIR``: avg@k through lmms-eval (the avg@8 protocol, README "Evaluation")."""
+"""``vppo eval CHECKPOINT --data DIR --benchmarks paper --out DIR``: avg@k through lmms-eval (the avg@8 protocol, README "Evaluation")."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``vppo eval`` and ``vppo check`` (which may evaluate a checkpoint first)."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"prepared evaluation data (vppo prepare-data eval ...; default {DEFAULT_DATA})")
-    parser.add_argument("--benchmarks", default="all", help="all (every supported benchmark of vppo.catalog), paper (the paper's Avg set) or comma-separated keys")
+    parser.add_argument("--benchmarks", default="paper", help="paper (default: the paper's Avg set), all (every supported benchmark of vppo.catalog) or comma-separated keys")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                         help="hf: transformers generate (CPU/one GPU); vllm: vLLM engine, one n=k request per question")
     parser.add_argument("--samples", type=int, default=PROTOCOL_SAMPLING.n,
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = run_eval(request_from_args(args, args.checkpoint, args.out))
     except eval_input_errors() as exc:
-        print(f"vppo eval: {exc}")
+        print(f"vppo eval: {exc}", file=sys.stderr)  # errors on stderr, as every other command
         return 2
     print(f"{'benchmark':<12} {'avg@k':>7} {'stderr':>7} {'n':>6} {'bad':>4}")
     for key, r in results.items():

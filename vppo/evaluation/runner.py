@@ -223,6 +223,12 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
     if read_manifest(req.data) is None:  # written last by prepare-data: without it the folder is partial
         raise EvalDataError(f"--data {req.data}: no manifest.json, so not a completely prepared evaluation folder; "
                             "prepare it with `vppo prepare-data eval`")
+    prepared = read_manifest(req.data).get("benchmarks", {})
+    missing = [b.key for b in req.benchmarks if b.key not in prepared]
+    if missing:
+        raise EvalDataError(f"--data {req.data}: benchmark(s) {', '.join(missing)} not prepared there (it holds "
+                            f"{', '.join(prepared) or 'none'}); prepare them with `vppo prepare-data eval --option "
+                            "benchmarks=...`")
     req.out.mkdir(parents=True, exist_ok=True)
     checkpoint_hash = checkpoint_sha256(req.checkpoint, cache=req.out / ".checkpoint_sha256.json")
     data_hashes = {b.key: data_checksum(req.data, b.key) for b in req.benchmarks}

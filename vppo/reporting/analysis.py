@@ -208,7 +208,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=2, help="responses per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--benchmarks", default="all")
+    parser.add_argument("--benchmarks", default="paper", help="paper (default: the paper's Avg set), all (every supported benchmark) or keys")
     parser.add_argument("--model-label", default=None, help="default: the checkpoint's parent folder name")
     parser.add_argument("--method-label", default=None, help="default: the checkpoint folder name")
     parser.add_argument("--estimator", choices=["k3", "kl"], default="k3",

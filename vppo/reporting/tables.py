@@ -237,8 +237,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paper-model", default=None,
                         help=f"the paper's model to compare with ({', '.join(PAPER_MODELS)}); default: the table's")
     parser.add_argument("--methods", default=None, help="comma-separated method keys (default: the table's)")
-    parser.add_argument("--benchmarks", default="all",
-                        help="all (every supported benchmark), paper (the paper's Avg set) or comma-separated keys")
+    parser.add_argument("--benchmarks", default="paper",
+                        help="paper (default: the paper's Avg set), all (every supported benchmark) or comma-separated keys")
     parser.add_argument("--eval-root", required=True)
     parser.add_argument("--reference-dir", required=True)
     parser.add_argument("--out", required=True, help="output prefix: writes OUT.md, OUT.csv, OUT.tex")

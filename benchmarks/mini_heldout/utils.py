@@ -1,0 +1,7 @@
+"""The mini study's mini_heldout set: where its rows are and how they become docs (shared hooks: vppo.evaluation.tasklib)."""
+
+from vppo.evaluation.tasklib import data_files, docs_processor
+
+BENCHMARK = "mini_heldout"
+DATA_FILES = data_files(BENCHMARK)
+process_docs = docs_processor(BENCHMARK)
