@@ -162,3 +162,22 @@ def test_one_step_with_a_dependency_option_trains_and_records_it(one_step_runs, 
 def test_a_method_without_the_masked_pass_records_no_dependency_options(one_step_runs):
     run = one_step_runs["dapo"]
     assert run["strategies"] == [] and run["log"][0]["dependency_estimator"] is None and run["log"][0]["masking"] is None
+
+
+def test_work_dirs_from_before_the_options_still_resume_and_a_changed_option_does_not(tiny_model_dir, tmp_path):
+    """A WORK_DIR claimed before the two recipe keys existed records no such keys: with them unset it is the same
+    run; setting one is a different run (its checkpoints were trained with another dependency)."""
+    from vppo.training.recipes import method_preset
+    from vppo.training.runner import RUN_FILE, TrainError, _claim_work_dir
+
+    request = _request(tmp_path, tiny_model_dir, tmp_path / "data")
+    work = tmp_path / "work"
+    work.mkdir()
+    recipe = load_recipe("smoke")
+    _claim_work_dir(work, request, recipe, method_preset("vppo", recipe), "sha", write=True)
+    recorded = json.loads((work / RUN_FILE).read_text())
+    assert "masking" not in recorded["recipe"] and "dependency_estimator" not in recorded["recipe"]
+    _claim_work_dir(work, request, recipe, method_preset("vppo", recipe), "sha", write=False)
+    grey = load_recipe("smoke", {"masking": "grey"})
+    with pytest.raises(TrainError, match="refusing to resume: .*different method, recipe"):
+        _claim_work_dir(work, request, grey, method_preset("vppo", grey), "sha", write=False)
