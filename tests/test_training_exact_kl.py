@@ -181,3 +181,10 @@ def test_work_dirs_from_before_the_options_still_resume_and_a_changed_option_doe
     grey = load_recipe("smoke", {"masking": "grey"})
     with pytest.raises(TrainError, match="refusing to resume: .*different method, recipe"):
         _claim_work_dir(work, request, grey, method_preset("vppo", grey), "sha", write=False)
+
+
+def test_the_trainer_has_a_pass_for_every_estimator_of_the_algorithm():
+    from vppo.algorithm import DEPENDENCY_ESTIMATORS
+    from vppo.training.dependency import DEPENDENCY_PASSES
+
+    assert sorted(DEPENDENCY_PASSES) == sorted(DEPENDENCY_ESTIMATORS)  # every recipe-valid name can train

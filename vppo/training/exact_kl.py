@@ -14,7 +14,8 @@ all the KL needs. Per micro-batch of ``per_device_train_batch_size`` rows, in ro
    a chunk of positions of both passes (logits / sampling temperature, as TRL scores the k3 log-probs).
 
 Cost against k3: the same two forward passes per micro-batch (no extra forward), plus two LM-head projections
-of the response positions (the KL's own; about H * V / parameters of a forward each, ~7% at 7B); TRL's head
+of the response positions (the KL's own; each under 8% of a forward's FLOPs at 7B: the head's 0.55B of the
+language model's ~7B parameters, on the response positions only); TRL's head
 still scores the masked pass (its sampled-token log-probs are unused here).
 Memory: the real pass's response hidden states are held through the masked pass (b * T * H in the model's
 dtype: 117 MB at 8 x 2048 x 3584 bf16), and the KL works on at most :data:`KL_CHUNK_BYTES` at a time; the

@@ -6,7 +6,8 @@ What is TRL's and what is ours:
   checkpointing, accelerate/DeepSpeed/FSDP.
 - Ours (overrides): :meth:`_prepare_inputs` builds each rollout batch: generation rounds with dynamic
   sampling refill, the old log-prob pass (after filtering, so dropped groups cost none), the masked-image
-  pass, GRPO advantages, and the mini-batch layout that TAS needs; :meth:`_compute_loss` is
+  pass (scored by the preset's estimator, :data:`vppo.training.dependency.DEPENDENCY_PASSES`: k3 or the exact
+  KL), GRPO advantages, and the mini-batch layout that TAS needs; :meth:`_compute_loss` is
   :func:`vppo.algorithm.policy_loss` with :func:`vppo.algorithm.vppo_weights` (all maths lives there).
 
 Data order: every generation round (the first of a rollout and each dynamic-sampling refill) takes the next
