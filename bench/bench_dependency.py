@@ -23,11 +23,18 @@ pass's response hidden states through the masked forward (B * T * H * 2 bytes), 
 conservative ratio. Time is the median of --repeats runs after --warmup runs.
 
 Default shape: the paper's, 8 x 2048 tokens x 152064 vocabulary with hidden size 3584 (Qwen2.5-VL-7B), on
-either device (the inputs are 117 MB per pass; the LM head 1.1 GB). Measured on the 2-core CPU machine:
-FIGURES_PENDING
+either device (the inputs are 117 MB per pass; the LM head 1.1 GB). Measured at that shape on the 2-core CPU
+machine (torch 2.13, TRL 1.16, 2 threads, --repeats 1 --warmup 0, while other work kept the load at 5-7, so
+the times are inflated and only roughly comparable):
 
-On CUDA TRL's head runs as a Triton kernel whose only tile is its 4096 x 32768 bf16 logits buffer (256 MiB);
-KL_CHUNK_BYTES is that size, so the kl path's peak should equal k3's there too: not yet measured (no GPU).
+  k3        time  426 s   peak extra memory 1801 MiB   (TRL's head in its torch form: float32 copies of its tile)
+  kl        time 1049 s   peak extra memory 1803 MiB   kl/k3 memory 1.001 (1.063 with the held hidden states)
+  kl_step   time  549 s   peak extra memory  228 MiB   0.89 x KL_CHUNK_BYTES
+  kl_naive  skipped: ~41.8 GiB beyond its inputs
+
+On CUDA TRL's head runs as a Triton kernel whose only large buffer is its 4096 x 32768 bf16 logits tile
+(256 MiB, plus its [N, H] copy of the valid hidden states); the KL step stays under KL_CHUNK_BYTES, that tile's
+size (228 MiB measured above), so the kl path's peak should match k3's there too: not yet measured (no GPU).
 
     python bench/bench_dependency.py [--device cpu|cuda] [--batch B] [--tokens T] [--vocab V] [--hidden H]
 """
