@@ -17,9 +17,9 @@ Cost against k3: the same two forward passes per micro-batch (no extra forward),
 of the response positions (the KL's own; each under 8% of a forward's FLOPs at 7B: the head's 0.55B of the
 language model's ~7B parameters, on the response positions only); TRL's head
 still scores the masked pass (its sampled-token log-probs are unused here).
-Memory: the real pass's response hidden states are held through the masked pass (b * T * H in the model's
-dtype: 117 MB at 8 x 2048 x 3584 bf16), and the KL works on at most :data:`KL_CHUNK_BYTES` at a time; the
-figures measured against the k3 path are in ``bench/bench_dependency.py``.
+Memory: the real pass's response hidden states are held through the masked forward until its KL is taken
+(b * T * H in the model's dtype: 117 MB at 8 x 2048 x 3584 bf16), and the KL works on at most
+:data:`KL_CHUNK_BYTES` at a time; the figures measured against the k3 path are in ``bench/bench_dependency.py``.
 """
 
 from __future__ import annotations
@@ -108,17 +108,20 @@ def exact_kl_pass(trainer, batch: dict, masked_pixels: torch.Tensor) -> tuple[to
         kept: list[torch.Tensor] = []
         with trainer.timer.phase("old_logp"), response_hidden_states(backbone, width, lambda h: kept.append(h.clone())):
             old.append(trainer._logps(real, real["pixel_values"]))
-        real_hidden, mask, done = torch.cat(kept), real["completion_mask"], []
+        held = {"real": kept[0] if len(kept) == 1 else torch.cat(kept)}
+        kept.clear()
+        mask, done = real["completion_mask"], []
 
         def take_kl(masked_hidden: torch.Tensor) -> None:
             # TRL may cut a micro-batch into smaller forwards: each hook call covers the next rows
             first = sum(d.shape[0] for d in done)
             rows_here = slice(first, first + masked_hidden.shape[0])
-            done.append(kl_from_hidden(real_hidden[rows_here], masked_hidden, mask[rows_here], head,
+            done.append(kl_from_hidden(held["real"][rows_here], masked_hidden, mask[rows_here], head,
                                        trainer.temperature))
+            if rows_here.stop == mask.shape[0]:
+                held.clear()  # freed before TRL's head scores the masked pass: that phase costs what k3's does
 
         with trainer.timer.phase("masked_pass"), response_hidden_states(backbone, width, take_kl):
             trainer._logps(blind, blind["pixel_values"])
-        del real_hidden, kept
         dependency.append(torch.cat(done))
     return torch.cat(old), torch.cat(dependency)
