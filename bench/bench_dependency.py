@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         results[variant] = r = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{variant:<9} time {r['time_s']:9.3f} s   peak extra memory {r['peak_extra_bytes'] / 2**20:9.1f} MiB"
               f"   (dependency sum {r['dependency_sum']:.6g})", flush=True)
-    ratio = lambda a, b, key: results[a][key] / max(results[b][key], 1)  # noqa: E731
+    ratio = lambda a, b, key: results[a][key] / max(results[b][key], 1e-12)  # noqa: E731
     if {"k3", "kl"} <= results.keys():
         conservative = (results["kl"]["peak_extra_bytes"] + held) / max(results["k3"]["peak_extra_bytes"], 1)
         print(f"kl/k3:       time {ratio('kl', 'k3', 'time_s'):.3f}   memory {ratio('kl', 'k3', 'peak_extra_bytes'):.3f}"
