@@ -247,3 +247,14 @@ def test_eval_errors_are_one_line(capsys, tmp_path, tiny_model_dir):
                               "--out", str(out), *extra)
         assert_one_line_error(rc, printed, "eval", needle)
         assert not list(out.glob("geo3k*"))  # no result written
+
+
+@pytest.mark.parametrize("method, override, needle", [
+    ("vppo", "dependency_estimator=k2", "'dependency_estimator'"), ("vppo", "masking=black", "'masking'"),
+    ("dapo", "masking=grey", "no masked-image pass"),
+])
+def test_bad_dependency_options_are_one_line_errors(capsys, tmp_path, tiny_model_dir, method, override, needle):
+    rc, printed = run_cli(capsys, "train", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--recipe",
+                          "smoke", "--method", method, "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                          "--set", override)
+    assert_one_line_error(rc, printed, "train", needle)

@@ -89,6 +89,8 @@ def test_only_vppo_presets_run_the_masked_pass_and_log_vppo_metrics(preset_runs,
     assert (run["mask_calls"] > 0) == preset.needs_masked_pass
     assert (first["time_masked_pass_s"] > 0) == preset.needs_masked_pass
     assert (first["dependency_kept_mean"] is not None) == preset.needs_masked_pass
+    provenance = ("k3", "patch") if preset.needs_masked_pass else (None, None)  # the official estimator and masking
+    assert (first["dependency_estimator"], first["masking"]) == provenance
     assert (first["alpha_mean"] is not None) == preset.use_tas
     assert (first["dependency_dropped_mean"] is not None) == preset.use_tgf
     if preset.use_tgf:  # ceil(n * keep) of n tokens per response

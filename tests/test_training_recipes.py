@@ -74,3 +74,49 @@ def test_entropy_coef_has_one_home_the_method_preset(tmp_path):
     with pytest.raises(RecipeError, match=r"stale\.yaml.*entropy_coef.*method preset"):
         load_recipe(str(stale))
     assert get_method("vppo").entropy_coef == 0.06
+
+
+# ------------------------------------------------------------------ the study's two method options
+
+def test_estimator_and_masking_default_to_the_method_preset():
+    """Unset (null, or absent from the recipe file), the preset's own choice stands: k3 and patch blackening."""
+    from vppo.training.recipes import method_preset
+
+    recipe = load_recipe("smoke")
+    assert recipe.dependency_estimator is None and recipe.masking is None
+    assert method_preset("vppo", recipe) == get_method("vppo")
+    assert all("dependency_estimator" not in p.read_text() and "masking" not in p.read_text()
+               for p in RECIPE_DIR.glob("*.yaml"))  # optional keys: recipes without them stay valid
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"dependency_estimator": "kl"}, ("kl", "patch")),
+    ({"masking": "grey"}, ("k3", "grey")),
+    ({"dependency_estimator": "kl", "masking": "blur"}, ("kl", "blur")),
+])
+def test_estimator_and_masking_are_selected_per_run(overrides, expected):
+    from vppo.training.recipes import method_preset
+
+    for method in ("vppo", "vppo_tas_only", "vppo_k0.2"):
+        preset = method_preset(method, load_recipe("smoke", overrides))
+        assert (preset.dependency_estimator, preset.masking) == expected
+        assert dataclasses.replace(preset, dependency_estimator="k3", masking="patch") == get_method(method)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"dependency_estimator": "k2"}, r"'dependency_estimator'.*'k2'.*\['k3', 'kl'\]"),
+    ({"masking": "black"}, r"'masking'.*'black'.*\['blur', 'grey', 'noise', 'patch'\]"),
+])
+def test_unknown_estimator_or_masking_names_are_refused(overrides, needle):
+    with pytest.raises(RecipeError, match=needle):
+        load_recipe("smoke", overrides)
+
+
+@pytest.mark.parametrize("method", ["grpo", "dapo"])
+def test_estimator_and_masking_are_refused_for_methods_without_the_masked_pass(method):
+    """dapo and grpo never mask an image: a run claiming a masking strategy for them would record a choice that
+    had no effect."""
+    from vppo.training.recipes import method_preset
+
+    with pytest.raises(RecipeError, match=rf"masking.*{method}.*no masked-image pass"):
+        method_preset(method, load_recipe("smoke", {"masking": "grey"}))

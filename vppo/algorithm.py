@@ -80,7 +80,8 @@ def full_kl_dependency(
     logp, masked_logp: [B, T, V] logits or log-probs (any float dtype, bf16 fine) with the real / masked
     image, or callables ``rows -> [n, V]`` (see :data:`VocabSource`). Each chunk of at most
     ``chunk_tokens`` VALID positions is upcast to float32 and renormalised with log_softmax (so logits and
-    log-probs both work); only one float32 chunk pair exists at a time, never a [B*T, V] float32 copy.
+    log-probs both work); at most three float32 [chunk_tokens, V] tensors exist at a time, never a [B*T, V]
+    float32 copy.
     Returns float32 [B, T], >= 0, exactly 0 on padding. Detached.
     """
     if chunk_tokens < 1:
@@ -92,9 +93,11 @@ def full_kl_dependency(
             rows = valid_rows[start:start + chunk_tokens]
             log_p = torch.log_softmax(_rows_from(logp, rows).float(), dim=-1)
             log_q = torch.log_softmax(_rows_from(masked_logp, rows).float(), dim=-1)
-            kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+            # in place on the two tensors this chunk owns, so at most three float32 [n, V] exist at once
+            difference = log_q.neg_().add_(log_p)  # log p - log q
+            kl = log_p.exp_().mul_(difference).sum(-1)
             out[rows.to(out.device)] = kl.clamp_min(0.0).to(out.device)  # tiny negative rounding -> 0
-            del log_p, log_q
+            del log_p, log_q, difference
     return out.reshape(response_mask.shape)
 
 

@@ -26,19 +26,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key (YAML-typed), e.g. --set learning_rate=1e-5")
+                        help="override a recipe key (YAML-typed), e.g. --set learning_rate=1e-5; "
+                             "--set dependency_estimator=kl / --set masking=grey choose the dependency pass")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vppo.algorithm import get_method
     from vppo.modeling import CheckpointError
-    from vppo.training.recipes import RecipeError, load_recipe, parse_overrides
+    from vppo.training.recipes import RecipeError, load_recipe, method_preset, parse_overrides
 
     try:
         overrides = parse_overrides(args.overrides)
         # Fail on a bad recipe key or method name before the heavy imports.
-        load_recipe(args.recipe, overrides, args.max_steps)
-        get_method(args.method)
+        method_preset(args.method, load_recipe(args.recipe, overrides, args.max_steps))
     except (RecipeError, ValueError) as exc:
         print(f"vppo train: {exc}", file=sys.stderr)
         return 2

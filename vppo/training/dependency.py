@@ -1,5 +1,5 @@
-"""Inputs of the masked-image pass (docs/protocol.md §1): every image of a rollout row masked in pixel space, then
-re-encoded by the image processor.
+"""The masked-image pass (docs/protocol.md §1): every image of a rollout row masked in pixel space, re-encoded by
+the image processor, then scored by one of :data:`DEPENDENCY_PASSES` (the method preset's estimator).
 
 Masking happens on the PIL image before the processor (a zero in normalised ``pixel_values`` is not black).
 The masked copy has the original size, so the processor yields the same ``image_grid_thw`` and the same
@@ -11,12 +11,15 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
+from vppo.algorithm import k3_dependency
 from vppo.masking import mask_image
+from vppo.training.exact_kl import exact_kl_pass
 
 
 def row_rng(seed: int, step: int, process_index: int, row: int) -> np.random.Generator:
@@ -38,3 +41,21 @@ def mask_row_images(
         rng = row_rng(seed, step, process_index, row)
         masked.append([mask_image(image, strategy, rng, **params) for image in (images or [])])
     return masked
+
+
+def sampled_token_pass(trainer, batch: dict, masked_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(old log-probs [B, T], k3 dependency [B, T]): the official code's two sampled-token log-prob passes of
+    TRL's fused head (real image, then masked image), over the whole rollout in TRL's micro-batches."""
+    with trainer.timer.phase("old_logp"):
+        old = trainer._logps(batch, batch.get("pixel_values"))
+    with trainer.timer.phase("masked_pass"):
+        masked = trainer._logps(batch, masked_pixels)
+    return old, k3_dependency(old, masked, batch["completion_mask"])
+
+
+#: estimator (MethodPreset.dependency_estimator) -> fn(trainer, rollout batch, masked pixel_values) ->
+#: (old log-probs [B, T], dependency [B, T]); the keys are those of vppo.algorithm.DEPENDENCY_ESTIMATORS
+DEPENDENCY_PASSES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "k3": sampled_token_pass,
+    "kl": exact_kl_pass,
+}

@@ -25,6 +25,7 @@ LOG_KEYS = (
     "step", "reward", "accuracy", "format", "kept_token_fraction", "dependency_kept_mean",
     "dependency_dropped_mean", "alpha_mean", "alpha_min", "alpha_max", "filtered_groups",
     "time_generation_s", "time_old_logp_s", "time_masked_pass_s", "time_update_s", "tokens_per_s", "loss",
+    "dependency_estimator", "masking",  # names, for methods with the masked-image pass: how dependency was measured
 )
 PHASES = ("generation", "old_logp", "masked_pass", "update")
 #: how a metric list collected between two logs is reduced (default: mean)

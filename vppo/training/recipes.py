@@ -35,6 +35,12 @@ whose encoded prompt is longer are dropped when the data is loaded, and counted)
 resized once into them when it is read, :mod:`vppo.training.images`; the processor stays the checkpoint's
 own); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
 ``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
+
+Two optional keys choose how a TGF/TAS method measures vision dependency, per run and without a new preset:
+``dependency_estimator`` (``k3``, the official code, or ``kl``, the paper's exact full-vocabulary KL:
+:mod:`vppo.training.exact_kl`) and ``masking`` (a strategy of :data:`vppo.masking.MASKING_STRATEGIES`).
+Absent or null, the method preset's own value stands (k3, patch blackening); set, it replaces the preset's
+field (:func:`method_preset`), and the run records the resulting preset.
 """
 
 from __future__ import annotations
@@ -89,6 +95,9 @@ class Recipe:
     num_nodes: int
     gpus_per_node: int
     distributed: str
+    # The two method options the study varies per run (OPTIONAL_KEYS: null or absent = the method preset's own)
+    dependency_estimator: str | None = None
+    masking: str | None = None
 
     @property
     def max_model_length(self) -> int:
@@ -113,6 +122,8 @@ class Recipe:
 
 
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
+#: Keys a recipe file may leave out (null): they replace a field of the method preset only when set.
+OPTIONAL_KEYS = ("dependency_estimator", "masking")
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
@@ -189,7 +200,37 @@ def validate(recipe: Recipe, where: str) -> Recipe:
          "(a checkpoint inside a rollout could not resume exactly)")
     need(recipe.dynamic_sampling_max_rounds is None or recipe.dynamic_sampling_max_rounds >= 1,
          "dynamic_sampling_max_rounds must be null (no cap) or >= 1")
+    for key, registry in _option_registries().items():
+        value = getattr(recipe, key)
+        need(value is None or value in registry,
+             f"key {key!r}: {value!r} is not one of {sorted(registry)} (null: the method preset's own)")
     return recipe
+
+
+def _option_registries() -> dict[str, dict]:
+    from vppo.algorithm import DEPENDENCY_ESTIMATORS
+    from vppo.masking import MASKING_STRATEGIES
+
+    return {"dependency_estimator": DEPENDENCY_ESTIMATORS, "masking": MASKING_STRATEGIES}
+
+
+def method_preset(method: str, recipe: Recipe):
+    """The method preset a run trains: ``vppo.algorithm.get_method(method)`` with the recipe's
+    ``dependency_estimator`` and ``masking`` where they are set (the run records the resulting preset).
+
+    Both act in the masked-image pass only, so a method without it (grpo, dapo) refuses them: its record would
+    name a choice that had no effect.
+    """
+    import dataclasses
+
+    from vppo.algorithm import get_method
+
+    preset = get_method(method)
+    chosen = {key: getattr(recipe, key) for key in OPTIONAL_KEYS if getattr(recipe, key) is not None}
+    if chosen and not preset.needs_masked_pass:
+        raise RecipeError(f"recipe {recipe.name}: {', '.join(sorted(chosen))} set, but method {method} has no "
+                          "masked-image pass (only TGF/TAS methods compute a vision dependency)")
+    return dataclasses.replace(preset, **chosen)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -212,10 +253,10 @@ def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RECIPE_KEYS)}")
-    missing = sorted(set(RECIPE_KEYS) - set(data))
+    missing = sorted(set(RECIPE_KEYS) - set(data) - set(OPTIONAL_KEYS))
     if missing:
         raise RecipeError(f"{where}: missing key(s) {', '.join(missing)}")
-    values = {key: _coerce(key, data[key], where) for key in RECIPE_KEYS}
+    values = {key: _coerce(key, data.get(key), where) for key in RECIPE_KEYS}
     return validate(Recipe(name=name, **values), where)
 
 

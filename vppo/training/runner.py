@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from vppo import package_versions
-from vppo.algorithm import MethodPreset, get_method
+from vppo.algorithm import MethodPreset
 from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt
-from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe
+from vppo.training.recipes import OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe, method_preset
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE, LOG_FILE, FINAL_DIR = "train_summary.json", "training_log.jsonl", "final"
@@ -173,8 +173,10 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
     path = work_dir / RUN_FILE
     current = {"model_sha256": checkpoint_sha256(request.model, cache=work_dir / ".model_sha256.json"),
                "data_sha256": data_sha256, "method": dataclasses.asdict(preset), "seed": request.seed,
-               # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume
-               "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "max_steps"}}
+               # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume;
+               # unset optional keys are left out, as work dirs claimed before those keys existed recorded them
+               "recipe": {k: v for k, v in dataclasses.asdict(recipe).items()
+                          if k != "max_steps" and not (k in OPTIONAL_KEYS and v is None)}}
     if path.is_file():
         recorded = json.loads(path.read_text())
         changed = sorted(k for k in current if json.dumps(recorded.get(k), sort_keys=True)
@@ -208,7 +210,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from vppo.training.trainer import VPPOTrainer
 
     verify_checkpoint_dir(request.model)
-    preset = get_method(request.method)
+    preset = method_preset(request.method, recipe)
     manifest_path = Path(request.data) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise TrainError(f"{manifest_path}: missing (prepare the data with `vppo prepare-data train`)")

@@ -6,7 +6,8 @@ What is TRL's and what is ours:
   checkpointing, accelerate/DeepSpeed/FSDP.
 - Ours (overrides): :meth:`_prepare_inputs` builds each rollout batch: generation rounds with dynamic
   sampling refill, the old log-prob pass (after filtering, so dropped groups cost none), the masked-image
-  pass, GRPO advantages, and the mini-batch layout that TAS needs; :meth:`_compute_loss` is
+  pass (scored by the preset's estimator, :data:`vppo.training.dependency.DEPENDENCY_PASSES`: k3 or the exact
+  KL), GRPO advantages, and the mini-batch layout that TAS needs; :meth:`_compute_loss` is
   :func:`vppo.algorithm.policy_loss` with :func:`vppo.algorithm.vppo_weights` (all maths lives there).
 
 Data order: every generation round (the first of a rollout and each dynamic-sampling refill) takes the next
@@ -37,10 +38,10 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from vppo.algorithm import (MethodPreset, consecutive_groups, dynamic_sampling_keep, grpo_advantages, policy_loss,
-                            token_vision_dependency, vppo_weights)
+                            vppo_weights)
 from vppo.modeling import masked_pixel_values
 from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
-from vppo.training.dependency import mask_row_images
+from vppo.training.dependency import DEPENDENCY_PASSES, mask_row_images
 from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric, sync_cuda
 from vppo.training.rewards import GradingReward
 
@@ -85,9 +86,9 @@ class VPPOTrainer(GRPOTrainer):
         args = kwargs["args"]
         if int(tas_group_responses) < 1:
             raise ValueError(f"VPPOTrainer: tas_group_responses must be >= 1, got {tas_group_responses}")
-        if preset.dependency_estimator != "k3":
-            raise ValueError(f"method {preset.name}: the trainer computes the official k3 dependency from sampled-"
-                             f"token log-probs; estimator {preset.dependency_estimator!r} is not supported here")
+        if preset.dependency_estimator not in DEPENDENCY_PASSES:
+            raise ValueError(f"method {preset.name}: unknown dependency estimator {preset.dependency_estimator!r}; "
+                             f"the trainer has {sorted(DEPENDENCY_PASSES)}")
         if args.beta != 0.0 or args.num_iterations != 1:
             raise ValueError("VPPOTrainer: the published objective has no reference model (beta=0) and one pass "
                              f"over each rollout (num_iterations=1); got beta={args.beta}, "
@@ -228,20 +229,20 @@ class VPPOTrainer(GRPOTrainer):
         batch, row_examples = self._sample_until_full(examples)
         off_policy = self.args.gradient_accumulation_steps % self.args.steps_per_generation != 0
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if off_policy or self.preset.needs_masked_pass:
-                with self.timer.phase("old_logp"):
-                    batch["old_per_token_logps"] = self._logps(batch, batch.get("pixel_values"))
             if self.preset.needs_masked_pass:
                 with self.timer.phase("masked_pass"):
                     masked = mask_row_images([ex.get("images") for ex in row_examples], self.preset.masking,
                                              self.args.seed, self.state.global_step, self.accelerator.process_index,
                                              **self.masking_params)
                     pixels = masked_pixel_values(self.processing_class.image_processor, masked, batch["image_grid_thw"])
-                    masked_logps = self._logps(batch, pixels.to(batch["pixel_values"].device,
-                                                                batch["pixel_values"].dtype))
-                    batch["dependency"] = token_vision_dependency(
-                        batch["old_per_token_logps"], masked_logps, batch["completion_mask"], self.preset.dependency_estimator)
+                    pixels = pixels.to(batch["pixel_values"].device, batch["pixel_values"].dtype)
+                # the old log-probs come with the dependency: the exact KL needs the real pass's hidden states
+                batch["old_per_token_logps"], batch["dependency"] = DEPENDENCY_PASSES[self.preset.dependency_estimator](
+                    self, batch, pixels)
                 self.masked_pass_calls += 1
+            elif off_policy:
+                with self.timer.phase("old_logp"):
+                    batch["old_per_token_logps"] = self._logps(batch, batch.get("pixel_values"))
         return self._layout(batch)
 
     def _layout(self, batch: dict) -> list[dict]:
@@ -407,6 +408,9 @@ class VPPOTrainer(GRPOTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         metrics = self._metrics["train"]
+        if self.model.training and "train_runtime" not in logs and self.preset.needs_masked_pass:
+            # provenance of every logged dependency figure (the contract keys stay null for other methods)
+            logs.update(dependency_estimator=self.preset.dependency_estimator, masking=self.preset.masking)
         if self.model.training and "train_runtime" not in logs:
             for phase, seconds in self.timer.take().items():
                 metrics[f"time_{phase}_s"] = [seconds]
