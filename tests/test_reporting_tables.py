@@ -191,3 +191,20 @@ def test_baseline_rows_say_their_settings_are_ours(main_table, eval_root):
     assert "grpo settings are ours" in to_markdown(with_grpo) and "grpo settings are ours" in to_latex(with_grpo)
     only_vppo = build_table("ablation", "tiny", "qwen2.5-vl-7b", ["vppo"], KEYS, cells, load_reference(REFERENCE))
     assert "Note:" not in to_markdown(only_vppo) and "Note:" not in to_latex(only_vppo)
+
+
+def test_a_table_without_paper_model_has_no_paper_rows(tmp_path):
+    """The mini study's table (paper model "none") shows our rows only: no empty paper / Δ rows beside them."""
+    from vppo.catalog import NO_PAPER_MODEL, TABLES
+
+    assert TABLES["mini_study"].paper_model == NO_PAPER_MODEL
+    eval_root = tmp_path / "eval"
+    for method, value in (("base", 50.0), ("dapo", 60.0)):
+        write_eval_result(eval_root, "mini", method, "mini_heldout", value, 1.0)
+    out = tmp_path / "tables" / "mini_study"
+    assert vppo_main(["tables", "--table", "mini_study", "--model", "mini", "--methods", "base,dapo", "--benchmarks",
+                 "mini_heldout", "--eval-root", str(eval_root), "--reference-dir", str(REFERENCE),
+                      "--out", str(out)]) == 0
+    md, tex = out.with_suffix(".md").read_text(), out.with_suffix(".tex").read_text()
+    assert "| `dapo` | ours | 60.0" in md and "| paper" not in md and "| Δ" not in md
+    assert "dapo & ours" in tex and " & paper & " not in tex

@@ -100,9 +100,12 @@ MODEL_PAPER_NAMES: dict[str, str] = {
     "qwen2.5-vl-7b": "Qwen2.5-VL-7B",
     "qwen2.5-vl-32b": "Qwen2.5-VL-32B",
     "tiny": "tiny (offline smoke model)",
+    "mini": "mini (1M-parameter Qwen2.5-VL, grid task)",
 }
 #: The models the paper reports, which a table can compare with (a config table's ``paper_model``).
 PAPER_MODELS: tuple[str, ...] = ("qwen2.5-vl-7b", "qwen2.5-vl-32b")
+#: A table's ``paper_model`` when the paper has no such experiment: its paper columns stay out.
+NO_PAPER_MODEL = "none"
 
 
 # ------------------------------------------------------------------------------------------------- methods
@@ -223,6 +226,9 @@ TABLES: dict[str, Table] = {
         Table("scaling", "Scaling to 32B", ("grpo", "dapo", "vppo"), "qwen2.5-vl-32b"),
         Table("ablation", "Ablation of TGF and TAS", ("vppo", "vppo_tas_only", "vppo_tgf_only", "dapo"),
               "qwen2.5-vl-7b"),
+        # The mini study (workflow/config/mini.yaml): no paper numbers to sit beside.
+        Table("mini_study", "Mini study: GRPO, DAPO, VPPO and its ablations on the grid task",
+              ("base", "grpo", "dapo", "vppo", "vppo_tas_only", "vppo_tgf_only"), NO_PAPER_MODEL),
     )
 }
 TABLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")  # a file-name stem and a Snakemake wildcard value
@@ -238,7 +244,7 @@ def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> 
     defs, props = filled["$defs"], filled["properties"]
     defs["benchmark"]["enum"] = list(BENCHMARK_KEYS)
     defs["method"]["description"] = f"{method_grammar()} (vppo.catalog.parse_method, applied by common.smk)"
-    defs["table"]["properties"]["paper_model"]["enum"] = list(PAPER_MODELS)
+    defs["table"]["properties"]["paper_model"]["enum"] = [*PAPER_MODELS, NO_PAPER_MODEL]
     props["tables"]["propertyNames"] = {"enum": list(TABLES)}
     props["preset"]["enum"] = sorted(presets)
     props["models"]["additionalProperties"]["properties"]["recipe"]["enum"] = sorted(recipes)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from vppo.catalog import (AVG, AVG_NAME, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG,  # noqa: E402
+from vppo.catalog import (AVG, AVG_NAME, NO_PAPER_MODEL, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG,  # noqa: E402
                           PAPER_MODELS, TABLES)
 from vppo.errors import require_dir  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("train_root", "eval_root", "analysis_root", "reference_dir"):  # given roots must exist
         require_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
     try:
-        pairs = dict(p.split("=", 1) for p in args.paper_model)
+        pairs = {model: (None if paper == NO_PAPER_MODEL else paper)
+                 for model, paper in (p.split("=", 1) for p in args.paper_model)}
     except ValueError:
         print(f"vppo figures: --paper-model wants MODEL=PAPER_MODEL, got {args.paper_model}", file=sys.stderr)
         return 2

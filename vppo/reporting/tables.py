@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vppo.catalog import (AVG, AVG_NAME, BENCHMARK_BY_KEY, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG, PAPER_MODELS,
+from vppo.catalog import (AVG, AVG_NAME, NO_PAPER_MODEL, BENCHMARK_BY_KEY, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG, PAPER_MODELS,
                           TABLES, resolve_benchmarks)
 from vppo.errors import require_dir
 from vppo.evaluation.protocol import paper_average
@@ -161,10 +161,13 @@ def to_markdown(long: pd.DataFrame) -> str:
         lines += [f"> **{_md_escape(info['label'])}**", ""]
     lines += [_md_escape(info["comparison"]), "",
               "| Method | Row | " + " | ".join(headers) + " |", "|---|---|" + "---:|" * len(headers)]
+    has_paper = long["paper_model"].notna().any()
     for block in blocks:
         ours = [f"{_fmt(v, MISSING_MD)} ± {_fmt(s, MISSING_MD)}" if v is not None else MISSING_MD for v, s in block["ours"]]
         paper_label = f"paper ({block['paper_method']})" if block["paper_method"] else "paper"
         lines.append(f"| `{block['method']}` | ours | " + " | ".join(ours) + " |")
+        if not has_paper:  # a table of our own experiment (paper model "none"): no paper or Δ rows
+            continue
         lines.append(f"| | {paper_label} | " + " | ".join(_fmt(v, MISSING_MD) for v in block["paper"]) + " |")
         lines.append("| | Δ | " + " | ".join(_fmt(v, MISSING_MD, signed=True) for v in block["diff"]) + " |")
     lines += ["", _md_escape(LEGEND), *(["", "Note: " + _md_escape(info["notes"])] if info["notes"] else []),
@@ -206,8 +209,9 @@ def to_latex(long: pd.DataFrame) -> str:
     for i, block in enumerate(blocks):
         ours = [MISSING_TEX if v is None else f"${v:.1f}\\pm{s:.1f}$" for v, s in block["ours"]]
         lines.append(f"{tex_escape(block['method'])} & ours & " + " & ".join(ours) + r" \\")
-        lines.append(" & paper & " + " & ".join(_tex_num(v) for v in block["paper"]) + r" \\")
-        lines.append(r" & $\Delta$ & " + " & ".join(_tex_num(v, signed=True) for v in block["diff"]) + r" \\")
+        if long["paper_model"].notna().any():  # our own experiment's table has no paper or Delta rows
+            lines.append(" & paper & " + " & ".join(_tex_num(v) for v in block["paper"]) + r" \\")
+            lines.append(r" & $\Delta$ & " + " & ".join(_tex_num(v, signed=True) for v in block["diff"]) + r" \\")
         if i < len(blocks) - 1:
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -235,7 +239,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", choices=list(TABLES), required=True, help="a table of vppo.catalog.TABLES")
     parser.add_argument("--model", required=True, help="model key of our results (path <eval-root>/<model>/...)")
     parser.add_argument("--paper-model", default=None,
-                        help=f"the paper's model to compare with ({', '.join(PAPER_MODELS)}); default: the table's")
+                        help=f"the paper's model to compare with ({', '.join(PAPER_MODELS)}, or {NO_PAPER_MODEL}); default: the table's")
     parser.add_argument("--methods", default=None, help="comma-separated method keys (default: the table's)")
     parser.add_argument("--benchmarks", default="paper",
                         help="paper (default: the paper's Avg set), all (every supported benchmark) or comma-separated keys")
@@ -262,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
         spec = TABLES[args.table]
         methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(spec.default_methods)
         paper_model = args.paper_model or spec.paper_model
+        paper_model = None if paper_model == NO_PAPER_MODEL else paper_model
         reference = load_reference(args.reference_dir)
         cells = load_eval_frame(args.eval_root, [args.model], methods, benchmarks)
     except (ResultsError, ValueError) as exc:
@@ -273,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     missing = long[long["status"] == "missing"]
     print(f"vppo tables: {args.table}: {len(long) - len(missing)} of {len(long)} cells present; wrote "
           + ", ".join(str(p) for p in paths))
-    if reference.source(args.table, paper_model) is None:
+    if paper_model is not None and reference.source(args.table, paper_model) is None:
         print(f"vppo tables: note: {args.reference_dir} has no paper row for {paper_model!r} in the "
               f"{args.table} table; paper columns are empty", file=sys.stderr)
     return 0
