@@ -162,8 +162,8 @@ def test_schema_enums_are_the_registrys_and_the_schema_file_names_none():
     schema = fill_config_schema(yaml.safe_load(text), presets, recipes)
     assert schema["$defs"]["benchmark"]["enum"] == list(BENCHMARK_KEYS)
     assert schema["properties"]["tables"]["propertyNames"]["enum"] == list(TABLES)
-    assert schema["$defs"]["table"]["properties"]["paper_model"]["enum"] == list(PAPER_MODELS)
-    assert schema["properties"]["preset"]["enum"] == presets == ["default", "paper", "released"]
+    assert schema["$defs"]["table"]["properties"]["paper_model"]["enum"] == [*PAPER_MODELS, catalog.NO_PAPER_MODEL]
+    assert schema["properties"]["preset"]["enum"] == presets == ["default", "mini", "paper", "released"]
     assert schema["properties"]["models"]["additionalProperties"]["properties"]["recipe"]["enum"] == recipes
     assert method_grammar() in schema["$defs"]["method"]["description"]
 
@@ -198,7 +198,7 @@ def test_default_methods_of_every_table_parse_and_the_registry_is_torch_free():
     for table in TABLES.values():
         for method in table.default_methods:
             catalog.parse_method(method)
-        assert table.paper_model in PAPER_MODELS and catalog.TABLE_NAME.match(table.name)
+        assert table.paper_model in (*PAPER_MODELS, catalog.NO_PAPER_MODEL) and catalog.TABLE_NAME.match(table.name)
     assert get_method("vppo_k0.3").keep_ratio == 0.3
     done = subprocess.run([sys.executable, "-c", "import sys, vppo.catalog, vppo.reference; "
                            "print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))"],
