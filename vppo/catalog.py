@@ -100,7 +100,7 @@ MODEL_PAPER_NAMES: dict[str, str] = {
     "qwen2.5-vl-7b": "Qwen2.5-VL-7B",
     "qwen2.5-vl-32b": "Qwen2.5-VL-32B",
     "tiny": "tiny (offline smoke model)",
-    "mini": "mini (1M-parameter Qwen2.5-VL, grid task)",
+    "mini_s0": "mini (1M-parameter Qwen2.5-VL, grid task), seed 0",
 }
 #: The models the paper reports, which a table can compare with (a config table's ``paper_model``).
 PAPER_MODELS: tuple[str, ...] = ("qwen2.5-vl-7b", "qwen2.5-vl-32b")

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
     "analyze": ("vppo.reporting.analysis", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
     "tables": ("vppo.reporting.tables", "build the main, scaling and ablation tables next to the paper's"),
+    "study": ("vppo.reporting.study", "seed study table: mean over seeds, paired differences with 95% intervals"),
     "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),
     "report": ("vppo.reporting.report", "one self-contained HTML page: tables, figures, provenance, cost"),
 }

@@ -203,8 +203,21 @@ def cost_html(costs: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------------------------------------- page
 
+def study_html(study_dir: Path) -> str:
+    """The seed study (``vppo study``'s study.csv) as one HTML table."""
+    path = Path(study_dir) / "study.csv"
+    if not path.is_file():
+        raise ResultsError(f"{path}: missing (the --study folder holds no `vppo study` output)")
+    frame = pd.read_csv(path)
+    shown = frame[["benchmark_name", "method", "seeds", "mean", "se_seeds", "vs_start", "vs_start_ci", "vs_baseline",
+                   "vs_baseline_ci"]]
+    return ("<p class=note>Mean and standard error over seeds; differences paired by seed with the half-width of "
+            f"a 95% t interval (baseline: {esc(frame['baseline'].iloc[0])}).</p>"
+            + shown.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.1f}", escape=True))
+
+
 def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_mapping=None, label=None,
-                 link_figures=False) -> str:
+                 link_figures=False, study_dir=None) -> str:
     out = Path(out)
     tables_dir = Path(tables_dir) if tables_dir else None
     table_files = sorted(tables_dir.glob("*.csv")) if tables_dir and tables_dir.is_dir() else []
@@ -225,6 +238,8 @@ def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_ma
                     + ("linked relatively." if link_figures else "embedded (this page is self-contained).") + "</p>")
     sections.append("<h2>Tables</h2>")
     sections += [table_html(t, p) for t, p in zip(tables, table_files) if len(t)] or ["<p class=note>No tables.</p>"]
+    if study_dir:
+        sections += ["<h2>Seed study</h2>", study_html(study_dir)]
     sections.append("<h2>Figures</h2>")
     sections.append(figures_html(Path(figures_dir), out, link_figures) if figures_dir and Path(figures_dir).is_dir()
                     else "<p class=note>No figures folder.</p>")
@@ -247,15 +262,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-job", default=None,
                         help='JSON (inline or a file): {"train": 8, "train/qwen2.5-vl-32b": 32, "*": 0}')
     parser.add_argument("--label", default=None, help="banner at the top (default: the tables' labels)")
+    parser.add_argument("--study", default=None, help="folder of `vppo study` output (study.csv), shown as a section")
     parser.add_argument("--link-figures", action="store_true", help="link PNGs relatively instead of embedding")
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag in ("tables", "figures", "eval_root", "cost_root"):  # given folders must exist
+    for flag in ("tables", "figures", "eval_root", "cost_root", "study"):  # given folders must exist
         require_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
     try:
         build_report(args.tables, args.figures, args.eval_root, args.out, args.cost_root,
-                     cost_mod.load_gpu_mapping(args.gpus_per_job), args.label, args.link_figures)
+                     cost_mod.load_gpu_mapping(args.gpus_per_job), args.label, args.link_figures, args.study)
     except ResultsError as exc:
         print(f"vppo report: {exc}", file=sys.stderr)
         return 2

@@ -114,6 +114,18 @@ def check_cross_references(config):
     analysis = config.get("analysis")
     if analysis:
         check_cells("analysis", analysis["model"], analysis["methods"])
+    study = config.get("study")
+    if study:
+        if study["baseline"] not in study["methods"]:
+            problems.append(f"study.baseline: {study['baseline']!r} is not one of study.methods")
+        for model in study["models"]:
+            check_cells(f"study ({model})", model, study["methods"])
+        start_model, start_method = study["start"].split("/", 1)
+        check_cells("study.start", start_model, [start_method])
+    for name, spec in models.items():
+        if spec["base"] in models and models[spec["base"]]["base"] in models:
+            problems.append(f"models.{name}.base: {spec['base']!r} shares another model's base in turn; name the "
+                            "model that fetches it")
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -161,7 +173,10 @@ def trained_methods(model):
 
 
 def base_model_dir(wildcards):
-    return f"resources/models/{wildcards.model}/base"
+    """A model's base checkpoint; ``base: <another model key>`` shares that model's (a seed study's seeds start
+    from one checkpoint, fetched or built once)."""
+    base = MODELS[wildcards.model]["base"]
+    return f"resources/models/{base if base in MODELS else wildcards.model}/base"
 
 
 def checkpoint_dir(wildcards):
@@ -196,12 +211,20 @@ def table_files():
     return [f"results/tables/{name}.{ext}" for name in config.get("tables", {}) for ext in ("md", "csv", "tex")]
 
 
+def study_targets():
+    return ["results/study/study.md"] if config.get("study") else []
+
+
+def model_seed(wildcards):
+    return MODELS[wildcards.model].get("seed", config["train"]["seed"])
+
+
 def all_targets():
     """Tables, figures and report, and every cell and analysis they show: Snakemake does not rebuild a
     deleted intermediate file whose consumers are up to date, so the cells are targets themselves (a deleted
     cell is rebuilt, then everything that shows it)."""
     cells = [eval_json(*cell) for cell in eval_cells()]
-    return table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets()
+    return table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets() + study_targets()
 
 
 # ------------------------------------------------------------------------------------------ resources

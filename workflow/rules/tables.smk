@@ -62,10 +62,12 @@ rule report:
     input:
         tables=table_files(),
         figures="results/figures",
+        study=study_targets(),
     output:
         "results/report.html",
     params:
         label=config["label"],
+        study="--study results/study" if study_targets() else "",
         gpus=gpus_per_job(),
     log:
         "logs/report.log",
@@ -78,7 +80,7 @@ rule report:
         **job_resources(cpu_spec, "CPU"),
     shell:
         "workflow/scripts/vppo report --tables results/tables --figures {input.figures:q} --eval-root results/eval "
-        "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} --out {output:q} "
+        "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} {params.study} --out {output:q} "
         "> {log:q} 2>&1"
 
 
@@ -110,3 +112,33 @@ rule check:
         "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data:q} "
         "--benchmarks {params.benchmarks:q} --eval-out {params.eval_out:q} {params.options} "
         "--report {output:q} 2>&1 | tee {log:q}"
+
+
+rule study:
+    input:
+        lambda wildcards: [eval_json(model, method, bench) for model in config["study"]["models"]
+                           for method in config["study"]["methods"] for bench in BENCHMARKS]
+        + [eval_json(*config["study"]["start"].split("/", 1), bench) for bench in BENCHMARKS],
+    output:
+        md="results/study/study.md",
+        csv="results/study/study.csv",
+    params:
+        models=lambda wildcards: ",".join(config["study"]["models"]),
+        methods=lambda wildcards: ",".join(config["study"]["methods"]),
+        baseline=lambda wildcards: config["study"]["baseline"],
+        start=lambda wildcards: config["study"]["start"],
+        benchmarks=",".join(BENCHMARKS),
+        label=config["label"],
+    log:
+        "logs/study.log",
+    benchmark:
+        "logs/benchmarks/study.tsv"
+    conda:
+        DRIVER_ENV
+    threads: 1
+    resources:
+        **job_resources(cpu_spec, "CPU"),
+    shell:
+        "workflow/scripts/vppo study --models {params.models:q} --methods {params.methods:q} "
+        "--baseline {params.baseline:q} --start {params.start:q} --benchmarks {params.benchmarks:q} "
+        "--eval-root results/eval --out results/study --label {params.label:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule train:
         # Editing a recipe file reruns the cells trained with it (imported code is no rerun trigger).
         recipe_sha=lambda wildcards: file_digest(recipe_file(MODELS[wildcards.model]["recipe"])),
         work="work/train/{model}/{method}",
-        seed=config["train"]["seed"],
+        seed=model_seed,
         options=train_options(),
         prune=prune_command,
     log:

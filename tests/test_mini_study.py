@@ -1,0 +1,93 @@
+"""The mini study's seed table (`vppo study`) and a 2-step version of the whole `mini` preset through the DAG."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from doubles.reporting_inputs import write_eval_result
+from test_workflow import copy_checkout, planned_jobs, rule_counts
+from vppo.cli import main
+from vppo.reporting.study import paired_difference
+
+
+def test_paired_difference_by_hand():
+    mean, half = paired_difference([61.0, 62.0, 63.0], [60.0, 60.0, 60.0])
+    # diffs 1, 2, 3: mean 2, sd 1, t(0.975, df 2) = 4.3027
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert paired_difference([5.0], [4.0]) == (1.0, None)  # one seed: no interval
+
+
+def test_study_table_pairs_seeds(tmp_path):
+    root = tmp_path / "eval"
+    write_eval_result(root, "m0", "base", "mini_heldout", 50.0, 2.0)
+    for model, dapo, vppo in (("m0", 58.0, 60.0), ("m1", 56.0, 59.0), ("m2", 60.0, 61.0)):
+        write_eval_result(root, model, "dapo", "mini_heldout", dapo, 2.0)
+        write_eval_result(root, model, "vppo", "mini_heldout", vppo, 2.0)
+    out = tmp_path / "study"
+    args = ["study", "--models", "m0,m1,m2", "--methods", "dapo,vppo", "--baseline", "dapo", "--start", "m0/base",
+            "--benchmarks", "mini_heldout", "--eval-root", str(root), "--out", str(out)]
+    assert main(args) == 0
+    study = pd.read_csv(out / "study.csv").set_index("method")
+    assert study.loc["vppo", "mean"] == pytest.approx(60.0)
+    assert study.loc["vppo", "se_seeds"] == pytest.approx(math.sqrt(1.0) / math.sqrt(3), abs=1e-4)  # sd of 60,59,61
+    assert study.loc["vppo", "vs_start"] == pytest.approx(10.0)
+    assert study.loc["vppo", "vs_baseline"] == pytest.approx(2.0)  # diffs 2, 3, 1 paired by seed
+    assert study.loc["vppo", "vs_baseline_ci"] == pytest.approx(4.302653 / math.sqrt(3), abs=1e-4)
+    assert math.isnan(study.loc["dapo", "vs_baseline"])
+    assert "| `vppo` | 60.00, 59.00, 61.00 | 60.0 ± 0.6 | +10.0 ± 2.5 | +2.0 ± 2.5 |" in (out / "study.md").read_text()
+    (root / "m2" / "vppo" / "mini_heldout.json").unlink()
+    done = subprocess.run([sys.executable, "-m", "vppo", *args], capture_output=True, text=True)
+    assert done.returncode == 2 and "m2/vppo/mini_heldout.json: missing" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _two_step_config(repo) -> dict:
+    config = yaml.safe_load((repo / "workflow" / "config" / "mini.yaml").read_text())
+    config["train"]["max_steps"] = 2
+    config["data"]["train"]["options"]["n_rows"] = 16
+    config["data"]["eval"]["options"]["n_rows"] = 2
+    config["models"] = {k: v for k, v in config["models"].items() if k in ("mini_s0", "mini_s1")}
+    config["models"]["mini_s0"]["methods"] = ["base", "dapo", "vppo"]
+    config["models"]["mini_s1"]["methods"] = ["dapo", "vppo"]
+    config["study"].update(models=["mini_s0", "mini_s1"], methods=["dapo", "vppo"])
+    config["tables"]["mini_study"]["methods"] = ["base", "dapo", "vppo"]
+    config["analysis"].update(methods=["base", "vppo"], n_prompts=2, samples=2)
+    return config
+
+
+def test_the_preset_plans_three_seeds_from_one_base(tmp_path):
+    repo = copy_checkout(tmp_path / "repo")
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--config", "preset=mini"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = planned_jobs(done.stdout + done.stderr)
+    counts = rule_counts(jobs)
+    assert counts["fetch_base_model"] == 1 and counts["train"] == 15 and counts["study"] == 1
+    seeds = sorted(j["wildcards"]["model"] for j in jobs if j["rule"] == "train")
+    assert seeds == ["mini_s0"] * 5 + ["mini_s1"] * 5 + ["mini_s2"] * 5
+
+
+def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path):
+    """The whole preset, shrunk (2 steps, 2 seeds, 2 methods, 2 questions): every stage runs and the study table,
+    the mini table and the report come out; each seed trained with its own seed."""
+    repo = copy_checkout(tmp_path / "repo")
+    config = tmp_path / "mini2.yaml"
+    config.write_text(yaml.safe_dump(_two_step_config(repo)))
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config)],
+                          cwd=repo, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    study = pd.read_csv(repo / "results" / "study" / "study.csv")
+    assert sorted(set(study["method"])) == ["dapo", "vppo"] and set(study["n_seeds"]) == {2}
+    assert set(study["benchmark"]) == {"mini_heldout", "mini_control"}
+    assert "Seed study" in (repo / "results" / "report.html").read_text()
+    assert "| `vppo` | ours |" in (repo / "results" / "tables" / "mini_study.md").read_text()
+    summaries = {m: yaml.safe_load((repo / "results" / "train" / m / "vppo" / "train_summary.json").read_text())
+                 for m in ("mini_s0", "mini_s1")}
+    assert [summaries[m]["seed"] for m in ("mini_s0", "mini_s1")] == [0, 1]
+    assert not (repo / "resources" / "models" / "mini_s1").exists()  # the seeds share mini_s0's base
