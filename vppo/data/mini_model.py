@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from vppo.data import mini_task
-from vppo.data.tiny_models import (_deterministic_torch, _right_padded, build_config, build_generation_config,
-                                   build_processor, build_tokenizer)
-from vppo.rollout import REASONING_INSTRUCTION, encode_prompts, join_prompt_and_response, response_logprobs
+from vppo.data.tiny_models import (_right_padded, build_config, build_generation_config, build_processor,
+                                   build_tokenizer, fit_responses)
+from vppo.rollout import REASONING_INSTRUCTION, encode_prompts, join_prompt_and_response
 
 #: Width of the mini model: head_dim 64 (vLLM's CPU attention accepts it), 4 text layers, 2 vision blocks.
 MINI_SHAPE = {"hidden_size": 128, "num_layers": 4, "num_heads": 2, "num_kv_heads": 1, "vision_hidden": 64,
@@ -54,24 +54,14 @@ def prompt_text(example: dict) -> str:
 
 
 def supervised_fit(model, processor, steps: int, lr: float, batch_size: int, seed: int) -> list[float]:
-    """Fit ``model`` in place on reference responses (mean response-token NLL, AdamW); returns the losses."""
-    eos = "<|im_end|>"
-    losses = []
-    with _deterministic_torch():
-        torch.manual_seed(seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        model.train()
-        for step in range(steps):
-            rows = warm_start_rows(step * batch_size, batch_size)
-            prompt = encode_prompts(processor, [prompt_text(r) for r in rows], [[r["image"]] for r in rows])
-            ids, mask = _right_padded(processor.tokenizer, [mini_task.reference_response(r) + eos for r in rows])
-            loss = -(response_logprobs(model, join_prompt_and_response(prompt, ids, mask)).sum() / mask.sum())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        model.eval()
-    return losses
+    """Fit ``model`` in place on reference responses (fresh warm-start rows every step); returns the losses."""
+    def make_batch(step: int):
+        rows = warm_start_rows(step * batch_size, batch_size)
+        prompt = encode_prompts(processor, [prompt_text(r) for r in rows], [[r["image"]] for r in rows])
+        ids, mask = _right_padded(processor.tokenizer, [mini_task.reference_response(r) + "<|im_end|>" for r in rows])
+        return join_prompt_and_response(prompt, ids, mask)
+
+    return fit_responses(model, make_batch, steps, lr, seed)
 
 
 def build_mini_model(out_dir: str | Path, seed: int = 0, warm_start_steps: int = WARM_START_STEPS) -> Path:

@@ -314,6 +314,28 @@ def _right_padded(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tens
     return padded, mask
 
 
+def fit_responses(model, make_batch, steps: int, lr: float, seed: int) -> list[float]:
+    """Fit ``model`` in place, step by step, on the mean response-token NLL of ``make_batch(step)`` (a
+    :class:`vppo.rollout.ScoredBatch`): AdamW without weight decay, deterministic kernels on one thread.
+    Returns the losses. Both warm starts (this module's and :mod:`vppo.data.mini_model`'s) run it."""
+    from vppo.rollout import response_logprobs
+
+    losses = []
+    with _deterministic_torch():
+        torch.manual_seed(seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        model.train()
+        for step in range(steps):
+            batch = make_batch(step)
+            loss = -(response_logprobs(model, batch).sum() / batch.response_mask.sum())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        model.eval()
+    return losses
+
+
 def warm_start(model, processor, seed: int, steps: int = WARM_START_STEPS, lr: float = WARM_START_LR,
                batch_size: int = WARM_START_BATCH, n_prompt_batches: int = 4) -> dict:
     """Fit ``model`` in place on format-only conversations; returns the settings for ``vppo_tiny.json``.
@@ -323,7 +345,7 @@ def warm_start(model, processor, seed: int, steps: int = WARM_START_STEPS, lr: f
     forward path that generation and the trainer use. Prompt batches are encoded once; every step draws
     fresh answers, so the model learns the distribution of answers, not one answer per prompt.
     """
-    from vppo.rollout import encode_prompts, join_prompt_and_response, response_logprobs
+    from vppo.rollout import encode_prompts, join_prompt_and_response
 
     kinds = [WARM_START_KINDS[i % len(WARM_START_KINDS)] for i in range(batch_size)]
     data_seed = 1_000_003 + seed  # questions unlike the smoke run's data (seed 0) and fixtures
@@ -332,20 +354,12 @@ def warm_start(model, processor, seed: int, steps: int = WARM_START_STEPS, lr: f
         prompts = [warm_start_prompt(kind, b * batch_size + i, data_seed) for i, kind in enumerate(kinds)]
         batches.append(encode_prompts(processor, [t for t, _ in prompts], [[im] for _, im in prompts]))
     rng = random.Random(f"warm-answers-{seed}")
-    losses = []
-    with _deterministic_torch():
-        torch.manual_seed(seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        model.train()
-        for step in range(steps):
-            ids, mask = _right_padded(processor.tokenizer, [warm_start_response(k, rng) for k in kinds])
-            batch = join_prompt_and_response(batches[step % n_prompt_batches], ids, mask)
-            loss = -(response_logprobs(model, batch).sum() / mask.sum())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        model.eval()
+
+    def make_batch(step: int):
+        ids, mask = _right_padded(processor.tokenizer, [warm_start_response(k, rng) for k in kinds])
+        return join_prompt_and_response(batches[step % n_prompt_batches], ids, mask)
+
+    losses = fit_responses(model, make_batch, steps, lr, seed)
     return {"steps": steps, "lr": lr, "optimizer": "AdamW(weight_decay=0)", "batch_size": batch_size,
             "prompt_batches": n_prompt_batches, "kinds": sorted(set(kinds)), "seed": seed,
             "data_seed": data_seed, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
