@@ -36,7 +36,8 @@ SIZE = GRID * CELL
 COLOURS = {"white": (255, 255, 255), "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220)}
 FILLED = ("red", "green", "blue")
 #: The control kind's questions: a colour known from the words alone.
-FACTS = {"grass": "green", "the sky": "blue", "a tomato": "red", "snow": "white", "a leaf": "green", "the sea": "blue", "blood": "red", "milk": "white"}
+FACTS = {"grass": "green", "the sky": "blue", "a tomato": "red", "snow": "white", "a leaf": "green",
+         "the sea": "blue", "blood": "red", "milk": "white"}
 #: Question kinds that need the picture, and the text-only control kind.
 IMAGE_KINDS = ("majority", "filled")
 KINDS = IMAGE_KINDS + ("control",)
