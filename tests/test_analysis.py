@@ -67,7 +67,21 @@ def test_analyze_tiny_model_writes_valid_finite_json(tiny_model_dir, eval_data, 
     assert data["masking"] == {"params": {"p": 0.5, "patch_size": 14}, "strategy": "patch"}
     assert len(data["checkpoint_sha256"]) == 64 and set(data["data"]["sha256"]) == {"mathverse", "geo3k"}
     assert data["sampling"]["n"] == 2 and data["sampling"]["max_new_tokens"] == 12
+    for part in ("by_role", "by_benchmark"):  # every token counted once, shares summing to 1
+        assert sum(v["n_tokens"] for v in data[part].values()) == token["n_tokens"]
+        assert sum(v["share_of_dependency"] for v in data[part].values()) == pytest.approx(1.0)
+    assert set(data["by_benchmark"]) == {"mathverse", "geo3k"} and set(data["by_role"]) <= {"answer", "perception", "format"}
     assert json.loads(out.read_text()) == data
+
+
+def test_breakdown_by_hand():
+    from vppo.reporting.analysis import breakdown
+
+    parts = breakdown([[1.0, 3.0], [4.0]], [["format", "answer"], ["answer"]])
+    assert parts["answer"] == {"n_tokens": 2, "mean": 3.5, "share_of_dependency": 7 / 8, "share_of_tokens": 2 / 3}
+    assert parts["format"]["share_of_dependency"] == 1 / 8
+    with pytest.raises(ValueError):
+        breakdown([[1.0]], [["a", "b"]])
 
 
 def test_analyze_names_a_missing_checkpoint(tmp_path, eval_data, capsys):

@@ -10,6 +10,9 @@ full-vocabulary KL with ``--estimator kl``). The JSON (schema ``vppo.analysis/1`
   10% / 40% of tokens): the paper's claim that most tokens depend little on the image and a few a lot;
 - ``trajectory_mean_dependency``: each response's mean token dependency (list, histogram, spread): the
   claim that responses differ in how much they rely on the image;
+- ``by_role`` and ``by_benchmark``: each token role's (the boxed answer, colour words in the reasoning, the
+  rest) and each benchmark's share of the tokens and of the total dependency (:func:`breakdown`): e.g. the
+  mini study's text-only control against its held-out grid questions;
 - provenance: checkpoint and its weights' sha256, data and its manifest checksums, prompts used,
   sampling parameters, masking, estimator, seed, versions, wall time.
 """
@@ -81,6 +84,23 @@ def summarize(per_trajectory: list[list[float]], bins: int = 40) -> dict:
     return {"token_dependency": token_dependency, "trajectory_mean_dependency": trajectory}
 
 
+def breakdown(per_trajectory: list[list[float]], labels: list[list[str]]) -> dict:
+    """Per label (a token's role or its benchmark): tokens, mean dependency, and the label's share of the total
+    dependency and of the tokens. A label's dependency share above its token share means it carries more
+    than its number: the paper's claim, measured on the answer tokens vs the rest, or a benchmark vs another."""
+    values = np.concatenate([np.asarray(t, dtype=np.float64) for t in per_trajectory]) if per_trajectory else np.zeros(0)
+    flat = [label for row in labels for label in row]
+    if len(flat) != values.size:
+        raise ValueError(f"{len(flat)} labels for {values.size} token dependencies")
+    total, out = float(values.sum()), {}
+    for label in sorted(set(flat)):
+        mine = values[[i for i, name in enumerate(flat) if name == label]]
+        out[label] = {"n_tokens": int(mine.size), "mean": float(mine.mean()),
+                      "share_of_dependency": float(mine.sum() / total) if total > 0 else None,
+                      "share_of_tokens": float(mine.size / values.size)}
+    return out
+
+
 def pick_rows(data_dir: Path, benchmark_keys: list[str], n_prompts: int) -> list[tuple[str, object]]:
     """Usable rows taken round-robin over the benchmarks, in file order: (benchmark, EvalRow)."""
     from vppo.data.eval_data import scan_benchmark
@@ -95,11 +115,14 @@ def pick_rows(data_dir: Path, benchmark_keys: list[str], n_prompts: int) -> list
 
 
 def dependency_for_prompt(model, processor, prompt_text: str, images: list, args, rng: np.random.Generator):
-    """Sample ``args.samples`` responses to one prompt; return per-response valid-token dependencies."""
+    """Sample ``args.samples`` responses to one prompt; return per-response valid-token dependencies and the
+    role of each token (:func:`vppo.data.mini_task.token_roles`: the boxed answer, colour words of the reasoning,
+    the rest)."""
     import torch
     from PIL import Image
 
     from vppo.algorithm import token_vision_dependency
+    from vppo.data.mini_task import token_roles
     from vppo.eval_images import prepare_image
     from vppo.masking import mask_image
     from vppo.modeling import masked_pixel_values
@@ -138,7 +161,9 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
             real, blind = (response_logprobs(model, b, temperature=args.temperature) for b in batches)
         dep = token_vision_dependency(real, blind, batches[0].response_mask, estimator=args.estimator).cpu()
     valid = mask.bool()
-    return [dep[i][valid[i]].tolist() for i in range(dep.shape[0])]
+    deps = [dep[i][valid[i]].tolist() for i in range(dep.shape[0])]
+    roles = [token_roles([tok.decode([int(t)]) for t in ids[i][valid[i]]]) for i in range(dep.shape[0])]
+    return deps, roles
 
 
 def _data_provenance(data_dir: Path, keys: list[str]) -> dict:
@@ -177,13 +202,17 @@ def analyze(args: argparse.Namespace) -> dict:
     processor = load_processor(checkpoint)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    per_trajectory, trajectories = [], []
+    per_trajectory, trajectories, roles, benches = [], [], [], []
     for bench, row in rows:
-        for sample, deps in enumerate(dependency_for_prompt(model, processor, row.prompt, row.images, args, rng)):
+        deps_per_sample, roles_per_sample = dependency_for_prompt(model, processor, row.prompt, row.images, args, rng)
+        for sample, (deps, roles_of_sample) in enumerate(zip(deps_per_sample, roles_per_sample)):
             per_trajectory.append(deps)
+            roles.append(roles_of_sample)
+            benches.append([bench] * len(deps))
             trajectories.append({"benchmark": bench, "row_id": row.row_id, "sample": sample, "n_tokens": len(deps),
                                  "mean_dependency": float(np.mean(deps)) if deps else None})
     summary = summarize(per_trajectory, bins=args.bins)
+    summary["by_role"], summary["by_benchmark"] = breakdown(per_trajectory, roles), breakdown(per_trajectory, benches)
     return {
         "schema": ANALYSIS_SCHEMA_ID,
         "model": args.model_label or checkpoint.resolve().parent.name,
