@@ -220,10 +220,11 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
     verify_checkpoint_dir(req.checkpoint)
     if not req.data.is_dir():
         raise EvalDataError(f"--data {req.data}: no such directory")
-    if read_manifest(req.data) is None:  # written last by prepare-data: without it the folder is partial
+    manifest = read_manifest(req.data)
+    if manifest is None:  # written last by prepare-data: without it the folder is partial
         raise EvalDataError(f"--data {req.data}: no manifest.json, so not a completely prepared evaluation folder; "
                             "prepare it with `vppo prepare-data eval`")
-    prepared = read_manifest(req.data).get("benchmarks", {})
+    prepared = manifest.get("benchmarks", {})
     missing = [b.key for b in req.benchmarks if b.key not in prepared]
     if missing:
         raise EvalDataError(f"--data {req.data}: benchmark(s) {', '.join(missing)} not prepared there (it holds "

@@ -89,12 +89,12 @@ def breakdown(per_trajectory: list[list[float]], labels: list[list[str]]) -> dic
     dependency and of the tokens. A label's dependency share above its token share means it carries more
     than its number: the paper's claim, measured on the answer tokens vs the rest, or a benchmark vs another."""
     values = np.concatenate([np.asarray(t, dtype=np.float64) for t in per_trajectory]) if per_trajectory else np.zeros(0)
-    flat = [label for row in labels for label in row]
-    if len(flat) != values.size:
-        raise ValueError(f"{len(flat)} labels for {values.size} token dependencies")
+    flat = np.asarray([label for row in labels for label in row], dtype=object)
+    if flat.size != values.size:
+        raise ValueError(f"{flat.size} labels for {values.size} token dependencies")
     total, out = float(values.sum()), {}
     for label in sorted(set(flat)):
-        mine = values[[i for i, name in enumerate(flat) if name == label]]
+        mine = values[flat == label]
         out[label] = {"n_tokens": int(mine.size), "mean": float(mine.mean()),
                       "share_of_dependency": float(mine.sum() / total) if total > 0 else None,
                       "share_of_tokens": float(mine.size / values.size)}

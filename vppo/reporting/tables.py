@@ -154,6 +154,11 @@ def _md_escape(text: str) -> str:
     return text
 
 
+def has_paper_rows(long: pd.DataFrame) -> bool:
+    """False for a table of our own experiment (paper model "none"): it shows no paper or delta rows."""
+    return bool(long["paper_model"].notna().any())
+
+
 def to_markdown(long: pd.DataFrame) -> str:
     info, (headers, blocks) = describe(long), wide_blocks(long)
     lines = [f"# {_md_escape(info['title'])}", ""]
@@ -161,12 +166,12 @@ def to_markdown(long: pd.DataFrame) -> str:
         lines += [f"> **{_md_escape(info['label'])}**", ""]
     lines += [_md_escape(info["comparison"]), "",
               "| Method | Row | " + " | ".join(headers) + " |", "|---|---|" + "---:|" * len(headers)]
-    has_paper = long["paper_model"].notna().any()
+    has_paper = has_paper_rows(long)
     for block in blocks:
         ours = [f"{_fmt(v, MISSING_MD)} ± {_fmt(s, MISSING_MD)}" if v is not None else MISSING_MD for v, s in block["ours"]]
         paper_label = f"paper ({block['paper_method']})" if block["paper_method"] else "paper"
         lines.append(f"| `{block['method']}` | ours | " + " | ".join(ours) + " |")
-        if not has_paper:  # a table of our own experiment (paper model "none"): no paper or Δ rows
+        if not has_paper:
             continue
         lines.append(f"| | {paper_label} | " + " | ".join(_fmt(v, MISSING_MD) for v in block["paper"]) + " |")
         lines.append("| | Δ | " + " | ".join(_fmt(v, MISSING_MD, signed=True) for v in block["diff"]) + " |")
@@ -206,10 +211,11 @@ def to_latex(long: pd.DataFrame) -> str:
              r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}",
              rf"\label{{tab:vppo-{table}}}", r"\begin{tabular}{ll" + "r" * len(headers) + "}", r"\toprule",
              "Method & & " + " & ".join(tex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    has_paper = has_paper_rows(long)
     for i, block in enumerate(blocks):
         ours = [MISSING_TEX if v is None else f"${v:.1f}\\pm{s:.1f}$" for v, s in block["ours"]]
         lines.append(f"{tex_escape(block['method'])} & ours & " + " & ".join(ours) + r" \\")
-        if long["paper_model"].notna().any():  # our own experiment's table has no paper or Delta rows
+        if has_paper:
             lines.append(" & paper & " + " & ".join(_tex_num(v) for v in block["paper"]) + r" \\")
             lines.append(r" & $\Delta$ & " + " & ".join(_tex_num(v, signed=True) for v in block["diff"]) + r" \\")
         if i < len(blocks) - 1:
