@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from vppo.cli import main as vppo_main
@@ -41,6 +42,24 @@ def test_summary_by_hand():
         summarize([[float("nan")]])
 
 
+def test_concentration_curve_by_hand():
+    token = summarize([[4.0, 3.0], [2.0, 1.0, 0.0]])["token_dependency"]
+    curve = dict(zip(token["concentration"]["top_fraction"], token["concentration"]["share"]))
+    assert len(curve) == 100 and curve[1.0] == pytest.approx(1.0)
+    assert curve[0.2] == pytest.approx(4 / 10) and curve[0.21] == pytest.approx(7 / 10)  # 1 token, then 2 of 5
+    assert curve[0.4] == token["mass_share_top"]["0.4"] and curve[0.1] == token["mass_share_top"]["0.1"]
+    assert summarize([[0.0, 0.0]])["token_dependency"]["concentration"]["share"] == [None] * 100
+
+
+def test_top_share_ignores_float_noise():
+    # 0.07 * 100 is 7.000000000000001 in floating point: the top 7% of 100 tokens is 7 tokens, not 8
+    from vppo.reporting.analysis import top_count, top_shares
+
+    assert top_count(0.07, 100) == 7 and top_count(0.07, 101) == 8 and top_count(0.001, 5) == 1
+    tokens = np.asarray([10.0] * 7 + [30.0] + [0.0] * 92)
+    assert top_shares(tokens, [0.07, 0.08]) == [pytest.approx(0.9), pytest.approx(1.0)]
+
+
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
     return write_fixtures(tmp_path_factory.mktemp("eval-data"), n_rows=2)
@@ -61,6 +80,8 @@ def test_analyze_tiny_model_writes_valid_finite_json(tiny_model_dir, eval_data, 
     assert len(traj["values"]) == token["n_trajectories"] == 6
     assert token["n_tokens"] == sum(t["n_tokens"] for t in data["trajectories"]) > 6
     assert sum(token["histogram"]["counts"]) == token["n_tokens"]
+    shares = token["concentration"]["share"]
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(1.0)
     assert sum(token["log_histogram"]["counts"]) + token["log_histogram"]["below_min"] == token["n_tokens"]
     assert token["min"] >= 0 and token["max"] > 0  # the masked image changes the log-probs
     assert (data["model"], data["method"], data["estimator"], data["seed"]) == ("tiny", "vppo", estimator, 0)

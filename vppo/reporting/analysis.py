@@ -7,7 +7,8 @@ full-vocabulary KL with ``--estimator kl``). The JSON (schema ``vppo.analysis/1`
 
 - ``token_dependency``: the distribution over all response tokens (linear and log-spaced histograms,
   quantiles, fraction of tokens above thresholds, share of the total dependency carried by the top
-  10% / 40% of tokens): the paper's claim that most tokens depend little on the image and a few a lot;
+  10% / 40% of tokens, and ``concentration``: that share for the top 1%, 2%, ..., 100%, the whole curve):
+  the paper's claim that most tokens depend little on the image and a few a lot;
 - ``trajectory_mean_dependency``: each response's mean token dependency (list, histogram, spread): the
   claim that responses differ in how much they rely on the image;
 - ``by_role`` and ``by_benchmark``: each token role's (the boxed answer, colour words in the reasoning, the
@@ -20,6 +21,7 @@ full-vocabulary KL with ``--estimator kl``). The JSON (schema ``vppo.analysis/1`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,8 @@ ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 THRESHOLDS = (0.001, 0.01, 0.1, 1.0)
 TOP_SHARES = (0.1, 0.4)
+#: The concentration curve's top fractions of tokens: 1%, 2%, ..., 100%.
+CONCENTRATION_FRACTIONS = tuple(round(0.01 * i, 2) for i in range(1, 101))
 LOG_MIN = 1e-6
 
 
@@ -55,6 +59,22 @@ def _stats(values: np.ndarray) -> dict:
             "max": float(values.max())}
 
 
+def top_count(fraction: float, n: int) -> int:
+    """How many tokens the top ``fraction`` of ``n`` is: ceil(fraction * n), at least 1. Rounded first, so float
+    noise does not add a token (0.1 * 30 is 3.0000000000000004 in floating point, and means 3)."""
+    return max(1, math.ceil(round(fraction * n, 9)))
+
+
+def top_shares(tokens: np.ndarray, fractions) -> list[float | None]:
+    """Per fraction, the share of the total dependency carried by the largest top_count(fraction) tokens
+    (None when the total is 0: no share is defined)."""
+    cumulative = np.cumsum(np.sort(tokens)[::-1])
+    total = float(cumulative[-1]) if cumulative.size else 0.0
+    if total <= 0:
+        return [None for _ in fractions]
+    return [float(cumulative[top_count(f, tokens.size) - 1] / total) for f in fractions]
+
+
 def summarize(per_trajectory: list[list[float]], bins: int = 40) -> dict:
     """The two distributions from each trajectory's per-token dependencies (finite, >= 0)."""
     arrays = [np.asarray(t, dtype=np.float64) for t in per_trajectory]
@@ -62,8 +82,6 @@ def summarize(per_trajectory: list[list[float]], bins: int = 40) -> dict:
     if not np.isfinite(tokens).all():
         raise ValueError("token dependencies contain non-finite values")
     means = np.asarray([a.mean() for a in arrays if a.size], dtype=np.float64)
-    ordered = np.sort(tokens)[::-1]
-    total = float(ordered.sum())
     top = max(float(tokens.max()) if tokens.size else 0.0, LOG_MIN * 10)
     log_edges = np.logspace(np.log10(LOG_MIN), np.log10(top), bins + 1)
     log_edges[0], log_edges[-1] = LOG_MIN, top  # exact ends: 10**log10(x) may round below x and drop the max
@@ -71,8 +89,9 @@ def summarize(per_trajectory: list[list[float]], bins: int = 40) -> dict:
         "n_tokens": int(tokens.size), "n_trajectories": len(arrays), **_stats(tokens),
         "quantiles": {str(q): (float(np.quantile(tokens, q)) if tokens.size else None) for q in QUANTILES},
         "fraction_above": {str(t): (float((tokens > t).mean()) if tokens.size else None) for t in THRESHOLDS},
-        "mass_share_top": {str(s): (float(ordered[:max(1, int(np.ceil(s * tokens.size)))].sum() / total)
-                                    if total > 0 else None) for s in TOP_SHARES},
+        "mass_share_top": dict(zip(map(str, TOP_SHARES), top_shares(tokens, TOP_SHARES))),
+        "concentration": {"top_fraction": list(CONCENTRATION_FRACTIONS),
+                          "share": top_shares(tokens, CONCENTRATION_FRACTIONS)},
         "histogram": _histogram(tokens, _linear_edges(tokens, bins)),
         "log_histogram": {**_histogram(tokens, log_edges), "below_min": int((tokens < LOG_MIN).sum()),
                           "min_edge": LOG_MIN},
