@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -73,6 +74,38 @@ def test_the_preset_plans_three_seeds_from_one_base(tmp_path):
     assert counts["fetch_base_model"] == 1 and counts["train"] == 15 and counts["study"] == 1
     seeds = sorted(j["wildcards"]["model"] for j in jobs if j["rule"] == "train")
     assert seeds == ["mini_s0"] * 5 + ["mini_s1"] * 5 + ["mini_s2"] * 5
+    study = _study_job(done.stdout + done.stderr)
+    assert "results/train/mini_s2/vppo_tgf_only" in study["input"] and "results/analysis/mini_s0/vppo.json" in study["input"]
+    assert {"results/study/training_curves.png", "results/study/dependency_findings.png"} <= set(study["output"])
+
+
+def _study_job(output: str) -> dict:
+    """Input and output paths of the dry-run's study job."""
+    block = output.split("\nrule study:", 1)[1].split("\nrule ", 1)[0]
+    return {key: re.search(rf"^\s+{key}: (.*)$", block, re.MULTILINE).group(1).split(", ") for key in ("input", "output")}
+
+
+def _dry_run_mini_with(tmp_path, change) -> subprocess.CompletedProcess:
+    repo = copy_checkout(tmp_path / "repo")
+    config = yaml.safe_load((repo / "workflow" / "config" / "mini.yaml").read_text())
+    change(config)
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile",
+                           str(tmp_path / "mini.yaml")], cwd=repo, capture_output=True, text=True, timeout=600)
+
+
+def test_a_study_without_analysis_plans_no_dependency_figure(tmp_path):
+    done = _dry_run_mini_with(tmp_path, lambda config: config.pop("analysis"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = _study_job(done.stdout + done.stderr)
+    assert "results/study/training_curves.png" in study["output"]
+    assert not any("analysis" in p or "dependency_findings" in p for p in study["input"] + study["output"])
+
+
+def test_a_study_method_without_training_stops_the_run_at_config_time(tmp_path):
+    done = _dry_run_mini_with(tmp_path, lambda config: config["study"]["methods"].append("base"))
+    assert done.returncode != 0
+    assert "study.methods: ['base'] not trained by mini_s0" in done.stdout + done.stderr
 
 
 def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path):

@@ -29,6 +29,7 @@ from vppo.errors import require_dir
 from vppo.reporting import cost as cost_mod
 from vppo.fileio import write_text_atomic
 from vppo.reporting.results_io import ResultsError, load_eval_frame, read_json
+from vppo.reporting.study_figures import CAPTIONS as STUDY_CAPTIONS
 from vppo.catalog import TABLES
 from vppo.reporting.tables import COLUMNS, LEGEND, describe, wide_blocks
 
@@ -107,6 +108,13 @@ def table_html(long: pd.DataFrame, source: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ figures
 
+def image_src(path: Path, report_path: Path, link: bool) -> str:
+    """The PNG as a data URI, or (``link``) its path relative to the report."""
+    if link:
+        return os.path.relpath(path.resolve(), Path(report_path).resolve().parent)
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def figures_html(figures_dir: Path, report_path: Path, link: bool) -> str:
     index_path = figures_dir / "index.json"
     if index_path.is_file():
@@ -121,10 +129,7 @@ def figures_html(figures_dir: Path, report_path: Path, link: bool) -> str:
         if not path.is_file():
             parts.append(f"<p class=note>{esc(entry['file'])}: listed in the index but not found</p>")
             continue
-        if link:
-            src = os.path.relpath(path.resolve(), report_path.resolve().parent)
-        else:
-            src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        src = image_src(path, report_path, link)
         inputs = "".join(f"<li><code>{esc(i)}</code></li>" for i in entry.get("inputs", []))
         caption = (f"<b>{esc(entry.get('kind'))}</b>, model <code>{esc(entry.get('model'))}</code>, methods "
                    f"{esc(', '.join(entry.get('methods', [])))}. Drawn from:<ul>{inputs}</ul>")
@@ -203,9 +208,11 @@ def cost_html(costs: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------------------------------------- page
 
-def study_html(study_dir: Path) -> str:
-    """The seed study (``vppo study``'s study.csv) as one HTML table."""
-    path = Path(study_dir) / "study.csv"
+def study_html(study_dir: Path, report_path: Path, link: bool = False) -> str:
+    """The seed study (``vppo study``'s study.csv) as one HTML table, then the study's figures it drew (none when
+    it was run without training logs or analyses)."""
+    study_dir = Path(study_dir)
+    path = study_dir / "study.csv"
     if not path.is_file():
         raise ResultsError(f"{path}: missing (the --study folder holds no `vppo study` output)")
     frame = pd.read_csv(path)
@@ -213,7 +220,10 @@ def study_html(study_dir: Path) -> str:
                    "vs_baseline_ci"]]
     return ("<p class=note>Mean and standard error over seeds; differences paired by seed with the half-width of "
             f"a 95% t interval (baseline: {esc(frame['baseline'].iloc[0])}).</p>"
-            + shown.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.1f}", escape=True))
+            + shown.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.1f}", escape=True)
+            + "".join(f"<figure><img alt=\"{esc(name)}\" src=\"{esc(image_src(study_dir / name, report_path, link))}\">"
+                      f"<figcaption>{esc(caption)}</figcaption></figure>"
+                      for name, caption in STUDY_CAPTIONS.items() if (study_dir / name).is_file()))
 
 
 def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_mapping=None, label=None,
@@ -239,7 +249,7 @@ def build_report(tables_dir, figures_dir, eval_root, out, cost_root=None, gpu_ma
     sections.append("<h2>Tables</h2>")
     sections += [table_html(t, p) for t, p in zip(tables, table_files) if len(t)] or ["<p class=note>No tables.</p>"]
     if study_dir:
-        sections += ["<h2>Seed study</h2>", study_html(study_dir)]
+        sections += ["<h2>Seed study</h2>", study_html(study_dir, out, link_figures)]
     sections.append("<h2>Figures</h2>")
     sections.append(figures_html(Path(figures_dir), out, link_figures) if figures_dir and Path(figures_dir).is_dir()
                     else "<p class=note>No figures folder.</p>")

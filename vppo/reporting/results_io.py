@@ -31,6 +31,11 @@ class ResultsError(InputError, ValueError):
 
 _NUMBER, _INT, _STR = {"type": "number"}, {"type": "integer"}, {"type": "string"}
 
+_SHARES = {"type": "object", "additionalProperties": {
+    "type": "object", "required": ["n_tokens", "mean", "share_of_dependency", "share_of_tokens"],
+    "properties": {"n_tokens": _INT, "mean": _NUMBER, "share_of_dependency": {"type": ["number", "null"]},
+                   "share_of_tokens": _NUMBER}}}
+
 _HISTOGRAM = {"type": "object", "required": ["edges", "counts"],
               "properties": {"edges": {"type": "array", "items": _NUMBER}, "counts": {"type": "array", "items": _INT}}}
 
@@ -42,10 +47,21 @@ ANALYSIS_JSON_SCHEMA: dict = {
         "schema": {"const": ANALYSIS_SCHEMA_ID},
         "model": _STR, "method": _STR, "estimator": {"enum": ["k3", "kl"]},
         "token_dependency": {"type": "object", "required": ["n_tokens", "histogram", "log_histogram", "quantiles"],
-                             "properties": {"n_tokens": _INT, "histogram": _HISTOGRAM, "log_histogram": _HISTOGRAM}},
+                             "properties": {"n_tokens": _INT, "histogram": _HISTOGRAM, "log_histogram": _HISTOGRAM,
+                                            # optional: analyses written before the curve was recorded lack it
+                                            "concentration": {"type": "object", "required": ["top_fraction", "share"],
+                                                              "properties": {
+                                                                  "top_fraction": {"type": "array", "items": _NUMBER},
+                                                                  "share": {"type": "array",
+                                                                            "items": {"type": ["number", "null"]}}}}}},
         "trajectory_mean_dependency": {"type": "object", "required": ["values", "histogram"],
                                        "properties": {"values": {"type": "array", "items": _NUMBER},
                                                       "histogram": _HISTOGRAM}},
+        # optional, as the concentration curve: what the study's findings figure reads when it is there
+        "by_role": _SHARES, "by_benchmark": _SHARES,
+        "trajectories": {"type": "array", "items": {"type": "object", "required": ["benchmark"],
+                                                    "properties": {"benchmark": _STR,
+                                                                   "mean_dependency": {"type": ["number", "null"]}}}},
     },
 }
 
@@ -129,7 +145,8 @@ def subdirs(path: Path | None) -> list[str]:
 
 # ----------------------------------------------------------------------------------- training, analysis
 
-TRAINING_CURVE_KEYS = ("reward", "accuracy", "kept_token_fraction", "alpha_mean", "alpha_min", "alpha_max")
+TRAINING_CURVE_KEYS = ("reward", "accuracy", "kept_token_fraction", "alpha_mean", "alpha_min", "alpha_max", "entropy",
+                       "completions/mean_length", "dependency_kept_mean", "dependency_dropped_mean")
 
 
 def training_log_file(train_root: str | Path, model: str, method: str) -> Path:
@@ -172,4 +189,7 @@ def load_analysis(path: str | Path) -> dict:
         hist = data["token_dependency"][part]
         if len(hist["edges"]) != len(hist["counts"]) + 1:
             raise ResultsError(f"{path}: field 'token_dependency.{part}': needs len(edges) == len(counts) + 1")
+    curve = data["token_dependency"].get("concentration")
+    if curve is not None and len(curve["top_fraction"]) != len(curve["share"]):
+        raise ResultsError(f"{path}: field 'token_dependency.concentration': needs len(top_fraction) == len(share)")
     return data

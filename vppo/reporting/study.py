@@ -9,7 +9,9 @@ baseline method (DAPO), each with a 95% confidence interval from Student's t ove
     vppo study --models mini_s0,mini_s1,mini_s2 --methods grpo,dapo,vppo --baseline dapo \\
         --start mini_s0/base --benchmarks mini_heldout,mini_control --eval-root results/eval --out results/study
 
-Writes ``OUT/study.csv`` (long: one row per benchmark and method, per-seed values included) and ``OUT/study.md``.
+Writes ``OUT/study.csv`` (long: one row per benchmark and method, per-seed values included) and ``OUT/study.md``;
+with ``--train-root`` also the training curves with seed bands, and with ``--analysis-root`` the dependency
+findings of the analysed checkpoints (:mod:`vppo.reporting.study_figures`).
 """
 
 from __future__ import annotations
@@ -111,10 +113,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-root", required=True)
     parser.add_argument("--out", required=True, type=Path, help="folder: writes study.csv and study.md")
     parser.add_argument("--label", default="")
+    parser.add_argument("--train-root", default=None, type=Path,
+                        help="also draw training_curves.png from <train-root>/<model>/<method>/training_log.jsonl")
+    parser.add_argument("--analysis-root", default=None, type=Path,
+                        help="also draw dependency_findings.png from <analysis-root>/<analysis-model>/<method>.json")
+    parser.add_argument("--analysis-model", default=None, help="the analysed model (with --analysis-root)")
+    parser.add_argument("--analysis-methods", default=None, help="comma-separated analysed methods (with --analysis-root)")
 
 
 def run(args: argparse.Namespace) -> int:
-    require_dir(args.eval_root, "--eval-root")
+    for flag in ("eval_root", "train_root", "analysis_root"):  # given folders must exist
+        require_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     models, methods = split(args.models), split(args.methods)
     if args.baseline not in methods:
@@ -126,10 +135,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"--benchmarks: {exc}") from None
     start = tuple(args.start.split("/"))
+    if args.analysis_root and not (args.analysis_model and args.analysis_methods):
+        raise InputError("--analysis-root: needs --analysis-model and --analysis-methods")
     study = build_study(Path(args.eval_root), models, methods, args.baseline, start, benchmarks)
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "study.csv", study.round(4).to_csv(index=False, lineterminator="\n"))
     write_text_atomic(args.out / "study.md", to_markdown(study, models, start, args.label))
+    if args.train_root or args.analysis_root:
+        from vppo.reporting import study_figures
+
+        if args.train_root:
+            study_figures.draw_training_curves(args.train_root, models, methods, args.out, args.label)
+        if args.analysis_root:
+            study_figures.draw_dependency_findings(args.analysis_root, args.analysis_model,
+                                                   split(args.analysis_methods), args.out, args.label)
     print(f"vppo study: {len(methods)} methods x {len(models)} seeds x {len(benchmarks)} benchmarks -> {args.out}",
           file=sys.stderr)
     return 0

@@ -120,6 +120,11 @@ def check_cross_references(config):
             problems.append(f"study.baseline: {study['baseline']!r} is not one of study.methods")
         for model in study["models"]:
             check_cells(f"study ({model})", model, study["methods"])
+            untrained = [m for m in study["methods"] if model in models and (
+                m in UNTRAINED_METHODS or m in models[model].get("released", {}))]
+            if untrained:  # the study's training curves read every seed's training log
+                problems.append(f"study.methods: {untrained} not trained by {model} (compare with the warm start "
+                                "through study.start)")
         start_model, start_method = study["start"].split("/", 1)
         check_cells("study.start", start_model, [start_method])
     for name, spec in models.items():
@@ -213,6 +218,21 @@ def table_files():
 
 def study_targets():
     return ["results/study/study.md"] if config.get("study") else []
+
+
+def study_training_runs():
+    """The training folders of every (seed model, method) of the study: its training curves read their logs."""
+    study = config["study"]
+    return [f"results/train/{model}/{method}" for model in study["models"] for method in study["methods"]]
+
+
+def study_analysis_options():
+    """`vppo study`'s dependency-findings flags: the preset's analysed model and methods (none without analysis)."""
+    analysis = config.get("analysis")
+    if not analysis:
+        return ""
+    return (f"--analysis-root results/analysis --analysis-model {shlex.quote(analysis['model'])} "
+            f"--analysis-methods {shlex.quote(','.join(analysis['methods']))}")
 
 
 def model_seed(wildcards):

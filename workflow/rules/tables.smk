@@ -116,12 +116,17 @@ rule check:
 
 rule study:
     input:
-        lambda wildcards: [eval_json(model, method, bench) for model in config["study"]["models"]
-                           for method in config["study"]["methods"] for bench in BENCHMARKS]
+        cells=lambda wildcards: [eval_json(model, method, bench) for model in config["study"]["models"]
+                                 for method in config["study"]["methods"] for bench in BENCHMARKS]
         + [eval_json(*config["study"]["start"].split("/", 1), bench) for bench in BENCHMARKS],
+        training=lambda wildcards: study_training_runs(),
+        analysis=analysis_targets(),
     output:
         md="results/study/study.md",
         csv="results/study/study.csv",
+        curves="results/study/training_curves.png",
+        curves_csv="results/study/training_curves.csv",
+        **({"findings": "results/study/dependency_findings.png"} if config.get("analysis") else {}),
     params:
         models=lambda wildcards: ",".join(config["study"]["models"]),
         methods=lambda wildcards: ",".join(config["study"]["methods"]),
@@ -129,6 +134,7 @@ rule study:
         start=lambda wildcards: config["study"]["start"],
         benchmarks=",".join(BENCHMARKS),
         label=config["label"],
+        analysis=study_analysis_options(),
     log:
         "logs/study.log",
     benchmark:
@@ -141,4 +147,5 @@ rule study:
     shell:
         "workflow/scripts/vppo study --models {params.models:q} --methods {params.methods:q} "
         "--baseline {params.baseline:q} --start {params.start:q} --benchmarks {params.benchmarks:q} "
-        "--eval-root results/eval --out results/study --label {params.label:q} > {log:q} 2>&1"
+        "--eval-root results/eval --train-root results/train {params.analysis} --out results/study "
+        "--label {params.label:q} > {log:q} 2>&1"
