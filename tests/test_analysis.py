@@ -66,12 +66,13 @@ def eval_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("estimator", ["k3", "kl"])
-def test_analyze_tiny_model_writes_valid_finite_json(tiny_model_dir, eval_data, tmp_path, estimator):
+def test_analyze_tiny_model_writes_valid_finite_json(tiny_model_dir, eval_data, tmp_path, estimator, capsys):
     out = tmp_path / "analysis" / "tiny" / "vppo.json"
     code = vppo_main(["analyze", str(tiny_model_dir), "--data", str(eval_data), "--out", str(out), "--n-prompts", "3",
                       "--samples", "2", "--max-new-tokens", "12", "--benchmarks", "mathverse,geo3k",
                       "--model-label", "tiny", "--method-label", "vppo", "--estimator", estimator])
     assert code == 0
+    assert "analyze: 100%" in capsys.readouterr().err  # a progress bar over the prompts
     data = load_analysis(out)  # the schema the figures read
     assert _finite(data)
     token, traj = data["token_dependency"], data["trajectory_mean_dependency"]

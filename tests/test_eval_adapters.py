@@ -129,7 +129,7 @@ def test_tensor_parallel_size_from_model_size(tmp_path, gib, heads, gpus, expect
     assert auto_tensor_parallel_size(_fake_checkpoint(tmp_path / "ckpt", gib, heads), gpus) == expected
 
 
-def test_hf_adapter_draws_k_samples_per_question(tiny_model_dir, tmp_path):
+def test_hf_adapter_draws_k_samples_per_question(tiny_model_dir, tmp_path, capsys):
     from vppo.evaluation.lmms_adapter import VPPOHFModel
 
     docs = _docs(tmp_path, 3)
@@ -140,6 +140,7 @@ def test_hf_adapter_draws_k_samples_per_question(tiny_model_dir, tmp_path):
         r.arguments[2]["max_new_tokens"] = 4
     first = model.generate_until(requests)
     assert len(first) == 12 and all(0 < r.token_counts.output_tokens <= 4 for r in first)
+    assert "vppo_hf generate: 100%" in capsys.readouterr().err  # a progress bar over the questions
     assert [r.text for r in model.generate_until(requests)] == [r.text for r in first]  # seeded per call
     model.clean()  # lmms-eval calls this after every evaluation: the model must survive it
     assert model.model is not None

@@ -318,6 +318,7 @@ def fit_responses(model, make_batch, steps: int, lr: float, seed: int) -> list[f
     """Fit ``model`` in place, step by step, on the mean response-token NLL of ``make_batch(step)`` (a
     :class:`vppo.rollout.ScoredBatch`): AdamW without weight decay, deterministic kernels on one thread.
     Returns the losses. Both warm starts (this module's and :mod:`vppo.data.mini_model`'s) run it."""
+    from vppo.progress import progress
     from vppo.rollout import response_logprobs
 
     losses = []
@@ -325,7 +326,7 @@ def fit_responses(model, make_batch, steps: int, lr: float, seed: int) -> list[f
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         model.train()
-        for step in range(steps):
+        for step in progress(range(steps), desc="warm start", unit="step"):
             batch = make_batch(step)
             loss = -(response_logprobs(model, batch).sum() / batch.response_mask.sum())
             optimizer.zero_grad()

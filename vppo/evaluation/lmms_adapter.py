@@ -20,6 +20,7 @@ from vppo.eval_images import PROCESSOR_BOUNDS, PixelBounds
 from vppo.evaluation.protocol import PROTOCOL_SAMPLING
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_policy, load_processor
+from vppo.progress import progress
 from vppo.rollout import encode_prompts, split_generation
 
 
@@ -69,12 +70,14 @@ class VPPOHFModel(lmms):
         outputs: list[list[GenerationResult] | None] = [None] * len(jobs)
         # Batch jobs that share sampling parameters (same n, same max tokens); keep the original order.
         order = sorted(range(len(jobs)), key=lambda i: _sampling_key(jobs[i]))
-        for _, same in itertools.groupby(order, key=lambda i: _sampling_key(jobs[i])):
-            same = list(same)
-            for start in range(0, len(same), self.batch_size_per_gpu):
-                chunk = same[start:start + self.batch_size_per_gpu]
-                for i, result in zip(chunk, self._generate([jobs[i] for i in chunk])):
-                    outputs[i] = result
+        with progress(desc="vppo_hf generate", total=len(jobs), unit="question") as bar:
+            for _, same in itertools.groupby(order, key=lambda i: _sampling_key(jobs[i])):
+                same = list(same)
+                for start in range(0, len(same), self.batch_size_per_gpu):
+                    chunk = same[start:start + self.batch_size_per_gpu]
+                    for i, result in zip(chunk, self._generate([jobs[i] for i in chunk])):
+                        outputs[i] = result
+                    bar.update(len(chunk))
         return fan_out(groups, outputs)
 
     @torch.no_grad()

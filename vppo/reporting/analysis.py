@@ -208,6 +208,7 @@ def analyze(args: argparse.Namespace) -> dict:
 
     from vppo.catalog import resolve_benchmarks
     from vppo.modeling import checkpoint_sha256, load_policy, load_processor, verify_checkpoint_dir
+    from vppo.progress import progress
 
     start = time.time()
     checkpoint = verify_checkpoint_dir(args.checkpoint)
@@ -222,7 +223,7 @@ def analyze(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     per_trajectory, trajectories, roles, benches = [], [], [], []
-    for bench, row in rows:
+    for bench, row in progress(rows, desc="analyze", unit="prompt"):
         deps_per_sample, roles_per_sample = dependency_for_prompt(model, processor, row.prompt, row.images, args, rng)
         for sample, (deps, roles_of_sample) in enumerate(zip(deps_per_sample, roles_per_sample)):
             per_trajectory.append(deps)
