@@ -7,8 +7,9 @@ figures folder next to it). Every piece of text from an input goes through ``htm
 Sections: tables (from ``<tables>/*.csv``, the long CSVs of ``vppo tables``; hovering a cell shows its
 provenance), figures (``<figures>/index.json``, or every PNG when there is no index), provenance of every
 result file under ``--eval-root`` (model, method, benchmark, value, stderr, backend, versions, sampling,
-seed, limit, checkpoint and its sha256, data checksum, wall time), the missing cells of the tables, and
-with ``--cost-root`` the cost per stage and cell from Snakemake ``benchmark:`` files (``vppo.reporting.cost``).
+seed, limit, checkpoint and its sha256, data checksum, wall time), the missing cells of the tables, with
+``--study`` the seed study (its table, and its training-curve and dependency figures where ``vppo study`` drew
+them), and with ``--cost-root`` the cost per stage and cell from Snakemake ``benchmark:`` files (``vppo.reporting.cost``).
 """
 
 from __future__ import annotations
