@@ -20,14 +20,13 @@ from vppo.training.gradient_variance import (
     covariance_trace,
     gram_matrix,
     measure,
-    measurement_overrides,
+    measurement_recipe,
     method_presets,
     replicate_gradients,
     rollout_sampler,
     sample_rollout,
     variance_statistics,
 )
-from vppo.training.recipes import load_recipe
 from vppo.training.rewards import GradingReward
 
 #: TAS whose alpha is 1 for every response: beta_min = 1 makes beta_max = 1 whatever the scores
@@ -93,14 +92,22 @@ def test_only_distinct_tgf_or_tas_methods_are_compared():
             method_presets(bad)
 
 
+def test_an_update_smaller_than_a_tas_group_is_one_group(tmp_path):
+    """The mini recipe's TAS groups are 16 responses; 2 prompts x 4 responses make one group of 8, 4 x 8 two."""
+    small = _request(tmp_path, tmp_path, recipe="mini", prompts=2, samples=4)
+    recipe, overrides = measurement_recipe(small)
+    assert recipe.tas_group_responses == overrides["tas_group_responses"] == 8
+    assert recipe.micro_batch_responses == 8 and recipe.updates_per_rollout == 1
+    assert measurement_recipe(_request(tmp_path, tmp_path, recipe="mini", prompts=4, samples=8))[0].tas_group_responses == 16
+
+
 # ------------------------------------------------------------------------------ gradients on the tiny model
 
 @pytest.fixture(scope="module")
 def rollout(tiny_model_dir, data_dir):
     """(trainer, one scored rollout, its per-weighting gradients) on the tiny model."""
     request = _request(tiny_model_dir, data_dir)
-    recipe = load_recipe("smoke", measurement_overrides(request))
-    with rollout_sampler(request, recipe, GradingReward(steered_grade)) as run:
+    with rollout_sampler(request, *measurement_recipe(request), GradingReward(steered_grade)) as run:
         batch = sample_rollout(run.trainer, 0, request.prompts * request.samples)
         record = replicate_gradients(run.trainer, batch, method_presets(METHODS))
         yield run.trainer, batch, record

@@ -102,13 +102,23 @@ def method_presets(methods) -> list[MethodPreset]:
     return presets
 
 
-def measurement_overrides(request: GradientVarianceRequest) -> dict:
-    """Recipe keys that make one rollout = one update of G prompts x n responses in one forward pass."""
+def measurement_overrides(request: GradientVarianceRequest, tas_group_responses: int) -> dict:
+    """Recipe keys that make one rollout = one update of G prompts x n responses in one forward pass; TAS's mu
+    group is the recipe's ``tas_group_responses``, or the whole update where that is smaller than one group."""
     rows = request.prompts * request.samples
     return {"rollout_batch_prompts": request.prompts, "update_batch_prompts": request.prompts,
             "num_generations": request.samples, "micro_batch_responses": rows,
+            "tas_group_responses": min(int(tas_group_responses), rows),
             "max_completion_length": request.max_new_tokens, "max_steps": request.replicates, "save_steps": 1,
             "logging_steps": 1}
+
+
+def measurement_recipe(request: GradientVarianceRequest):
+    """(the request's recipe with :func:`measurement_overrides`, those overrides); a RecipeError names the key."""
+    from vppo.training.recipes import load_recipe
+
+    overrides = measurement_overrides(request, load_recipe(request.recipe).tas_group_responses)
+    return load_recipe(request.recipe, overrides), overrides
 
 
 def check_request(request: GradientVarianceRequest) -> None:
@@ -248,7 +258,7 @@ def _progress(replicates: int, enabled: bool):
 
 
 @contextmanager
-def rollout_sampler(request: GradientVarianceRequest, recipe, reward=None):
+def rollout_sampler(request: GradientVarianceRequest, recipe, overrides: dict, reward=None):
     """A :class:`vppo.training.runner.PreparedRun` whose trainer samples the request's rollouts (VPPO's preset,
     the recipe's sampling, one update per rollout), in a throw-away work dir; seeded with the request's seed."""
     from transformers import set_seed
@@ -258,7 +268,7 @@ def rollout_sampler(request: GradientVarianceRequest, recipe, reward=None):
     with cpu_threads(recipe), tempfile.TemporaryDirectory(prefix="vppo-gradvar-") as work:
         train_request = TrainRequest(model=Path(request.checkpoint), data=Path(request.data), recipe=request.recipe,
                                      method=ROLLOUT_METHOD, work_dir=Path(work), out=Path(work) / "unused",
-                                     seed=request.seed, overrides=measurement_overrides(request))
+                                     seed=request.seed, overrides=overrides)
         run = build_trainer(train_request, recipe, reward=reward)
         run.trainer.model.train()  # dropout is off (disable_dropout); TRL samples in training mode
         set_seed(request.seed)
@@ -287,16 +297,14 @@ def measure(request: GradientVarianceRequest, reward=None, progress: bool = True
     import torch
 
     from vppo.modeling import checkpoint_sha256
-    from vppo.training.recipes import load_recipe
-
     start = time.perf_counter()
     check_request(request)
     presets = method_presets(request.methods)
-    recipe = load_recipe(request.recipe, measurement_overrides(request))  # a RecipeError names the recipe and key
+    recipe, overrides = measurement_recipe(request)
     names, replicates = [BASELINE, *(p.name for p in presets)], request.replicates
     records: list[ReplicateGradients] = []
     stacked = None  # name-major rows: [baseline x R, method 1 x R, ...]
-    with rollout_sampler(request, recipe, reward) as run:
+    with rollout_sampler(request, recipe, overrides, reward) as run:
         trainer, loop_start = run.trainer, time.perf_counter()
         for r in _progress(replicates, progress):
             record = replicate_gradients(trainer, sample_rollout(trainer, r, request.prompts * request.samples),
@@ -319,7 +327,7 @@ def measure(request: GradientVarianceRequest, reward=None, progress: bool = True
         "schema": SCHEMA_ID, "baseline": BASELINE, "method_order": names,
         "methods": {name: method_summary(name, statistics[name], records, by_name.get(name)) for name in names},
         "replicates": replicates, "prompts": request.prompts, "samples": request.samples,
-        "rollout_method": ROLLOUT_METHOD, "recipe": request.recipe, "recipe_overrides": measurement_overrides(request),
+        "rollout_method": ROLLOUT_METHOD, "recipe": request.recipe, "recipe_overrides": overrides,
         "sampling": {"temperature": recipe.temperature, "top_p": recipe.top_p,
                      "max_new_tokens": request.max_new_tokens, "n": request.samples},
         "parameters": parameters, "valid_tokens": sum(rec.valid_tokens for rec in records),
