@@ -297,6 +297,7 @@ def measure(request: GradientVarianceRequest, reward=None, progress: bool = True
     import torch
 
     from vppo.modeling import checkpoint_sha256
+
     start = time.perf_counter()
     check_request(request)
     presets = method_presets(request.methods)
