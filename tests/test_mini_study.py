@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -61,6 +62,7 @@ def _two_step_config(repo) -> dict:
     config["study"].update(models=["mini_s0", "mini_s1"], methods=["dapo"])
     config["tables"]["mini_study"]["methods"] = ["base", "dapo"]
     config["analysis"].update(methods=["base", "dapo"], n_prompts=2, samples=2)
+    config["analysis"]["gradient_variance"] = {"replicates": 3, "prompts": 2, "samples": 4}
     return config
 
 
@@ -72,6 +74,8 @@ def test_the_preset_plans_three_seeds_from_one_base(tmp_path):
     jobs = planned_jobs(done.stdout + done.stderr)
     counts = rule_counts(jobs)
     assert counts["fetch_base_model"] == 1 and counts["train"] == 15 and counts["study"] == 1
+    # the measured gradient variance, once, on the warm start every seed shares
+    assert [j["wildcards"] for j in jobs if j["rule"] == "gradient_variance"] == [{"model": "mini_s0"}]
     seeds = sorted(j["wildcards"]["model"] for j in jobs if j["rule"] == "train")
     assert seeds == ["mini_s0"] * 5 + ["mini_s1"] * 5 + ["mini_s2"] * 5
     study = _study_job(done.stdout + done.stderr)
@@ -126,3 +130,5 @@ def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path):
                  for m in ("mini_s0", "mini_s1")}
     assert [summaries[m]["seed"] for m in ("mini_s0", "mini_s1")] == [0, 1]
     assert not (repo / "resources" / "models" / "mini_s1").exists()  # the seeds share mini_s0's base
+    variance = json.loads((repo / "results" / "analysis" / "mini_s0" / "gradient_variance.json").read_text())
+    assert variance["methods"]["grpo"]["variance_ratio"] == 1.0 and variance["replicates"] == 3

@@ -38,6 +38,8 @@ def run_dir(tmp_path_factory):
         write_training_log(root / "train", "tiny", method, steps=6)
     for method in ("dapo", "vppo"):
         write_analysis(root / "analysis", "tiny", method, seed=len(method))
+    # a model-level analysis beside the per-method ones (vppo gradient-variance): no dependency figure, no error
+    (root / "analysis" / "tiny" / "gradient_variance.json").write_text('{"schema": "vppo.gradient_variance/1"}\n')
     return root
 
 

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
     "analyze": ("vppo.reporting.analysis", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
+    "gradient-variance": ("vppo.training.gradient_variance",
+                          "measured gradient variance of VPPO's weightings against GRPO's on a checkpoint's rollouts"),
     "tables": ("vppo.reporting.tables", "build the main, scaling and ablation tables next to the paper's"),
     "study": ("vppo.reporting.study", "seed study table: mean over seeds, paired differences with 95% intervals"),
     "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),

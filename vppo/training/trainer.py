@@ -51,6 +51,24 @@ logger = logging.getLogger(__name__)
 VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images")
 
 
+def rollout_weights(preset: MethodPreset, dependency: torch.Tensor, mask: torch.Tensor, updates: list[list[int]],
+                    tas_group_responses: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The rollout's TGF mask [B, T] and TAS alpha [B] under ``preset`` (None where it leaves the loss alone),
+    each update's rows weighed together: min/max over the update, mu per run of ``tas_group_responses``
+    consecutive rows of it (:func:`vppo.algorithm.vppo_weights` per update)."""
+    token_mask = torch.ones_like(dependency) if preset.use_tgf else None
+    alpha = torch.ones(mask.shape[0], device=mask.device) if preset.use_tas else None
+    for rows in updates:
+        index = torch.tensor(rows, device=mask.device)
+        groups = consecutive_groups(len(rows), tas_group_responses, device=mask.device)
+        weights = vppo_weights(preset, dependency[index], mask[index], tas_groups=groups)
+        if token_mask is not None:
+            token_mask[index] = weights.token_mask
+        if alpha is not None:
+            alpha[index] = weights.alpha
+    return token_mask, alpha
+
+
 class SamplingCapError(RuntimeError):
     """Dynamic sampling reached its safety cap of generation rounds without filling the rollout batch."""
 
@@ -226,6 +244,11 @@ class VPPOTrainer(GRPOTrainer):
         return logps
 
     def _build_rollout(self, examples: list[dict]) -> list[dict]:
+        return self._layout(self._scored_rollout(examples))
+
+    def _scored_rollout(self, examples: list[dict]) -> dict:
+        """One rollout batch before the mini-batch layout: sampled and graded (dynamic sampling refills included),
+        with GRPO advantages, and, where the preset needs them, old log-probs and the dependency of every token."""
         batch, row_examples = self._sample_until_full(examples)
         off_policy = self.args.gradient_accumulation_steps % self.args.steps_per_generation != 0
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
@@ -243,7 +266,7 @@ class VPPOTrainer(GRPOTrainer):
             elif off_policy:
                 with self.timer.phase("old_logp"):
                     batch["old_per_token_logps"] = self._logps(batch, batch.get("pixel_values"))
-        return self._layout(batch)
+        return batch
 
     def _layout(self, batch: dict) -> list[dict]:
         """Micro-batches of the rows in order, each row with its TGF mask and TAS alpha, and each update's loss
@@ -268,17 +291,8 @@ class VPPOTrainer(GRPOTrainer):
         """Adds the rows' TGF mask ``tgf_mask`` [B, T] and TAS factor ``tas_alpha`` [B] (where the preset uses
         them), each update's rows weighed together: min/max over the update, mu per group of
         ``tas_group_responses`` consecutive rows of it."""
-        dependency, mask = batch["dependency"], batch["completion_mask"]
-        token_mask = torch.ones_like(dependency) if self.preset.use_tgf else None
-        alpha = torch.ones(mask.shape[0], device=mask.device) if self.preset.use_tas else None
-        for rows in updates:
-            index = torch.tensor(rows, device=mask.device)
-            groups = consecutive_groups(len(rows), self.tas_group_responses, device=mask.device)
-            weights = vppo_weights(self.preset, dependency[index], mask[index], tas_groups=groups)
-            if token_mask is not None:
-                token_mask[index] = weights.token_mask
-            if alpha is not None:
-                alpha[index] = weights.alpha
+        token_mask, alpha = rollout_weights(self.preset, batch["dependency"], batch["completion_mask"], updates,
+                                            self.tas_group_responses)
         if token_mask is not None:
             batch["tgf_mask"] = token_mask
         if alpha is not None:
@@ -297,12 +311,17 @@ class VPPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ loss
 
-    def _compute_loss(self, model, inputs):
+    def _policy_logps(self, model, inputs: dict, compute_entropy: bool = False):
+        """(log-probs [B, T], entropies [B, T] or None) of the sampled tokens of ``inputs``, with gradient."""
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         vision = {k: inputs[k] for k in VISION_KEYS if k in inputs}
         logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=True, **vision)
+            model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=compute_entropy, **vision)
+        return logps, entropies
+
+    def _compute_loss(self, model, inputs):
+        logps, entropies = self._policy_logps(model, inputs, compute_entropy=True)
         mask = inputs["completion_mask"]
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old

@@ -205,6 +205,14 @@ def analysis_targets():
     return [f"results/analysis/{analysis['model']}/{method}.json" for method in analysis["methods"]]
 
 
+def gradient_variance_targets():
+    """The measured gradient variance of the analysis model's base checkpoint, where the config asks for it."""
+    analysis = config.get("analysis") or {}
+    if not analysis.get("gradient_variance"):
+        return []
+    return [f"results/analysis/{analysis['model']}/gradient_variance.json"]
+
+
 def figure_roots():
     """The result roots `vppo figures` reads, only those this configuration fills (a given root must exist)."""
     roots = {"--train-root": "results/train" if training_runs() else None,
@@ -244,7 +252,8 @@ def all_targets():
     deleted intermediate file whose consumers are up to date, so the cells are targets themselves (a deleted
     cell is rebuilt, then everything that shows it)."""
     cells = [eval_json(*cell) for cell in eval_cells()]
-    return table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets() + study_targets()
+    return (table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets()
+            + gradient_variance_targets() + study_targets())
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -439,6 +448,15 @@ def analysis_options(wildcards):
     return (f"--benchmarks {','.join(BENCHMARKS)} --n-prompts {analysis['n_prompts']} --samples {analysis['samples']} "
             f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']} "
             f"--model-label {wildcards.model} --method-label {wildcards.method}")
+
+
+def gradient_variance_options(wildcards):
+    analysis = config["analysis"]
+    spec = analysis["gradient_variance"]
+    return (f"--recipe {shlex.quote(MODELS[wildcards.model]['recipe'])} --replicates {spec['replicates']} "
+            f"--prompts {spec['prompts']} --samples {spec['samples']} "
+            f"--methods {shlex.quote(','.join(spec.get('methods', ['vppo', 'vppo_tgf_only', 'vppo_tas_only'])))} "
+            f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']}")
 
 
 # -------------------------------------------------------------------------------------------- tables

@@ -87,3 +87,27 @@ rule analyze_dependency:
         **job_resources(analysis_spec),
     shell:
         "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo analyze {input.checkpoint:q} --data {input.data:q} --out {output:q} {params.options} > {log:q} 2>&1"
+
+
+rule gradient_variance:
+    """Var(g) of VPPO's weightings against GRPO's on the base checkpoint's own rollouts (vppo gradient-variance)."""
+    input:
+        checkpoint=base_model_dir,
+        data="resources/data/train",
+        preflight=ancient(PREFLIGHT),
+    output:
+        "results/analysis/{model}/gradient_variance.json",
+    params:
+        options=gradient_variance_options,
+    log:
+        "logs/analysis/{model}/gradient_variance.log",
+    benchmark:
+        "logs/benchmarks/analysis/{model}/gradient_variance.tsv"
+    conda:
+        GPU_ENV
+    threads: lambda wildcards: analysis_spec(wildcards).get("cpus", 1)
+    resources:
+        **job_resources(analysis_spec),
+    shell:
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo gradient-variance {input.checkpoint:q} "
+        "--data {input.data:q} --out {output:q} {params.options} > {log:q} 2>&1"
