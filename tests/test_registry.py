@@ -166,6 +166,10 @@ def test_schema_enums_are_the_registrys_and_the_schema_file_names_none():
     assert schema["properties"]["preset"]["enum"] == presets == ["default", "mini", "paper", "released"]
     assert schema["properties"]["models"]["additionalProperties"]["properties"]["recipe"]["enum"] == recipes
     assert method_grammar() in schema["$defs"]["method"]["description"]
+    assert "enum" not in raw["properties"]["analysis"]["properties"]["variants"]["items"]
+    variants = schema["properties"]["analysis"]["properties"]["variants"]["items"]["enum"]
+    assert len(variants) == len(catalog.MASKING_NAMES) * len(catalog.DEPENDENCY_ESTIMATOR_NAMES)
+    assert {"patch:k3", "grey:k3", "noise:k3", "blur:k3", "patch:kl"} <= set(variants)
 
 
 def test_lmms_eval_group_is_the_papers_avg_set_and_every_benchmark_has_its_task():

@@ -277,7 +277,8 @@ TABLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")  # a file-name stem and a Snake
 def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> dict:
     """``workflow/schemas/config.schema.yaml`` with its enums filled from this registry: benchmark keys, table
     names, paper models, the method grammar, and the given preset names (workflow/config/*.yaml stems) and
-    recipe names (vppo/training/recipes/*.yaml stems). The schema file itself names none of them."""
+    recipe names (vppo/training/recipes/*.yaml stems), the dependency passes of ``analysis.variants``. The schema
+    file itself names none of them."""
     filled = copy.deepcopy(schema)
     defs, props = filled["$defs"], filled["properties"]
     defs["benchmark"]["enum"] = list(BENCHMARK_KEYS)
@@ -286,4 +287,10 @@ def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> 
     props["tables"]["propertyNames"] = {"enum": list(TABLES)}
     props["preset"]["enum"] = sorted(presets)
     props["models"]["additionalProperties"]["properties"]["recipe"]["enum"] = sorted(recipes)
+    props["analysis"]["properties"]["variants"]["items"]["enum"] = dependency_variants()
     return filled
+
+
+def dependency_variants() -> list[str]:
+    """Every dependency pass as ``vppo analyze --variants`` names it: ``<masking>:<estimator>``."""
+    return [f"{masking}:{estimator}" for masking in MASKING_NAMES for estimator in DEPENDENCY_ESTIMATOR_NAMES]

@@ -200,6 +200,14 @@ def analysis_targets():
     return [f"results/analysis/{analysis['model']}/{method}.json" for method in analysis["methods"]]
 
 
+def variant_targets():
+    """One dependency-pass comparison per analysed method, when `analysis.variants` names passes."""
+    analysis = config.get("analysis") or {}
+    if not analysis.get("variants"):
+        return []
+    return [f"results/analysis/{analysis['model']}/{method}.variants.json" for method in analysis["methods"]]
+
+
 def figure_roots():
     """The result roots `vppo figures` reads, only those this configuration fills (a given root must exist)."""
     roots = {"--train-root": "results/train" if training_runs() else None,
@@ -224,7 +232,8 @@ def all_targets():
     deleted intermediate file whose consumers are up to date, so the cells are targets themselves (a deleted
     cell is rebuilt, then everything that shows it)."""
     cells = [eval_json(*cell) for cell in eval_cells()]
-    return table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets() + study_targets()
+    return (table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets() + variant_targets()
+            + study_targets())
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -419,6 +428,10 @@ def analysis_options(wildcards):
     return (f"--benchmarks {','.join(BENCHMARKS)} --n-prompts {analysis['n_prompts']} --samples {analysis['samples']} "
             f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']} "
             f"--model-label {wildcards.model} --method-label {wildcards.method}")
+
+
+def variant_options(wildcards):
+    return f"{analysis_options(wildcards)} --variants {','.join(config['analysis']['variants'])}"
 
 
 # -------------------------------------------------------------------------------------------- tables
