@@ -108,7 +108,8 @@ def test_selection_overlap_and_rank_correlation_by_hand():
     reference = [[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]
     same = compare_to_reference(reference, reference, keep_ratio=0.4)
     assert same == {"kept_jaccard_mean": 1.0, "kept_by_both_share": 1.0, "spearman_pooled": 1.0,
-                    "spearman_per_response_mean": 1.0, "n_responses_ranked": 2}
+                    "spearman_per_response_mean": 1.0, "n_responses_ranked": 2,
+                    "kept_by_both_share_at_chance": pytest.approx((2 * 2 / 5 + 2 * 2 / 3) / 4)}
     # ceil(0.4 * 5) = 2 kept: {0, 1} against {0, 2} (Jaccard 1/3, 1 of 2 shared); ceil(0.4 * 3) = 2: {1, 2} against
     # {0, 1} (1/3, 1 of 2); the second response's order is reversed (rho -1)
     other = [[5.0, 1.0, 4.0, 3.0, 2.0], [3.0, 2.0, 1.0]]
@@ -120,6 +121,17 @@ def test_selection_overlap_and_rank_correlation_by_hand():
     assert constant["kept_jaccard_mean"] == 0.0
     with pytest.raises(ValueError, match="different responses"):
         compare_to_reference([[1.0, 2.0]], [[1.0]], keep_ratio=0.4)
+
+
+def test_average_ranks_share_ties_as_scipy_does():
+    import numpy as np
+    from scipy.stats import rankdata
+
+    from vppo.reporting.variants import average_ranks
+
+    assert average_ranks(np.array([10.0, 20.0, 10.0])).tolist() == [1.5, 3.0, 1.5]
+    values = np.random.default_rng(0).integers(0, 5, size=200).astype(float)
+    assert average_ranks(values).tolist() == rankdata(values).tolist()
 
 
 def test_control_to_heldout_is_the_ratio_of_per_token_means_by_hand():

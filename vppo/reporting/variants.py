@@ -54,13 +54,18 @@ def parse_variants(spec: str) -> list[tuple[str, str]]:
     return [REFERENCE_VARIANT, *(v for v in variants if v != REFERENCE_VARIANT)]
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rho (average ranks for ties); None when either side is constant or has under 2 values."""
-    from scipy.stats import rankdata
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their positions ([10, 20, 10] -> [1.5, 3, 1.5])."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # each distinct value's last position, ascending
+    return (last - (counts - 1) / 2.0)[inverse]
 
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rho (Pearson's r of the average ranks); None when either side is constant or has under 2 values."""
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
 def kept_tokens(dependencies: list[float], keep_ratio: float) -> np.ndarray:
@@ -75,17 +80,18 @@ def kept_tokens(dependencies: list[float], keep_ratio: float) -> np.ndarray:
 
 def compare_to_reference(reference: list[list[float]], other: list[list[float]], keep_ratio: float) -> dict:
     """How ``other``'s per-token scores of the same responses agree with ``reference``'s: TGF selections (mean
-    per-response Jaccard; kept by both / kept, pooled) and rank correlation (pooled over all tokens; mean over
-    the responses where it is defined)."""
+    per-response Jaccard; kept by both / kept, pooled, and what two random selections would share, k/n per
+    response) and rank correlation (pooled over all tokens; mean over the responses where it is defined)."""
     if [len(r) for r in reference] != [len(o) for o in other]:
         raise ValueError("variants scored different responses (token counts differ)")
-    jaccards, both, kept, per_response = [], 0, 0, []
+    jaccards, both, kept, chance, per_response = [], 0, 0, 0.0, []
     for ref, oth in zip(reference, other):
         if not ref:
             continue
         a, b = kept_tokens(ref, keep_ratio), kept_tokens(oth, keep_ratio)
         jaccards.append(float((a & b).sum() / (a | b).sum()))
         both, kept = both + int((a & b).sum()), kept + int(a.sum())
+        chance += float(a.sum()) ** 2 / len(ref)  # expected shared tokens of two random size-k picks
         rho = _spearman(np.asarray(ref), np.asarray(oth))
         if rho is not None:
             per_response.append(rho)
@@ -93,6 +99,7 @@ def compare_to_reference(reference: list[list[float]], other: list[list[float]],
               for side in (reference, other)]
     return {"kept_jaccard_mean": float(np.mean(jaccards)) if jaccards else None,
             "kept_by_both_share": both / kept if kept else None,
+            "kept_by_both_share_at_chance": chance / kept if kept else None,
             "spearman_pooled": _spearman(*pooled),
             "spearman_per_response_mean": float(np.mean(per_response)) if per_response else None,
             "n_responses_ranked": len(per_response)}
