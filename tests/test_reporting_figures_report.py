@@ -38,6 +38,8 @@ def run_dir(tmp_path_factory):
         write_training_log(root / "train", "tiny", method, steps=6)
     for method in ("dapo", "vppo"):
         write_analysis(root / "analysis", "tiny", method, seed=len(method))
+    # vppo analyze --variants output beside the analyses: another schema, never read as an analysis
+    (root / "analysis" / "tiny" / "vppo.variants.json").write_text('{"schema": "vppo.analysis_variants/1"}')
     return root
 
 

@@ -164,6 +164,16 @@ def analysis_file(analysis_root: str | Path, model: str, method: str) -> Path:
     return Path(analysis_root) / model / f"{method}.json"
 
 
+#: ``vppo analyze --variants`` writes ``<method>.variants.json`` beside the analyses (another schema).
+VARIANTS_SUFFIX = ".variants.json"
+
+
+def analysed_methods(analysis_root: str | Path, model: str) -> list[str]:
+    """The methods with an analysis file under ``<analysis_root>/<model>/``, sorted (variants files are not)."""
+    folder = Path(analysis_root) / model
+    return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json") if not p.name.endswith(VARIANTS_SUFFIX))
+
+
 def load_analysis(path: str | Path) -> dict:
     path = Path(path)
     data = read_json(path)
