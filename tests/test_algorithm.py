@@ -307,7 +307,8 @@ def test_policy_loss_rejects_bad_clips():
 # ----------------------------------------------------------------------------- presets
 
 def test_presets_and_get_method():
-    assert list(METHOD_PRESETS) == ["grpo", "dapo", "vppo", "vppo_tas_only", "vppo_tgf_only"]
+    assert list(METHOD_PRESETS) == ["grpo", "dapo", "vppo", "vppo_tas_only", "vppo_tgf_only", "vppo_exact_kl",
+                                    "vppo_grey", "vppo_noise", "vppo_blur"]
     vppo, dapo, grpo = get_method("vppo"), get_method("dapo"), get_method("grpo")
     assert (vppo.use_tgf, vppo.use_tas, vppo.keep_ratio, vppo.beta_min) == (True, True, 0.4, 0.9)
     assert (vppo.clip_low, vppo.clip_high, vppo.dual_clip, vppo.entropy_coef) == (0.2, 0.28, 3.0, 0.06)

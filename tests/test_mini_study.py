@@ -76,6 +76,9 @@ def test_the_preset_plans_three_seeds_from_one_base(tmp_path):
     assert counts["fetch_base_model"] == 1 and counts["train"] == 15 and counts["study"] == 1
     # the measured gradient variance, once, on the warm start every seed shares
     assert [j["wildcards"] for j in jobs if j["rule"] == "gradient_variance"] == [{"model": "mini_s0"}]
+    # analysis.variants: each analysed method's responses also scored under every dependency pass
+    variants = sorted(j["wildcards"]["method"] for j in jobs if j["rule"] == "analyze_dependency_variants")
+    assert variants == ["base", "dapo", "vppo"] and counts["analyze_dependency"] == 3
     seeds = sorted(j["wildcards"]["model"] for j in jobs if j["rule"] == "train")
     assert seeds == ["mini_s0"] * 5 + ["mini_s1"] * 5 + ["mini_s2"] * 5
     study = _study_job(done.stdout + done.stderr)
@@ -132,3 +135,18 @@ def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path):
     assert not (repo / "resources" / "models" / "mini_s1").exists()  # the seeds share mini_s0's base
     variance = json.loads((repo / "results" / "analysis" / "mini_s0" / "gradient_variance.json").read_text())
     assert variance["methods"]["grpo"]["variance_ratio"] == 1.0 and variance["replicates"] == 3
+    compared = json.loads((repo / "results" / "analysis" / "mini_s0" / "dapo.variants.json").read_text())
+    assert list(compared["variants"]) == ["blur:k3", "grey:k3", "noise:k3", "patch:k3", "patch:kl"]
+    assert compared["variants"]["patch:k3"]["vs_reference"]["kept_jaccard_mean"] == 1.0
+    assert (compared["model"], compared["method"], compared["seed"]) == ("mini_s0", "dapo", 0)
+
+
+def test_a_dependency_pass_the_analysis_does_not_know_stops_the_run_at_config_time(tmp_path):
+    repo = copy_checkout(tmp_path / "repo")
+    config = yaml.safe_load((repo / "workflow" / "config" / "mini.yaml").read_text())
+    config["analysis"]["variants"] = ["patch:k3", "black:k3"]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(edited)],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "'black:k3' is not one of" in done.stdout + done.stderr

@@ -166,6 +166,10 @@ def test_schema_enums_are_the_registrys_and_the_schema_file_names_none():
     assert schema["properties"]["preset"]["enum"] == presets == ["default", "mini", "paper", "released"]
     assert schema["properties"]["models"]["additionalProperties"]["properties"]["recipe"]["enum"] == recipes
     assert method_grammar() in schema["$defs"]["method"]["description"]
+    assert "enum" not in raw["properties"]["analysis"]["properties"]["variants"]["items"]
+    variants = schema["properties"]["analysis"]["properties"]["variants"]["items"]["enum"]
+    assert len(variants) == len(catalog.MASKING_NAMES) * len(catalog.DEPENDENCY_ESTIMATOR_NAMES)
+    assert {"patch:k3", "grey:k3", "noise:k3", "blur:k3", "patch:kl"} <= set(variants)
 
 
 def test_lmms_eval_group_is_the_papers_avg_set_and_every_benchmark_has_its_task():
@@ -192,6 +196,31 @@ def test_no_list_of_method_names_outside_the_registry():
     configure(parser)
     assert next(a for a in parser._actions if a.dest == "method").help == method_grammar(trained_only=True)
     assert catalog.UNTRAINED_METHODS == ("base",) and set(METHOD_PRESETS) <= set(catalog.method_names())
+
+
+def test_every_dependency_choice_has_one_vppo_preset_and_every_method_a_description():
+    """vppo_exact_kl, vppo_grey, vppo_noise, vppo_blur: the published vppo with one choice of the dependency pass
+    changed, one preset per non-default choice; the registry's torch-free name lists are the real registries'."""
+    import dataclasses
+
+    from vppo.algorithm import DEPENDENCY_ESTIMATORS
+    from vppo.masking import MASKING_STRATEGIES
+
+    assert catalog.DEPENDENCY_ESTIMATOR_NAMES == tuple(DEPENDENCY_ESTIMATORS)
+    assert catalog.MASKING_NAMES == tuple(MASKING_STRATEGIES)
+    published = METHOD_PRESETS["vppo"]
+    assert (published.dependency_estimator, published.masking) == ("k3", "patch")
+    variants = {(p.dependency_estimator, p.masking): name for name, p in METHOD_PRESETS.items()
+                if (p.dependency_estimator, p.masking) != ("k3", "patch")}
+    assert variants == {("kl", "patch"): "vppo_exact_kl", ("k3", "grey"): "vppo_grey", ("k3", "noise"): "vppo_noise",
+                        ("k3", "blur"): "vppo_blur"}
+    for name in variants.values():
+        assert dataclasses.replace(METHOD_PRESETS[name], name="vppo", dependency_estimator="k3",
+                                   masking="patch") == published
+        assert catalog.parse_method(name, trained_only=True) == (name, None) and name in method_grammar()
+        assert name not in catalog.METHOD_PAPER_NAMES  # the paper has no such row
+    assert list(catalog.METHOD_DESCRIPTIONS) == catalog.method_names()
+    assert all(f"  {name} " in catalog.method_descriptions() for name in catalog.method_names())
 
 
 def test_default_methods_of_every_table_parse_and_the_registry_is_torch_free():

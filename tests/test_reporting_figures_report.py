@@ -40,6 +40,8 @@ def run_dir(tmp_path_factory):
         write_analysis(root / "analysis", "tiny", method, seed=len(method))
     # a model-level analysis beside the per-method ones (vppo gradient-variance): no dependency figure, no error
     (root / "analysis" / "tiny" / "gradient_variance.json").write_text('{"schema": "vppo.gradient_variance/1"}\n')
+    # vppo analyze --variants output beside the analyses: another schema, never read as an analysis
+    (root / "analysis" / "tiny" / "vppo.variants.json").write_text('{"schema": "vppo.analysis_variants/1"}')
     return root
 
 

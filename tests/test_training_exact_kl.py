@@ -122,8 +122,8 @@ def test_the_kl_dependency_feeds_tgf_and_tas_per_micro_batch(kl_rollout):
 
 @pytest.fixture(scope="module")
 def one_step_runs(tiny_model_dir, data_dir, tmp_path_factory):
-    """One training step each: vppo with the exact KL, vppo with grey masking, dapo; records the masking strategy
-    each masked pass was asked for."""
+    """One training step each: vppo with the exact KL, vppo with grey masking (set in the recipe), the vppo_grey
+    preset (nothing set: the name alone), dapo; records the masking strategy each masked pass was asked for."""
     import vppo.training.trainer as trainer_module
 
     strategies = []
@@ -137,7 +137,8 @@ def one_step_runs(tiny_model_dir, data_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer_module, "mask_row_images", spy)
         for name, method, overrides in (("kl", "vppo", {"dependency_estimator": "kl"}),
-                                        ("grey", "vppo", {"masking": "grey"}), ("dapo", "dapo", {})):
+                                        ("grey", "vppo", {"masking": "grey"}), ("vppo_grey", "vppo_grey", {}),
+                                        ("dapo", "dapo", {})):
             strategies.clear()
             root = tmp_path_factory.mktemp(name)
             out = run_training(_request(root, tiny_model_dir, data_dir, method, max_steps=1, overrides=overrides),
@@ -147,16 +148,20 @@ def one_step_runs(tiny_model_dir, data_dir, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("name, estimator, masking", [("kl", "kl", "patch"), ("grey", "k3", "grey")])
-def test_one_step_with_a_dependency_option_trains_and_records_it(one_step_runs, name, estimator, masking):
+@pytest.mark.parametrize("name, estimator, masking, recipe_set", [
+    ("kl", "kl", "patch", {"dependency_estimator": "kl", "masking": None}),
+    ("grey", "k3", "grey", {"dependency_estimator": None, "masking": "grey"}),
+    ("vppo_grey", "k3", "grey", {"dependency_estimator": None, "masking": None}),  # the method name alone
+])
+def test_one_step_with_a_dependency_option_trains_and_records_it(one_step_runs, name, estimator, masking, recipe_set):
     run = one_step_runs[name]
     (line,) = run["log"]
     assert line["step"] == 1 and line["loss"] is not None and line["dependency_kept_mean"] is not None
     assert (line["dependency_estimator"], line["masking"]) == (estimator, masking)
     preset = run["summary"]["preset"]
     assert (preset["dependency_estimator"], preset["masking"]) == (estimator, masking)
-    assert run["summary"]["recipe"]["dependency_estimator"] == (estimator if name == "kl" else None)
-    assert run["strategies"] == [masking]
+    assert {key: run["summary"]["recipe"][key] for key in recipe_set} == recipe_set
+    assert run["strategies"] == [masking]  # what the masked pass really ran, not only what was recorded
 
 
 def test_a_method_without_the_masked_pass_records_no_dependency_options(one_step_runs):

@@ -4,6 +4,7 @@ TAS group is its own key, independent of the memory chunk."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -120,3 +121,56 @@ def test_estimator_and_masking_are_refused_for_methods_without_the_masked_pass(m
 
     with pytest.raises(RecipeError, match=rf"masking.*{method}.*no masked-image pass"):
         method_preset(method, load_recipe("smoke", {"masking": "grey"}))
+
+
+# ------------------------------------------------- presets that carry their own dependency pass
+
+@pytest.mark.parametrize("method, expected", [
+    ("vppo", ("k3", "patch")), ("vppo_exact_kl", ("kl", "patch")), ("vppo_grey", ("k3", "grey")),
+    ("vppo_noise", ("k3", "noise")), ("vppo_blur", ("k3", "blur")),
+])
+def test_the_method_name_alone_selects_the_dependency_pass_the_trainer_runs(method, expected):
+    """What the trainer reads (preset.dependency_estimator / preset.masking) comes from the name, with a recipe
+    that sets nothing; apart from the dependency pass each is the published vppo."""
+    from vppo.training.recipes import method_preset
+
+    preset = method_preset(method, load_recipe("smoke"))
+    assert (preset.dependency_estimator, preset.masking) == expected and preset.name == method
+    assert dataclasses.replace(preset, name="vppo", dependency_estimator="k3", masking="patch") == get_method("vppo")
+
+
+@pytest.mark.parametrize("method, overrides, expected", [
+    ("vppo_grey", {"masking": "grey"}, ("k3", "grey")),  # agreeing with the preset is no conflict
+    ("vppo_grey", {"dependency_estimator": "kl"}, ("kl", "grey")),  # the preset leaves the estimator at k3
+    ("vppo_exact_kl", {"masking": "blur"}, ("kl", "blur")),
+])
+def test_a_recipe_may_set_what_the_preset_leaves_at_its_default(method, overrides, expected):
+    from vppo.training.recipes import method_preset
+
+    preset = method_preset(method, load_recipe("smoke", overrides))
+    assert (preset.dependency_estimator, preset.masking) == expected
+
+
+@pytest.mark.parametrize("method, overrides, needle", [
+    ("vppo_grey", {"masking": "noise"}, "masking=noise contradicts method vppo_grey, whose masking is grey"),
+    ("vppo_grey", {"masking": "patch"}, "masking=patch contradicts method vppo_grey, whose masking is grey"),
+    ("vppo_exact_kl", {"dependency_estimator": "k3"},
+     "dependency_estimator=k3 contradicts method vppo_exact_kl, whose dependency_estimator is kl"),
+])
+def test_a_recipe_contradicting_the_presets_own_choice_is_refused(method, overrides, needle):
+    from vppo.training.recipes import method_preset
+
+    with pytest.raises(RecipeError, match=re.escape(needle)):
+        method_preset(method, load_recipe("smoke", overrides))
+
+
+def test_vppo_train_names_the_conflict_in_one_line_and_exits_2(tmp_path, capsys):
+    from vppo.cli import main
+
+    code = main(["train", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--recipe", "smoke",
+                 "--method", "vppo_grey", "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--set", "masking=noise"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("vppo train: recipe smoke (file or --set): masking=noise contradicts method vppo_grey")
+    assert not (tmp_path / "w").exists()  # refused before anything is written

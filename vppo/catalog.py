@@ -14,8 +14,9 @@ lmms-eval task names (``vppo_<key>``). The config schema's enums are filled from
 - Tables: :data:`TABLES` (title, default methods, the paper model they compare with). The paper's numbers are
   ``results/reference/paper_<table>_<size>.csv``, read by :mod:`vppo.reference`.
 
-How to add (docs/design.md lists the files): a method preset = one line in :data:`METHOD_PRESETS` (+ its paper
-label in :data:`METHOD_PAPER_NAMES` if the paper has the row); a benchmark = one :class:`Benchmark` in
+How to add (docs/design.md lists the files): a method preset = one line in :data:`METHOD_PRESETS` and its
+one-line description in :data:`METHOD_DESCRIPTIONS` (+ its paper label in :data:`METHOD_PAPER_NAMES` if the paper
+has the row); a benchmark = one :class:`Benchmark` in
 :data:`EXTRA_BENCHMARKS` + its task folder ``benchmarks/<key>/`` + its data; a table = one :class:`Table` here
 (+ its reference CSV); then name them in a config (``workflow/config/*.yaml``).
 """
@@ -110,13 +111,22 @@ NO_PAPER_MODEL = "none"
 
 # ------------------------------------------------------------------------------------------------- methods
 
+#: The dependency pass's two choices, by name: the keys of ``vppo.algorithm.DEPENDENCY_ESTIMATORS`` (k3 on the
+#: sampled token = the official code; kl = the exact full-vocabulary KL) and of ``vppo.masking.MASKING_STRATEGIES``
+#: (patch blackening = the official code), copied here so the registry stays torch-free (tests/test_registry.py
+#: keeps them equal). The first of each is the published run's.
+DEPENDENCY_ESTIMATOR_NAMES: tuple[str, ...] = ("k3", "kl")
+MASKING_NAMES: tuple[str, ...] = ("patch", "grey", "noise", "blur")
+
 @dataclass(frozen=True)
 class MethodPreset:
     """Everything that distinguishes the trained methods; defaults are the published VPPO-7B run.
 
-    dependency_estimator: a key of vppo.algorithm.DEPENDENCY_ESTIMATORS; masking: a key of
-    vppo.masking.MASKING_STRATEGIES. A training run records these fields (``dataclasses.asdict``) and a
-    resume compares them: a new knob is a new field with the old behaviour as its default.
+    dependency_estimator and masking are the dependency pass (one of :data:`DEPENDENCY_ESTIMATOR_NAMES` and of
+    :data:`MASKING_NAMES`): the preset is their home, so the method name alone selects them in training, tables,
+    the study and the configs; a recipe may still set them for a preset that keeps the defaults
+    (``vppo.training.recipes.method_preset``). A training run records these fields (``dataclasses.asdict``) and
+    a resume compares them: a new knob is a new field with the old behaviour as its default.
     """
 
     name: str
@@ -154,6 +164,11 @@ METHOD_PRESETS: dict[str, MethodPreset] = {
         MethodPreset("vppo", use_tgf=True, use_tas=True),
         MethodPreset("vppo_tas_only", use_tgf=False, use_tas=True),
         MethodPreset("vppo_tgf_only", use_tgf=True, use_tas=False),
+        # vppo with another dependency pass: the two questions the paper leaves open (its code: k3 + patch).
+        MethodPreset("vppo_exact_kl", use_tgf=True, use_tas=True, dependency_estimator="kl"),
+        MethodPreset("vppo_grey", use_tgf=True, use_tas=True, masking="grey"),
+        MethodPreset("vppo_noise", use_tgf=True, use_tas=True, masking="noise"),
+        MethodPreset("vppo_blur", use_tgf=True, use_tas=True, masking="blur"),
     )
 }
 
@@ -165,6 +180,19 @@ UNTRAINED_METHODS: tuple[str, ...] = (BASE_METHOD,)
 METHOD_PAPER_NAMES: dict[str, str] = {
     BASE_METHOD: "base", "grpo": "grpo", "dapo": "dapo", "vppo": "vppo",
     "vppo_tas_only": "tas_only", "vppo_tgf_only": "tgf_only",
+}
+#: Method keys -> one line on what the method is (``vppo train --help`` lists them).
+METHOD_DESCRIPTIONS: dict[str, str] = {
+    BASE_METHOD: "the untrained base model (evaluated, never trained)",
+    "grpo": "GRPO baseline: symmetric clip 0.2/0.2, no online filtering",
+    "dapo": "DAPO: GRPO + clip-higher 0.2/0.28 + online filtering (vppo with TGF and TAS off)",
+    "vppo": "VPPO as published: TGF keeps the top 40% tokens, TAS scales advantages; k3, patch-blackened images",
+    "vppo_tas_only": "ablation: vppo with TAS only (every token keeps its gradient)",
+    "vppo_tgf_only": "ablation: vppo with TGF only (advantages unscaled)",
+    "vppo_exact_kl": "vppo, dependency = exact full-vocabulary KL (the paper's formula) instead of k3 on the sampled token",
+    "vppo_grey": "vppo, dependency pass with each image replaced by uniform grey instead of patch blackening",
+    "vppo_noise": "vppo, dependency pass with Gaussian pixel noise instead of patch blackening",
+    "vppo_blur": "vppo, dependency pass with a Gaussian blur instead of patch blackening",
 }
 #: ``vppo_k<ratio>``: the KEEP_RATIO_PRESET with TGF keeping that fraction of tokens (the paper's k sweep).
 KEEP_RATIO_PRESET = "vppo"
@@ -180,6 +208,17 @@ def method_grammar(trained_only: bool = False) -> str:
     """The valid method names in words, for help texts and error messages."""
     return (" | ".join(method_names(trained_only)) + f" | {KEEP_RATIO_PRESET}_k<ratio> with 0 < ratio <= 1 "
             f"(e.g. {KEEP_RATIO_PRESET}_k0.2)")
+
+
+def method_descriptions(trained_only: bool = False) -> str:
+    """One line per fixed method name and the k sweep, for help texts."""
+    names = method_names(trained_only)
+    width = max(len(name) for name in names)
+    # A preset without its line still trains (tests/test_registry.py asks for the line)
+    lines = [f"  {name:<{width}}  {METHOD_DESCRIPTIONS.get(name, '(undescribed)')}" for name in names]
+    lines.append(f"  {KEEP_RATIO_PRESET + '_k<ratio>':<{width}}  {KEEP_RATIO_PRESET} with TGF keeping that fraction "
+                 "of each response's tokens")
+    return "\n".join(lines)
 
 
 def parse_method(name: str, trained_only: bool = False) -> tuple[str, float | None]:
@@ -239,7 +278,8 @@ TABLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")  # a file-name stem and a Snake
 def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> dict:
     """``workflow/schemas/config.schema.yaml`` with its enums filled from this registry: benchmark keys, table
     names, paper models, the method grammar, and the given preset names (workflow/config/*.yaml stems) and
-    recipe names (vppo/training/recipes/*.yaml stems). The schema file itself names none of them."""
+    recipe names (vppo/training/recipes/*.yaml stems), the dependency passes of ``analysis.variants``. The schema
+    file itself names none of them."""
     filled = copy.deepcopy(schema)
     defs, props = filled["$defs"], filled["properties"]
     defs["benchmark"]["enum"] = list(BENCHMARK_KEYS)
@@ -248,4 +288,10 @@ def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> 
     props["tables"]["propertyNames"] = {"enum": list(TABLES)}
     props["preset"]["enum"] = sorted(presets)
     props["models"]["additionalProperties"]["properties"]["recipe"]["enum"] = sorted(recipes)
+    props["analysis"]["properties"]["variants"]["items"]["enum"] = dependency_variants()
     return filled
+
+
+def dependency_variants() -> list[str]:
+    """Every dependency pass as ``vppo analyze --variants`` names it: ``<masking>:<estimator>``."""
+    return [f"{masking}:{estimator}" for masking in MASKING_NAMES for estimator in DEPENDENCY_ESTIMATOR_NAMES]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vppo import package_versions
+from vppo.catalog import DEPENDENCY_ESTIMATOR_NAMES, MASKING_NAMES
 from vppo.fileio import write_json_atomic
 
 #: The schema of what ``vppo analyze`` writes (validated by vppo.reporting.results_io when read).
@@ -133,20 +134,24 @@ def pick_rows(data_dir: Path, benchmark_keys: list[str], n_prompts: int) -> list
     return picked
 
 
-def dependency_for_prompt(model, processor, prompt_text: str, images: list, args, rng: np.random.Generator):
-    """Sample ``args.samples`` responses to one prompt; return per-response valid-token dependencies and the
-    role of each token (:func:`vppo.data.mini_task.token_roles`: the boxed answer, colour words of the reasoning,
-    the rest)."""
+class SampledResponses:
+    """One prompt's sampled responses, ready to be scored under any dependency pass: the encoded prompt, its
+    prepared images, the response ids and mask [n, T], and each valid token's role."""
+
+    def __init__(self, prompt: dict, pictures: list, ids, mask, roles: list[list[str]]):
+        self.prompt, self.pictures, self.ids, self.mask, self.roles = prompt, pictures, ids, mask, roles
+
+
+def sample_responses(model, processor, prompt_text: str, images: list, args) -> SampledResponses:
+    """``args.samples`` responses to one prompt, sampled with plain transformers (torch's RNG, never numpy's), and
+    the role of each valid token (:func:`vppo.data.mini_task.token_roles`: the boxed answer, colour words of the
+    reasoning, the rest)."""
     import torch
     from PIL import Image
 
-    from vppo.algorithm import token_vision_dependency
     from vppo.data.mini_task import token_roles
     from vppo.eval_images import prepare_image
-    from vppo.masking import mask_image
-    from vppo.modeling import masked_pixel_values
-    from vppo.rollout import (encode_prompts, join_prompt_and_response, repeat_prompt_batch, response_logits,
-                              response_logprobs, split_generation)
+    from vppo.rollout import encode_prompts, split_generation
 
     device = next(model.parameters()).device
     pictures = []
@@ -154,10 +159,6 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
         with Image.open(path) as img:
             pictures.append(prepare_image(img))
     prompt = encode_prompts(processor, [prompt_text], [pictures])
-    # The trainer's masked pass: same prompt ids, only the pixels of the masked images change.
-    masked = [mask_image(p, args.mask_strategy, rng=rng) for p in pictures]
-    masked_prompt = {**prompt, "pixel_values": masked_pixel_values(processor.image_processor, [masked],
-                                                                   prompt["image_grid_thw"])}
     tok = processor.tokenizer
     eos = model.generation_config.eos_token_id
     eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
@@ -167,22 +168,67 @@ def dependency_for_prompt(model, processor, prompt_text: str, images: list, args
                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                    max_new_tokens=args.max_new_tokens, num_return_sequences=args.samples,
                                    pad_token_id=tok.pad_token_id)
-        ids, mask = split_generation(sequences.cpu(), prompt["input_ids"].shape[1], eos_ids, tok.pad_token_id)
-        batches = [join_prompt_and_response(repeat_prompt_batch(p, args.samples), ids, mask)
-                   for p in (prompt, masked_prompt)]
-        for batch in batches:
-            batch.inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-            batch.response_ids, batch.response_mask = batch.response_ids.to(device), batch.response_mask.to(device)
-        # Scored at the sampling temperature, as the trainer scores its rollouts.
-        if args.estimator == "kl":
-            real, blind = (response_logits(model, b) / args.temperature for b in batches)
-        else:
-            real, blind = (response_logprobs(model, b, temperature=args.temperature) for b in batches)
-        dep = token_vision_dependency(real, blind, batches[0].response_mask, estimator=args.estimator).cpu()
+    ids, mask = split_generation(sequences.cpu(), prompt["input_ids"].shape[1], eos_ids, tok.pad_token_id)
     valid = mask.bool()
-    deps = [dep[i][valid[i]].tolist() for i in range(dep.shape[0])]
-    roles = [token_roles([tok.decode([int(t)]) for t in ids[i][valid[i]]]) for i in range(dep.shape[0])]
-    return deps, roles
+    roles = [token_roles([tok.decode([int(t)]) for t in ids[i][valid[i]]]) for i in range(ids.shape[0])]
+    return SampledResponses(prompt, pictures, ids, mask, roles)
+
+
+def _pass_outputs(model, batch, estimator: str, temperature: float):
+    """What the estimator compares, scored at the sampling temperature as the trainer scores its rollouts:
+    full logits for the KL, the sampled tokens' log-probs for k3."""
+    from vppo.rollout import response_logits, response_logprobs
+
+    if estimator == "kl":
+        return response_logits(model, batch) / temperature
+    return response_logprobs(model, batch, temperature=temperature)
+
+
+def _response_batch(model, prompt: dict, sampled: SampledResponses):
+    from vppo.rollout import join_prompt_and_response, repeat_prompt_batch
+
+    device = next(model.parameters()).device
+    batch = join_prompt_and_response(repeat_prompt_batch(prompt, sampled.ids.shape[0]), sampled.ids, sampled.mask)
+    batch.inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+    batch.response_ids, batch.response_mask = batch.response_ids.to(device), batch.response_mask.to(device)
+    return batch
+
+
+def masked_prompt(processor, sampled: SampledResponses, strategy: str, rng: np.random.Generator) -> dict:
+    """The trainer's masked pass: same prompt ids, only the pixels of the masked images change."""
+    from vppo.masking import mask_image
+    from vppo.modeling import masked_pixel_values
+
+    masked = [mask_image(p, strategy, rng=rng) for p in sampled.pictures]
+    return {**sampled.prompt, "pixel_values": masked_pixel_values(processor.image_processor, [masked],
+                                                                  sampled.prompt["image_grid_thw"])}
+
+
+def score_responses(model, sampled: SampledResponses, blind_prompt: dict, estimator: str, temperature: float,
+                    real=None) -> tuple[list[list[float]], object]:
+    """Per-response valid-token dependencies of ``sampled`` with ``blind_prompt``'s images, and the real-image
+    pass's outputs (pass them back as ``real`` to score another masking with the same estimator)."""
+    import torch
+
+    from vppo.algorithm import token_vision_dependency
+
+    with torch.no_grad():
+        batch = _response_batch(model, sampled.prompt, sampled)
+        if real is None:
+            real = _pass_outputs(model, batch, estimator, temperature)
+        blind = _pass_outputs(model, _response_batch(model, blind_prompt, sampled), estimator, temperature)
+        dep = token_vision_dependency(real, blind, batch.response_mask, estimator=estimator).cpu()
+    valid = sampled.mask.bool()
+    return [dep[i][valid[i]].tolist() for i in range(dep.shape[0])], real
+
+
+def dependency_for_prompt(model, processor, prompt_text: str, images: list, args, rng: np.random.Generator):
+    """Sample ``args.samples`` responses to one prompt; return per-response valid-token dependencies (masking
+    ``args.mask_strategy`` drawn from ``rng``, estimator ``args.estimator``) and the role of each token."""
+    sampled = sample_responses(model, processor, prompt_text, images, args)
+    blind = masked_prompt(processor, sampled, args.mask_strategy, rng)
+    deps, _ = score_responses(model, sampled, blind, args.estimator, args.temperature)
+    return deps, sampled.roles
 
 
 def _data_provenance(data_dir: Path, keys: list[str]) -> dict:
@@ -260,9 +306,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks", default="paper", help="paper (default: the paper's Avg set), all (every supported benchmark) or keys")
     parser.add_argument("--model-label", default=None, help="default: the checkpoint's parent folder name")
     parser.add_argument("--method-label", default=None, help="default: the checkpoint folder name")
-    parser.add_argument("--estimator", choices=["k3", "kl"], default="k3",
-                        help="k3 on the sampled token (the official code) or full-vocabulary KL (the paper)")
-    parser.add_argument("--mask-strategy", default="patch", choices=["patch", "grey", "noise", "blur"])
+    parser.add_argument("--estimator", choices=DEPENDENCY_ESTIMATOR_NAMES, default=None,
+                        help="k3 on the sampled token (the official code, default) or full-vocabulary KL (the paper)")
+    parser.add_argument("--mask-strategy", default=None, choices=MASKING_NAMES, help="default: patch")
+    parser.add_argument("--variants", default=None, metavar="MASKING:ESTIMATOR,...",
+                        help="instead of one analysis, score the same responses under each dependency pass, e.g. "
+                             "patch:k3,grey:k3,noise:k3,blur:k3,patch:kl, and compare each with patch:k3 "
+                             "(vppo.reporting.variants; --estimator and --mask-strategy do not apply)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=50)
@@ -276,6 +326,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n_prompts < 1 or args.samples < 1 or args.max_new_tokens < 1:
         print("vppo analyze: --n-prompts, --samples and --max-new-tokens must be >= 1", file=sys.stderr)
         return 2
+    if args.variants is not None:
+        return run_variants(args)
+    args.estimator, args.mask_strategy = args.estimator or "k3", args.mask_strategy or "patch"
     try:
         result = analyze(args)
     except (CheckpointError, EvalDataError, ValueError) as exc:
@@ -286,3 +339,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"vppo analyze: {td['n_tokens']} tokens in {td['n_trajectories']} responses; median dependency "
           f"{td['quantiles']['0.5']}, top-40% share {td['mass_share_top']['0.4']}; wrote {args.out}")
     return 0
+
+
+def run_variants(args: argparse.Namespace) -> int:
+    from vppo.data.eval_data import EvalDataError
+    from vppo.modeling import CheckpointError
+    from vppo.reporting.variants import analyze_variants
+
+    if args.estimator is not None or args.mask_strategy is not None:
+        print("vppo analyze: --variants names each pass's masking and estimator; drop --estimator/--mask-strategy",
+              file=sys.stderr)
+        return 2
+    try:
+        result = analyze_variants(args)
+    except (CheckpointError, EvalDataError, ValueError) as exc:
+        print(f"vppo analyze: {exc}", file=sys.stderr)
+        return 2
+    write_json_atomic(args.out, result)
+    shares = ", ".join(f"{name} {v['vs_reference']['kept_by_both_share']:.2f}" for name, v in result["variants"].items()
+                       if v["vs_reference"]["kept_by_both_share"] is not None)
+    print(f"vppo analyze: {len(result['trajectories'])} responses under {len(result['variants'])} dependency passes; "
+          f"TGF tokens kept by both the pass and {result['reference']}: {shares or 'none'}; wrote {args.out}")
+    return 0
+

@@ -29,26 +29,18 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vppo.catalog import (AVG, AVG_NAME, NO_PAPER_MODEL, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG,  # noqa: E402
-                          PAPER_MODELS, TABLES, parse_method)
+                          PAPER_MODELS, TABLES)
 from vppo.errors import require_dir  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
 from vppo.evaluation.protocol import paper_average  # noqa: E402
 from vppo.reference import PaperReference, ReferenceError, load_reference  # noqa: E402
-from vppo.reporting.results_io import (ResultsError, analysis_file, load_analysis, load_eval_frame,  # noqa: E402
-                                       load_training_log, subdirs, training_log_file)
+from vppo.reporting.results_io import (ResultsError, analysed_methods, analysis_file, load_analysis,  # noqa: E402
+                                       load_eval_frame, load_training_log, subdirs, training_log_file)
 
 CURVE_PANELS = (("reward", "reward (mean per step)"), ("accuracy", "accuracy (mean per step)"),
                 ("kept_token_fraction", "kept-token fraction (TGF)"), ("alpha_mean", "TAS alpha (mean, min-max band)"))
 DPI = 110
 LINESTYLES = ("-", "--", "-.", ":")
-
-
-def _is_method(name: str) -> bool:
-    try:
-        parse_method(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _method_order(methods) -> list[str]:
@@ -256,9 +248,7 @@ def _training(index, root, model, methods, label, out) -> None:
 def _dependency(index, root, model, methods, label, out) -> None:
     if root is None or not (root / model).is_dir():
         return
-    # one analysis per method; the folder also holds the model's own (gradient_variance.json): not figures of methods
-    available = sorted(p.stem for p in (root / model).glob("*.json") if _is_method(p.stem))
-    for method in _method_order(methods or available):
+    for method in _method_order(methods or analysed_methods(root, model)):
         path = analysis_file(root, model, method)
         if not path.is_file():
             index["skipped"].append({"what": f"dependency figure of {model}/{method}", "reason": f"missing {path}"})

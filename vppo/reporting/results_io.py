@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from vppo.errors import InputError
-from vppo.catalog import BENCHMARKS
+from vppo.catalog import BENCHMARKS, parse_method
 from vppo.evaluation.results import ResultError, field_errors, read_result
 from vppo.reporting.analysis import ANALYSIS_SCHEMA_ID
 
@@ -179,6 +179,24 @@ def load_training_log(path: str | Path) -> pd.DataFrame:
 
 def analysis_file(analysis_root: str | Path, model: str, method: str) -> Path:
     return Path(analysis_root) / model / f"{method}.json"
+
+
+#: ``vppo analyze --variants`` writes ``<method>.variants.json`` beside the analyses (another schema).
+
+
+def analysed_methods(analysis_root: str | Path, model: str) -> list[str]:
+    """The methods with an analysis file under ``<analysis_root>/<model>/``, sorted. The folder also holds files
+    that are not one method's analysis (``<method>.variants.json``, the model's ``gradient_variance.json``)."""
+    folder = Path(analysis_root) / model
+    return sorted(p.stem for p in folder.glob("*.json") if _is_method(p.stem))
+
+
+def _is_method(name: str) -> bool:
+    try:
+        parse_method(name)
+    except ValueError:
+        return False
+    return True
 
 
 def load_analysis(path: str | Path) -> dict:

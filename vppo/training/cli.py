@@ -13,10 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from vppo.catalog import method_grammar
+from vppo.catalog import method_descriptions, method_grammar
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "methods (vppo.catalog):\n" + method_descriptions(trained_only=True)
     parser.add_argument("--model", type=Path, required=True, help="HF checkpoint directory of the initial policy")
     parser.add_argument("--data", type=Path, required=True, help="training data directory (vppo prepare-data train)")
     parser.add_argument("--recipe", required=True, help="smoke | 7b | 32b | path to a recipe YAML")
@@ -27,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (YAML-typed), e.g. --set learning_rate=1e-5; "
-                             "--set dependency_estimator=kl / --set masking=grey choose the dependency pass")
+                             "--set dependency_estimator=kl / --set masking=grey choose the dependency pass of a "
+                             "method that leaves it at its default (k3, patch); vppo_exact_kl, vppo_grey, ... carry "
+                             "their own, and a contradicting --set is an error")
 
 
 def run(args: argparse.Namespace) -> int:

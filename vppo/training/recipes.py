@@ -36,11 +36,13 @@ resized once into them when it is read, :mod:`vppo.training.images`; the process
 own); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
 ``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
 
-Two optional keys choose how a TGF/TAS method measures vision dependency, per run and without a new preset:
-``dependency_estimator`` (``k3``, the official code, or ``kl``, the paper's exact full-vocabulary KL:
-:mod:`vppo.training.exact_kl`) and ``masking`` (a strategy of :data:`vppo.masking.MASKING_STRATEGIES`).
-Absent or null, the method preset's own value stands (k3, patch blackening); set, it replaces the preset's
-field (:func:`method_preset`), and the run records the resulting preset.
+How a TGF/TAS method measures vision dependency is the method preset's: ``dependency_estimator`` (``k3``, the
+official code, or ``kl``, the paper's exact full-vocabulary KL: :mod:`vppo.training.exact_kl`) and ``masking`` (a
+strategy of :data:`vppo.masking.MASKING_STRATEGIES`); ``vppo_exact_kl``, ``vppo_grey``, ... are vppo with one of
+them changed. The two keys also exist, optional, in a recipe (``--set masking=grey``): absent or null, the
+preset's value stands; set, it replaces a preset field still at its default (:func:`method_preset`), and
+contradicting a preset that chose its own (``vppo_grey`` with ``masking=noise``) is an error. The run records the
+resulting preset.
 """
 
 from __future__ import annotations
@@ -214,12 +216,20 @@ def _option_registries() -> dict[str, dict]:
     return {"dependency_estimator": DEPENDENCY_ESTIMATORS, "masking": MASKING_STRATEGIES}
 
 
+def preset_default(key: str):
+    """The value a :class:`vppo.catalog.MethodPreset` field has when a preset does not choose it."""
+    from vppo.catalog import MethodPreset
+
+    return next(f.default for f in fields(MethodPreset) if f.name == key)
+
+
 def method_preset(method: str, recipe: Recipe):
     """The method preset a run trains: ``vppo.algorithm.get_method(method)`` with the recipe's
     ``dependency_estimator`` and ``masking`` where they are set (the run records the resulting preset).
 
     Both act in the masked-image pass only, so a method without it (grpo, dapo) refuses them: its record would
-    name a choice that had no effect.
+    name a choice that had no effect. A preset that chose its own value (vppo_grey's grey) accepts the same value
+    and refuses another: the run would be recorded under a method name that says something else.
     """
     import dataclasses
 
@@ -230,6 +240,12 @@ def method_preset(method: str, recipe: Recipe):
     if chosen and not preset.needs_masked_pass:
         raise RecipeError(f"recipe {recipe.name}: {', '.join(sorted(chosen))} set, but method {method} has no "
                           "masked-image pass (only TGF/TAS methods compute a vision dependency)")
+    for key, value in sorted(chosen.items()):
+        own = getattr(preset, key)
+        if own != preset_default(key) and value != own:
+            raise RecipeError(f"recipe {recipe.name} (file or --set): {key}={value} contradicts method {method}, "
+                              f"whose {key} is {own}; drop the setting, or train a method that leaves {key} at "
+                              f"its default (e.g. vppo --set {key}={value})")
     return dataclasses.replace(preset, **chosen)
 
 

@@ -213,6 +213,14 @@ def gradient_variance_targets():
     return [f"results/analysis/{analysis['model']}/gradient_variance.json"]
 
 
+def variant_targets():
+    """One dependency-pass comparison per analysed method, when `analysis.variants` names passes."""
+    analysis = config.get("analysis") or {}
+    if not analysis.get("variants"):
+        return []
+    return [f"results/analysis/{analysis['model']}/{method}.variants.json" for method in analysis["methods"]]
+
+
 def figure_roots():
     """The result roots `vppo figures` reads, only those this configuration fills (a given root must exist)."""
     roots = {"--train-root": "results/train" if training_runs() else None,
@@ -252,7 +260,7 @@ def all_targets():
     deleted intermediate file whose consumers are up to date, so the cells are targets themselves (a deleted
     cell is rebuilt, then everything that shows it)."""
     cells = [eval_json(*cell) for cell in eval_cells()]
-    return (table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets()
+    return (table_files() + ["results/figures", "results/report.html"] + cells + analysis_targets() + variant_targets()
             + gradient_variance_targets() + study_targets())
 
 
@@ -457,6 +465,10 @@ def gradient_variance_options(wildcards):
             f"--prompts {spec['prompts']} --samples {spec['samples']} "
             f"--methods {shlex.quote(','.join(spec.get('methods', ['vppo', 'vppo_tgf_only', 'vppo_tas_only'])))} "
             f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']}")
+
+
+def variant_options(wildcards):
+    return f"{analysis_options(wildcards)} --variants {','.join(config['analysis']['variants'])}"
 
 
 # -------------------------------------------------------------------------------------------- tables

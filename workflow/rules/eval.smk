@@ -111,3 +111,27 @@ rule gradient_variance:
     shell:
         "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo gradient-variance {input.checkpoint:q} "
         "--data {input.data:q} --out {output:q} {params.options} > {log:q} 2>&1"
+
+
+# The same analysis's responses scored under each dependency pass of `analysis.variants` (masking x estimator),
+# each compared with the published patch:k3: does the choice change which tokens TGF keeps?
+rule analyze_dependency_variants:
+    input:
+        checkpoint=checkpoint_dir,
+        data="resources/data/eval",
+        preflight=ancient(PREFLIGHT),
+    output:
+        "results/analysis/{model}/{method}.variants.json",
+    params:
+        options=variant_options,
+    log:
+        "logs/analysis/{model}/{method}.variants.log",
+    benchmark:
+        "logs/benchmarks/analysis/{model}/{method}.variants.tsv"
+    conda:
+        GPU_ENV
+    threads: lambda wildcards: analysis_spec(wildcards).get("cpus", 1)
+    resources:
+        **job_resources(analysis_spec),
+    shell:
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo analyze {input.checkpoint:q} --data {input.data:q} --out {output:q} {params.options} > {log:q} 2>&1"
