@@ -73,14 +73,14 @@ def test_the_preset_plans_three_seeds_from_one_base(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = planned_jobs(done.stdout + done.stderr)
     counts = rule_counts(jobs)
-    assert counts["fetch_base_model"] == 1 and counts["train"] == 15 and counts["study"] == 1
+    assert counts["fetch_base_model"] == 1 and counts["train"] == 27 and counts["study"] == 1
     # the measured gradient variance, once, on the warm start every seed shares
     assert [j["wildcards"] for j in jobs if j["rule"] == "gradient_variance"] == [{"model": "mini_s0"}]
     # analysis.variants: each analysed method's responses also scored under every dependency pass
     variants = sorted(j["wildcards"]["method"] for j in jobs if j["rule"] == "analyze_dependency_variants")
     assert variants == ["base", "dapo", "vppo"] and counts["analyze_dependency"] == 3
     seeds = sorted(j["wildcards"]["model"] for j in jobs if j["rule"] == "train")
-    assert seeds == ["mini_s0"] * 5 + ["mini_s1"] * 5 + ["mini_s2"] * 5
+    assert seeds == ["mini_s0"] * 9 + ["mini_s1"] * 9 + ["mini_s2"] * 9
     study = _study_job(done.stdout + done.stderr)
     assert "results/train/mini_s2/vppo_tgf_only" in study["input"] and "results/analysis/mini_s0/vppo.json" in study["input"]
     assert {"results/study/training_curves.png", "results/study/dependency_findings.png"} <= set(study["output"])
