@@ -42,7 +42,8 @@ MEAN_DEPENDENCY = "dependency_mean"
 CURVE_PANELS = (("reward", "reward (mean per step)"), ("entropy", "policy entropy (mean per token)"),
                 ("completions/mean_length", "response length (tokens)"),
                 (MEAN_DEPENDENCY, "token vision dependency (mean per token)"),
-                ("kept_token_fraction", "kept-token fraction (TGF)"), ("alpha_mean", "TAS alpha (mean)"))
+                ("kept_token_fraction", "kept-token fraction (TGF)"),
+                ("alpha_min", "TAS alpha, smallest per step (the mean is 1 by construction)"))
 BAND_COLUMNS = ["step", "mean", "low", "high", "n_seeds"]
 ROLE_ORDER = ("perception", "answer", "format")
 MARKED_SHARES = (0.1, 0.4)

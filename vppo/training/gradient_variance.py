@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vppo import package_versions
-from vppo.catalog import MethodPreset, get_method
+from vppo.catalog import METHOD_PRESETS, MethodPreset, get_method
 from vppo.errors import InputError, require_dir
 from vppo.fileio import write_json_atomic
 
@@ -59,7 +59,10 @@ SCHEMA_ID = "vppo.gradient_variance/1"
 BASELINE = "grpo"
 #: The method whose rollout every replicate samples (dynamic sampling, masking, dependency estimator).
 ROLLOUT_METHOD = "vppo"
-DEFAULT_METHODS = ("vppo", "vppo_tgf_only", "vppo_tas_only")
+#: Compared by default: every TGF/TAS preset of the registry with the official dependency pass (k3, patch masking).
+DEFAULT_METHODS = tuple(name for name, preset in METHOD_PRESETS.items() if (preset.use_tgf or preset.use_tas)
+                        and preset.dependency_estimator == MethodPreset.dependency_estimator
+                        and preset.masking == MethodPreset.masking)
 
 
 class GradientVarianceError(InputError, ValueError):

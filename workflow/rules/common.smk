@@ -463,8 +463,8 @@ def gradient_variance_options(wildcards):
     spec = analysis["gradient_variance"]
     return (f"--recipe {shlex.quote(MODELS[wildcards.model]['recipe'])} --replicates {spec['replicates']} "
             f"--prompts {spec['prompts']} --samples {spec['samples']} "
-            f"--methods {shlex.quote(','.join(spec.get('methods', ['vppo', 'vppo_tgf_only', 'vppo_tas_only'])))} "
-            f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']}")
+            + (f"--methods {shlex.quote(','.join(spec['methods']))} " if spec.get("methods") else "")
+            + f"--max-new-tokens {analysis['max_new_tokens']} --seed {analysis['seed']}")
 
 
 def variant_options(wildcards):
