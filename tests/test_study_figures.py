@@ -63,7 +63,7 @@ def _logs(train_root, rewards: dict) -> None:
                     "dependency_kept_mean": 0.3 if method == "vppo" else None,
                     "dependency_dropped_mean": 0.01 if method == "vppo" else None,
                     "alpha_mean": 1.0 if method == "vppo" else None,
-                    "alpha_min": 0.6 if method == "vppo" else None} for s, r in enumerate(values, start=1)]
+                    "alpha_max": 1.6 if method == "vppo" else None} for s, r in enumerate(values, start=1)]
         write_jsonl_atomic(training_log_file(train_root, model, method), records)
 
 
@@ -120,7 +120,7 @@ def test_study_draws_both_figures_and_the_report_shows_them(study_inputs, tmp_pa
     dependency = drawn[drawn["metric"] == "dependency_mean"]
     assert set(dependency["method"]) == {"vppo"} and dependency["mean"].tolist() == pytest.approx([0.4 * 0.3 + 0.6 * 0.01] * 4)
     assert set(drawn["metric"]) == {"reward", "entropy", "completions/mean_length", "dependency_mean",
-                                    "kept_token_fraction", "alpha_min"}
+                                    "kept_token_fraction", "alpha_max"}
 
     page = build_report(None, None, root / "eval", tmp_path / "report.html", study_dir=out)
     assert page.count("data:image/png;base64,") == 2 and "min..max" in page

@@ -43,7 +43,7 @@ CURVE_PANELS = (("reward", "reward (mean per step)"), ("entropy", "policy entrop
                 ("completions/mean_length", "response length (tokens)"),
                 (MEAN_DEPENDENCY, "token vision dependency (mean per token)"),
                 ("kept_token_fraction", "kept-token fraction (TGF)"),
-                ("alpha_min", "TAS alpha, smallest per step (the mean is 1 by construction)"))
+                ("alpha_max", "TAS alpha, largest per step (min = beta_min, mean = 1)"))
 BAND_COLUMNS = ["step", "mean", "low", "high", "n_seeds"]
 ROLE_ORDER = ("perception", "answer", "format")
 MARKED_SHARES = (0.1, 0.4)
