@@ -24,6 +24,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -249,14 +250,25 @@ def _strategy_defaults(strategy: str) -> dict:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def analyze(args: argparse.Namespace) -> dict:
+@dataclass
+class AnalysisInputs:
+    """What every analysis of one checkpoint loads first: the checkpoint, its rows and its policy."""
+    checkpoint: Path
+    data_dir: Path
+    keys: list[str]
+    rows: list
+    model: object
+    processor: object
+    device: str
+
+
+def load_inputs(args: argparse.Namespace) -> AnalysisInputs:
+    """The checkpoint and its policy (bf16 on a GPU, fp32 on CPU) and the first ``args.n_prompts`` rows."""
     import torch
 
     from vppo.catalog import resolve_benchmarks
-    from vppo.modeling import checkpoint_sha256, load_policy, load_processor, verify_checkpoint_dir
-    from vppo.progress import progress
+    from vppo.modeling import load_policy, load_processor, verify_checkpoint_dir
 
-    start = time.time()
     checkpoint = verify_checkpoint_dir(args.checkpoint)
     data_dir = Path(args.data)
     keys = [b.key for b in resolve_benchmarks(args.benchmarks)]
@@ -265,7 +277,35 @@ def analyze(args: argparse.Namespace) -> dict:
         raise ValueError(f"{data_dir}: no usable rows in benchmarks {', '.join(keys)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_policy(checkpoint, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device).eval()
-    processor = load_processor(checkpoint)
+    return AnalysisInputs(checkpoint, data_dir, keys, rows, model, load_processor(checkpoint), device)
+
+
+def provenance(args: argparse.Namespace, inputs: AnalysisInputs, start: float) -> dict:
+    """The record every analysis output carries: model, method, sampling, seed, rows, checkpoint, data, versions."""
+    from vppo.modeling import checkpoint_sha256
+
+    checkpoint, rows = inputs.checkpoint, inputs.rows
+    return {
+        "model": args.model_label or checkpoint.resolve().parent.name,
+        "method": args.method_label or checkpoint.resolve().name,
+        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                     "max_new_tokens": args.max_new_tokens, "n": args.samples},
+        "seed": args.seed, "n_prompts": len(rows), "benchmarks": inputs.keys, "device": inputs.device,
+        "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "data": _data_provenance(inputs.data_dir, sorted({b for b, _ in rows})),
+        "versions": package_versions(), "wall_time_s": round(time.time() - start, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def analyze(args: argparse.Namespace) -> dict:
+    import torch
+
+    from vppo.progress import progress
+
+    start = time.time()
+    inputs = load_inputs(args)
+    model, processor, rows = inputs.model, inputs.processor, inputs.rows
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     per_trajectory, trajectories, roles, benches = [], [], [], []
@@ -279,20 +319,9 @@ def analyze(args: argparse.Namespace) -> dict:
                                  "mean_dependency": float(np.mean(deps)) if deps else None})
     summary = summarize(per_trajectory, bins=args.bins)
     summary["by_role"], summary["by_benchmark"] = breakdown(per_trajectory, roles), breakdown(per_trajectory, benches)
-    return {
-        "schema": ANALYSIS_SCHEMA_ID,
-        "model": args.model_label or checkpoint.resolve().parent.name,
-        "method": args.method_label or checkpoint.resolve().name,
-        "estimator": args.estimator, **summary, "trajectories": trajectories,
-        "masking": {"strategy": args.mask_strategy, "params": _strategy_defaults(args.mask_strategy)},
-        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                     "max_new_tokens": args.max_new_tokens, "n": args.samples},
-        "seed": args.seed, "n_prompts": len(rows), "benchmarks": keys, "device": device,
-        "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
-        "data": _data_provenance(data_dir, sorted({b for b, _ in rows})),
-        "versions": package_versions(), "wall_time_s": round(time.time() - start, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    return {"schema": ANALYSIS_SCHEMA_ID, **provenance(args, inputs, start), "estimator": args.estimator, **summary,
+            "trajectories": trajectories,
+            "masking": {"strategy": args.mask_strategy, "params": _strategy_defaults(args.mask_strategy)}}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -319,22 +348,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=40)
 
 
-def run(args: argparse.Namespace) -> int:
+def _analyze_and_write(analysis, args: argparse.Namespace) -> dict | None:
+    """Run ``analysis(args)`` and write its JSON; bad input: one line on stderr and None."""
     from vppo.data.eval_data import EvalDataError
     from vppo.modeling import CheckpointError
 
+    try:
+        result = analysis(args)
+    except (CheckpointError, EvalDataError, ValueError) as exc:
+        print(f"vppo analyze: {exc}", file=sys.stderr)
+        return None
+    write_json_atomic(args.out, result)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
     if args.n_prompts < 1 or args.samples < 1 or args.max_new_tokens < 1:
         print("vppo analyze: --n-prompts, --samples and --max-new-tokens must be >= 1", file=sys.stderr)
         return 2
     if args.variants is not None:
         return run_variants(args)
     args.estimator, args.mask_strategy = args.estimator or "k3", args.mask_strategy or "patch"
-    try:
-        result = analyze(args)
-    except (CheckpointError, EvalDataError, ValueError) as exc:
-        print(f"vppo analyze: {exc}", file=sys.stderr)
+    result = _analyze_and_write(analyze, args)
+    if result is None:
         return 2
-    write_json_atomic(args.out, result)
     td = result["token_dependency"]
     print(f"vppo analyze: {td['n_tokens']} tokens in {td['n_trajectories']} responses; median dependency "
           f"{td['quantiles']['0.5']}, top-40% share {td['mass_share_top']['0.4']}; wrote {args.out}")
@@ -342,23 +379,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_variants(args: argparse.Namespace) -> int:
-    from vppo.data.eval_data import EvalDataError
-    from vppo.modeling import CheckpointError
     from vppo.reporting.variants import analyze_variants
 
     if args.estimator is not None or args.mask_strategy is not None:
         print("vppo analyze: --variants names each pass's masking and estimator; drop --estimator/--mask-strategy",
               file=sys.stderr)
         return 2
-    try:
-        result = analyze_variants(args)
-    except (CheckpointError, EvalDataError, ValueError) as exc:
-        print(f"vppo analyze: {exc}", file=sys.stderr)
+    result = _analyze_and_write(analyze_variants, args)
+    if result is None:
         return 2
-    write_json_atomic(args.out, result)
     shares = ", ".join(f"{name} {v['vs_reference']['kept_by_both_share']:.2f}" for name, v in result["variants"].items()
                        if v["vs_reference"]["kept_by_both_share"] is not None)
     print(f"vppo analyze: {len(result['trajectories'])} responses under {len(result['variants'])} dependency passes; "
           f"TGF tokens kept by both the pass and {result['reference']}: {shares or 'none'}; wrote {args.out}")
     return 0
-

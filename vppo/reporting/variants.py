@@ -20,11 +20,8 @@ prompt, strategy), so two variants with the same masking differ only in their es
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
-
-from vppo import package_versions
 
 VARIANTS_SCHEMA_ID = "vppo.analysis_variants/1"
 #: The published pass (the official code): the variant every other is compared with.
@@ -151,21 +148,13 @@ def score_variants(model, processor, rows, variants: list[tuple[str, str]], args
 def analyze_variants(args) -> dict:
     import torch
 
-    from vppo.catalog import get_method, resolve_benchmarks
-    from vppo.modeling import checkpoint_sha256, load_policy, load_processor, verify_checkpoint_dir
-    from vppo.reporting.analysis import _data_provenance, _strategy_defaults, pick_rows
+    from vppo.catalog import get_method
+    from vppo.reporting.analysis import _strategy_defaults, load_inputs, provenance
 
     start = time.time()
     variants = parse_variants(args.variants)
-    checkpoint = verify_checkpoint_dir(args.checkpoint)
-    data_dir = Path(args.data)
-    keys = [b.key for b in resolve_benchmarks(args.benchmarks)]
-    rows = pick_rows(data_dir, keys, args.n_prompts)
-    if not rows:
-        raise ValueError(f"{data_dir}: no usable rows in benchmarks {', '.join(keys)}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_policy(checkpoint, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device).eval()
-    processor = load_processor(checkpoint)
+    inputs = load_inputs(args)
+    model, processor, rows = inputs.model, inputs.processor, inputs.rows
     torch.manual_seed(args.seed)  # as vppo analyze: the same seed samples the same responses
     keep_ratio = get_method("vppo").keep_ratio
     scores, benches, trajectories = score_variants(model, processor, rows, variants, args)
@@ -176,17 +165,5 @@ def analyze_variants(args) -> dict:
         results[name] = {"masking": {"strategy": masking, "params": _strategy_defaults(masking)},
                          "estimator": estimator, **describe_variant(scores[name], benches),
                          "vs_reference": compare_to_reference(reference, scores[name], keep_ratio)}
-    return {
-        "schema": VARIANTS_SCHEMA_ID,
-        "model": args.model_label or checkpoint.resolve().parent.name,
-        "method": args.method_label or checkpoint.resolve().name,
-        "reference": variant_name(REFERENCE_VARIANT), "keep_ratio": keep_ratio, "variants": results,
-        "trajectories": trajectories,
-        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                     "max_new_tokens": args.max_new_tokens, "n": args.samples},
-        "seed": args.seed, "n_prompts": len(rows), "benchmarks": keys, "device": device,
-        "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
-        "data": _data_provenance(data_dir, sorted({b for b, _ in rows})),
-        "versions": package_versions(), "wall_time_s": round(time.time() - start, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    return {"schema": VARIANTS_SCHEMA_ID, **provenance(args, inputs, start), "reference": variant_name(REFERENCE_VARIANT),
+            "keep_ratio": keep_ratio, "variants": results, "trajectories": trajectories}
