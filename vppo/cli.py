@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),
     "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
-    "analyze": ("vppo.reporting.analysis", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
+    "analyze": ("vppo.reporting.analyze_cli", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
     "gradient-variance": ("vppo.training.gradient_variance",
                           "measured gradient variance of VPPO's weightings against GRPO's on a checkpoint's rollouts"),
     "tables": ("vppo.reporting.tables", "build the main, scaling and ablation tables next to the paper's"),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from vppo import package_versions
-from vppo.catalog import DEPENDENCY_ESTIMATOR_NAMES, MASKING_NAMES
-from vppo.fileio import write_json_atomic
 
 #: The schema of what ``vppo analyze`` writes (validated by vppo.reporting.results_io when read).
 ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
@@ -322,74 +319,3 @@ def analyze(args: argparse.Namespace) -> dict:
     return {"schema": ANALYSIS_SCHEMA_ID, **provenance(args, inputs, start), "estimator": args.estimator, **summary,
             "trajectories": trajectories,
             "masking": {"strategy": args.mask_strategy, "params": _strategy_defaults(args.mask_strategy)}}
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="HF checkpoint directory")
-    parser.add_argument("--data", required=True, help="evaluation data directory (VPPO-Eval layout)")
-    parser.add_argument("--out", required=True, help="output JSON path")
-    parser.add_argument("--n-prompts", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=2, help="responses per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--benchmarks", default="paper", help="paper (default: the paper's Avg set), all (every supported benchmark) or keys")
-    parser.add_argument("--model-label", default=None, help="default: the checkpoint's parent folder name")
-    parser.add_argument("--method-label", default=None, help="default: the checkpoint folder name")
-    parser.add_argument("--estimator", choices=DEPENDENCY_ESTIMATOR_NAMES, default=None,
-                        help="k3 on the sampled token (the official code, default) or full-vocabulary KL (the paper)")
-    parser.add_argument("--mask-strategy", default=None, choices=MASKING_NAMES, help="default: patch")
-    parser.add_argument("--variants", default=None, metavar="MASKING:ESTIMATOR,...",
-                        help="instead of one analysis, score the same responses under each dependency pass, e.g. "
-                             "patch:k3,grey:k3,noise:k3,blur:k3,patch:kl, and compare each with patch:k3 "
-                             "(vppo.reporting.variants; --estimator and --mask-strategy do not apply)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--bins", type=int, default=40)
-
-
-def _analyze_and_write(analysis, args: argparse.Namespace) -> dict | None:
-    """Run ``analysis(args)`` and write its JSON; bad input: one line on stderr and None."""
-    from vppo.data.eval_data import EvalDataError
-    from vppo.modeling import CheckpointError
-
-    try:
-        result = analysis(args)
-    except (CheckpointError, EvalDataError, ValueError) as exc:
-        print(f"vppo analyze: {exc}", file=sys.stderr)
-        return None
-    write_json_atomic(args.out, result)
-    return result
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.n_prompts < 1 or args.samples < 1 or args.max_new_tokens < 1:
-        print("vppo analyze: --n-prompts, --samples and --max-new-tokens must be >= 1", file=sys.stderr)
-        return 2
-    if args.variants is not None:
-        return run_variants(args)
-    args.estimator, args.mask_strategy = args.estimator or "k3", args.mask_strategy or "patch"
-    result = _analyze_and_write(analyze, args)
-    if result is None:
-        return 2
-    td = result["token_dependency"]
-    print(f"vppo analyze: {td['n_tokens']} tokens in {td['n_trajectories']} responses; median dependency "
-          f"{td['quantiles']['0.5']}, top-40% share {td['mass_share_top']['0.4']}; wrote {args.out}")
-    return 0
-
-
-def run_variants(args: argparse.Namespace) -> int:
-    from vppo.reporting.variants import analyze_variants
-
-    if args.estimator is not None or args.mask_strategy is not None:
-        print("vppo analyze: --variants names each pass's masking and estimator; drop --estimator/--mask-strategy",
-              file=sys.stderr)
-        return 2
-    result = _analyze_and_write(analyze_variants, args)
-    if result is None:
-        return 2
-    shares = ", ".join(f"{name} {v['vs_reference']['kept_by_both_share']:.2f}" for name, v in result["variants"].items()
-                       if v["vs_reference"]["kept_by_both_share"] is not None)
-    print(f"vppo analyze: {len(result['trajectories'])} responses under {len(result['variants'])} dependency passes; "
-          f"TGF tokens kept by both the pass and {result['reference']}: {shares or 'none'}; wrote {args.out}")
-    return 0
