@@ -181,9 +181,6 @@ def analysis_file(analysis_root: str | Path, model: str, method: str) -> Path:
     return Path(analysis_root) / model / f"{method}.json"
 
 
-#: ``vppo analyze --variants`` writes ``<method>.variants.json`` beside the analyses (another schema).
-
-
 def analysed_methods(analysis_root: str | Path, model: str) -> list[str]:
     """The methods with an analysis file under ``<analysis_root>/<model>/``, sorted. The folder also holds files
     that are not one method's analysis (``<method>.variants.json``, the model's ``gradient_variance.json``)."""

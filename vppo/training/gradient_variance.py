@@ -49,6 +49,7 @@ from vppo import package_versions
 from vppo.catalog import METHOD_PRESETS, MethodPreset, get_method
 from vppo.errors import InputError, require_dir
 from vppo.fileio import write_json_atomic
+from vppo.training.recipes import preset_default
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +62,8 @@ BASELINE = "grpo"
 ROLLOUT_METHOD = "vppo"
 #: Compared by default: every TGF/TAS preset of the registry with the official dependency pass (k3, patch masking).
 DEFAULT_METHODS = tuple(name for name, preset in METHOD_PRESETS.items() if (preset.use_tgf or preset.use_tas)
-                        and preset.dependency_estimator == MethodPreset.dependency_estimator
-                        and preset.masking == MethodPreset.masking)
+                        and preset.dependency_estimator == preset_default("dependency_estimator")
+                        and preset.masking == preset_default("masking"))
 
 
 class GradientVarianceError(InputError, ValueError):
