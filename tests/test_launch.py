@@ -121,3 +121,30 @@ def test_script_really_trains_one_cpu_process(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 1 and summary["world_size"] == 1 and (out / "final" / "model.safetensors").is_file()
+
+
+def test_cpu_zero3_plan_starts_two_deepspeed_ranks_without_accelerates_cpu_switch():
+    # `--cpu` would switch DeepSpeed off (and start one process): DeepSpeed finds its CPU accelerator by itself
+    (command,) = plan_launch(TRAIN + ["--recipe", "cpu_zero3"], environ={}, config_dir=CONFIGS).commands
+    assert command[0] == sys.executable and "--cpu" not in command
+    assert _flag(command, "--config_file").endswith("deepspeed_zero3.yaml") and _flag(command, "--num_processes") == "2"
+    assert _flag(command, "--mixed_precision") == "no"
+    # plain multi-process CPU: accelerate's MULTI_GPU layout in CPU mode (the `--cpu` flag would start one process)
+    (ddp,) = plan_launch(TRAIN + ["--recipe", "cpu_zero3", "--set", "distributed=none"], environ={},
+                         config_dir=CONFIGS).commands
+    assert ddp[:2] == ["env", "ACCELERATE_USE_CPU=true"] and "--cpu" not in ddp
+    assert _flag(ddp, "--config_file").endswith("multi_gpu.yaml") and _flag(ddp, "--num_processes") == "2"
+
+
+def test_multi_node_rendezvous_uses_the_slurm_node_address_and_ends_with_the_first_failure(tmp_path, monkeypatch):
+    # Node names need not resolve on the compute network (they do not on the local test Slurm): the main process
+    # is named by the address Slurm uses, and one node's failure ends the whole step.
+    fake = tmp_path / "scontrol"
+    fake.write_text('#!/bin/sh\n[ "$1 $2 $3" = "show node gpu01" ] && '
+                    'echo "NodeName=gpu01 Arch=x86_64 CoresPerSocket=32 NodeAddr=10.1.2.3 NodeHostName=gpu01"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    env = {"SLURM_JOB_NODELIST": "gpu01,gpu02,gpu03,gpu07", "SLURM_JOB_ID": "5"}
+    (srun,) = plan_launch(TRAIN + ["--recipe", "32b"], environ=env, config_dir=CONFIGS).commands
+    assert _flag(srun[-1], "--main_process_ip") == "10.1.2.3"
+    assert "--kill-on-bad-exit=1" in srun[:srun.index("bash")]

@@ -174,3 +174,26 @@ def test_vppo_train_names_the_conflict_in_one_line_and_exits_2(tmp_path, capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("vppo train: recipe smoke (file or --set): masking=noise contradicts method vppo_grey")
     assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_cpu_ranks_set_the_world_size_of_cpu_layouts_only():
+    from vppo.training.recipes import RecipeError
+
+    recipe = load_recipe("cpu_zero3")
+    assert (recipe.ranks_per_node, recipe.world_size, recipe.gradient_accumulation_steps) == (2, 2, 2)
+    assert load_recipe("smoke").world_size == 1 and load_recipe("7b").ranks_per_node == 8
+    with pytest.raises(RecipeError, match="cpu_ranks_per_node"):
+        load_recipe("7b", {"cpu_ranks_per_node": 2})
+    with pytest.raises(RecipeError, match="cpu_ranks_per_node"):
+        load_recipe("cpu_zero3", {"cpu_ranks_per_node": 0})
+
+
+def test_cpu_zero3_keeps_deepspeed_on_and_talks_over_gloo():
+    from vppo.algorithm import get_method
+    from vppo.training.recipes import grpo_config_kwargs
+
+    kwargs = grpo_config_kwargs(load_recipe("cpu_zero3"), get_method("vppo"), "/w", 0)
+    # use_cpu would make accelerate switch DeepSpeed off; without gloo every rank would believe it is alone
+    assert kwargs["use_cpu"] is False and kwargs["ddp_backend"] == "gloo"
+    smoke = grpo_config_kwargs(load_recipe("smoke"), get_method("vppo"), "/w", 0)
+    assert smoke["use_cpu"] is True and "ddp_backend" not in smoke

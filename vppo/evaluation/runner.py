@@ -287,7 +287,8 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
         bad = tasklib.bad_rows(req.data, bench.key)
         result, lines = build_result(
             req, bench, questions, lmms_results, checkpoint_hash=checkpoint_hash, data_hash=data_hashes[bench.key],
-            bad_rows=bad, image_bounds=lm.image_bounds, wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3)})
+            bad_rows=bad, image_bounds=lm.image_bounds, wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3),
+                   "tensor_parallel_size": int(getattr(lm, "tensor_parallel_size", 1))})
         write_jsonl_atomic(req.out / result["samples_file"], lines)
         write_json_atomic(req.out / f"{bench.key}.json", result)  # last: its presence means complete
         log(f"[vppo eval] {bench.key}: avg@{req.samples} {result['accuracy']:.2f} ± {result['stderr']:.2f} "

@@ -85,10 +85,24 @@ def squeue_nodelist(environ: dict[str, str]) -> str | None:
     return out.stdout.strip() or None
 
 
+def node_address(host: str) -> str:
+    """The address other nodes reach ``host`` at: Slurm's ``NodeAddr`` (``scontrol show node``), else the name.
+
+    Node names need not resolve on the compute network (they do not on the local test cluster): a rendezvous on
+    an unresolvable name retries until it hangs, so the main process is named by the address Slurm itself uses.
+    """
+    if shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "node", host], capture_output=True, text=True)
+        match = re.search(r"\bNodeAddr=(\S+)", out.stdout) if out.returncode == 0 else None
+        if match:
+            return match.group(1)
+    return host
+
+
 def accelerate_layout(recipe: Recipe) -> str:
     if recipe.distributed != "none":
         return recipe.distributed
-    return "ddp" if recipe.world_size > 1 and recipe.gpus_per_node > 0 else "single"
+    return "ddp" if recipe.world_size > 1 else "single"
 
 
 def accelerate_command(recipe: Recipe, config_dir: Path, train_args: list[str], num_machines: int, rank: str,
@@ -98,10 +112,14 @@ def accelerate_command(recipe: Recipe, config_dir: Path, train_args: list[str], 
     # `python -m accelerate.commands.launch` rather than the `accelerate` CLI: the CLI imports its `estimate`
     # command, which imports timm, which needs torchvision (absent on the CPU machines).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_machines", str(num_machines),
-           "--num_processes", str(num_machines * max(recipe.gpus_per_node, 1)),
+           "--num_processes", str(num_machines * recipe.ranks_per_node),
            "--mixed_precision", "bf16" if recipe.bf16 else "no"]
-    if recipe.gpus_per_node == 0:
+    if recipe.gpus_per_node == 0 and layout == "single":
         cmd.append("--cpu")
+    elif recipe.gpus_per_node == 0 and layout == "ddp":
+        # `--cpu` starts one process whatever --num_processes says; multi-process CPU is MULTI_GPU + use_cpu
+        cmd = ["env", "ACCELERATE_USE_CPU=true", *cmd]
+    # (DeepSpeed on CPU: no flag; DeepSpeed picks its CPU accelerator, and `--cpu` would switch DeepSpeed off)
     if num_machines > 1:
         cmd += ["--machine_rank", rank, "--main_process_ip", str(main_ip), "--main_process_port", str(port),
                 "--rdzv_backend", "static", "--same_network"]
@@ -148,10 +166,14 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
             str(parsed.model), "--tensor-parallel-size", str(max(recipe.gpus_per_node, 1)),
             "--max-model-len", str(recipe.max_model_length), "--port", server_port])
         plan.env["VPPO_VLLM_SERVER_HOST"] = hosts[-1]
-    launch = accelerate_command(recipe, config_dir, train_args, len(trainers), "$SLURM_PROCID", trainers[0], port)
+    launch = accelerate_command(recipe, config_dir, train_args, len(trainers), "$SLURM_PROCID",
+                                node_address(trainers[0]), port)
     # A step gets one CPU per task unless told otherwise (and Snakemake's jobstep strips SLURM_CPUS_PER_TASK):
     # the rule passes the node's CPUs as VPPO_CPUS_PER_NODE. GPUs are named explicitly for the same reason.
-    step = ["srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}"]
+    # --kill-on-bad-exit: when one node's launcher dies, the others are ended at once instead of waiting in a
+    # collective until the process group's timeout (30 min) with the whole allocation idle.
+    step = ["srun", f"--nodes={len(trainers)}", "--ntasks-per-node=1", f"--nodelist={','.join(trainers)}",
+            "--kill-on-bad-exit=1"]
     if environ.get("VPPO_CPUS_PER_NODE"):
         step.append(f"--cpus-per-task={int(environ['VPPO_CPUS_PER_NODE'])}")
     if recipe.gpus_per_node:

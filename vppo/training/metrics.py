@@ -31,6 +31,7 @@ PHASES = ("generation", "old_logp", "masked_pass", "update")
 #: how a metric list collected between two logs is reduced (default: mean)
 REDUCERS = {
     "alpha_min": min, "alpha_max": max, "filtered_groups": sum, "sampling_rounds": sum, "skipped_updates": sum,
+    "weight_sync_max_diff": max, "weight_sync_checks": sum,
     **{f"time_{phase}_s": sum for phase in PHASES},
 }
 

@@ -3,7 +3,8 @@
 A recipe is the schedule and the hardware layout; the method (grpo, dapo, vppo, ablations) is a separate
 preset from :func:`vppo.catalog.get_method` and supplies clip ranges, TGF/TAS settings and filtering.
 
-Mapping to ``trl.GRPOConfig`` (:func:`grpo_config_kwargs`), with W = num_nodes * max(gpus_per_node, 1):
+Mapping to ``trl.GRPOConfig`` (:func:`grpo_config_kwargs`), with W = num_nodes * ranks per node (gpus_per_node, or
+``cpu_ranks_per_node`` on CPU, default 1):
 
 ==========================  ==============================================================================
 recipe key                  GRPOConfig field(s)
@@ -33,7 +34,7 @@ Not expressible in GRPOConfig, handled by us: ``max_prompt_length`` (TRL 1.16 ha
 whose encoded prompt is longer are dropped when the data is loaded, and counted); dynamic sampling and
 ``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (every training image is
 resized once into them when it is read, :mod:`vppo.training.images`; the processor stays the checkpoint's
-own); ``num_nodes``/``gpus_per_node``/``distributed`` (the accelerate launcher,
+own); ``num_nodes``/``gpus_per_node``/``cpu_ranks_per_node``/``distributed`` (the accelerate launcher,
 ``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
 
 How a TGF/TAS method measures vision dependency is the method preset's: ``dependency_estimator`` (``k3``, the
@@ -97,9 +98,12 @@ class Recipe:
     num_nodes: int
     gpus_per_node: int
     distributed: str
-    # The two method options the study varies per run (OPTIONAL_KEYS: null or absent = the method preset's own)
+    # The two method options the study varies per run (METHOD_OPTION_KEYS: null or absent = the method preset's own)
     dependency_estimator: str | None = None
     masking: str | None = None
+    # CPU layouts only (gpus_per_node 0): training processes per node, talking over gloo (null: one). The
+    # distributed test tier runs ZeRO-3 and colocated vLLM this way; GPU recipes leave it out.
+    cpu_ranks_per_node: int | None = None
 
     @property
     def max_model_length(self) -> int:
@@ -107,8 +111,13 @@ class Recipe:
         return self.max_prompt_length + self.max_completion_length
 
     @property
+    def ranks_per_node(self) -> int:
+        """Training processes per node: one per GPU, or ``cpu_ranks_per_node`` (default 1) on CPU."""
+        return self.gpus_per_node or (self.cpu_ranks_per_node or 1)
+
+    @property
     def world_size(self) -> int:
-        return self.num_nodes * max(self.gpus_per_node, 1)
+        return self.num_nodes * self.ranks_per_node
 
     @property
     def updates_per_rollout(self) -> int:
@@ -124,8 +133,10 @@ class Recipe:
 
 
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
-#: Keys a recipe file may leave out (null): they replace a field of the method preset only when set.
-OPTIONAL_KEYS = ("dependency_estimator", "masking")
+#: Method options a recipe may set (null or absent: the method preset's own); set, they replace a preset field.
+METHOD_OPTION_KEYS = ("dependency_estimator", "masking")
+#: Keys a recipe file may leave out (null); a run's identity leaves them out while unset.
+OPTIONAL_KEYS = (*METHOD_OPTION_KEYS, "cpu_ranks_per_node")
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
@@ -161,7 +172,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 #: Integer keys and their least valid value (a GRPO group needs two responses to have an advantage).
 POSITIVE_KEYS = {"max_steps": 1, "rollout_batch_prompts": 1, "num_generations": 2, "update_batch_prompts": 1,
                  "micro_batch_responses": 1, "max_prompt_length": 1, "max_completion_length": 1, "save_steps": 1,
-                 "logging_steps": 1, "num_nodes": 1, "dynamic_sampling_max_rounds": 1}
+                 "logging_steps": 1, "num_nodes": 1, "dynamic_sampling_max_rounds": 1, "cpu_ranks_per_node": 1}
 
 
 def validate(recipe: Recipe, where: str) -> Recipe:
@@ -174,6 +185,8 @@ def validate(recipe: Recipe, where: str) -> Recipe:
         value = getattr(recipe, key)
         need(value is None or value >= low, f"key {key!r} must be at least {low}, got {value}")
     need(recipe.gpus_per_node >= 0, f"key 'gpus_per_node' must be at least 0, got {recipe.gpus_per_node}")
+    need(recipe.cpu_ranks_per_node is None or recipe.gpus_per_node == 0,
+         f"key 'cpu_ranks_per_node' is for CPU layouts only (gpus_per_node 0), got gpus_per_node {recipe.gpus_per_node}")
     for key in ("learning_rate", "temperature", "top_p"):
         need(getattr(recipe, key) > 0, f"key {key!r} must be positive, got {getattr(recipe, key)}")
     need(recipe.top_p <= 1, f"key 'top_p' must be at most 1, got {recipe.top_p}")
@@ -236,7 +249,7 @@ def method_preset(method: str, recipe: Recipe):
     from vppo.algorithm import get_method
 
     preset = get_method(method)
-    chosen = {key: getattr(recipe, key) for key in OPTIONAL_KEYS if getattr(recipe, key) is not None}
+    chosen = {key: getattr(recipe, key) for key in METHOD_OPTION_KEYS if getattr(recipe, key) is not None}
     if chosen and not preset.needs_masked_pass:
         raise RecipeError(f"recipe {recipe.name}: {', '.join(sorted(chosen))} set, but method {method} has no "
                           "masked-image pass (only TGF/TAS methods compute a vision dependency)")
@@ -348,8 +361,12 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         dataloader_num_workers=0,
         log_completions=False,
         disable_tqdm=False,
-        use_cpu=recipe.gpus_per_node == 0,
+        # DeepSpeed runs on CPU through its own CPU accelerator; accelerate's cpu mode would switch it off
+        use_cpu=recipe.gpus_per_node == 0 and recipe.distributed != "deepspeed_zero3",
     )
+    if recipe.gpus_per_node == 0 and recipe.world_size > 1:
+        # without it accelerate initialises no CPU process group under DeepSpeed and every rank believes it is alone
+        kwargs["ddp_backend"] = "gloo"
     if warmup_steps is not None:
         kwargs["warmup_steps"] = warmup_steps
     else:

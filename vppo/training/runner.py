@@ -188,6 +188,38 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
         write_json_atomic(path, current)  # every rank reads it: never half-written
 
 
+def load_policy_checked(model_dir: Path, args):
+    """The policy as TRL would load it from ``model_dir`` (inside DeepSpeed's ZeRO-3 init when configured), refusing
+    a checkpoint that leaves any weight missing, unexpected or of another shape: transformers then initialises the
+    missing ones randomly, prints a load report and goes on, and the run would train a model that is not the base."""
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs = dict(args.model_init_kwargs or {})
+    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # as TRL does: distributed training needs the whole model on each rank's device
+    model, report = create_model_from_path(str(model_dir), output_loading_info=True, **kwargs)
+    problems = {kind: sorted(str(key) for key in report.get(kind) or []) for kind in
+                ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        detail = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                           f" ({len(keys)})" for kind, keys in problems.items())
+        raise TrainError(f"{model_dir}: the checkpoint does not load cleanly into "
+                         f"{type(model).__name__} ({detail}); refusing to train from partly random weights")
+    args.model_init_kwargs = None  # used here; TRL would warn that a loaded model ignores them
+    return model
+
+
+def _deepspeed_pure_gloo() -> None:
+    """DeepSpeed on CPU all-reduces over gloo alone: its shared-memory op would be compiled with g++ at the first
+    start (minutes on a small machine, again whenever another ninja is on PATH). ``VPPO_DEEPSPEED_SHM=1`` keeps it."""
+    if os.environ.get("VPPO_DEEPSPEED_SHM") == "1":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 @dataclass
 class PreparedRun:
     """A trainer ready to ``train()``, with what the summary needs."""
@@ -216,6 +248,8 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         raise TrainError(f"{manifest_path}: missing (prepare the data with `vppo prepare-data train`)")
     manifest = json.loads(manifest_path.read_text())
 
+    if recipe.distributed == "deepspeed_zero3" and recipe.gpus_per_node == 0:
+        _deepspeed_pure_gloo()
     args = build_config(request, recipe, preset)  # before the model: DeepSpeed ZeRO-3 partitions at load time
     # The checkpoint's own processor, as vLLM builds it: the images are already inside the recipe's bounds.
     processor = load_processor(request.model)
@@ -237,8 +271,9 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     _claim_work_dir(work_dir, request, recipe, preset, manifest.get("sha256"), args.process_index == 0)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
+    model = load_policy_checked(request.model, args)
     trainer = VPPOTrainer(
-        model=str(request.model), args=args, train_dataset=dataset, processing_class=processor, preset=preset,
+        model=model, args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         tas_group_responses=recipe.tas_group_responses,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -133,6 +134,8 @@ class VPPOTrainer(GRPOTrainer):
         self._tokens_since_log = 0.0
         self._grad_norm_finite, self._skipped_updates = True, 0
         self._log_clock: float | None = None
+        dump = os.environ.get("VPPO_DUMP_ROLLOUTS")
+        self.dump_dir = Path(dump) if dump else None
 
     # ------------------------------------------------------------------ rollout
 
@@ -152,6 +155,8 @@ class VPPOTrainer(GRPOTrainer):
         if self._step % spg == 0 or self._buffered_inputs is None:
             # TRL's loader sets the number of steps; the prompts come from the data stream (see the module doc)
             self._buffered_inputs = self._build_rollout(self._next_examples(len(generation_batch)))
+            if self.dump_dir is not None:
+                self._dump_rollout()
         return self._buffered_inputs[self._step % spg]
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
@@ -163,6 +168,15 @@ class VPPOTrainer(GRPOTrainer):
                                   "(a checkpoint from an older version; start a new --work-dir)")
             self.cursor.prompts_drawn = int(cursor["args"]["prompts_drawn"])
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _dump_rollout(self) -> None:
+        """This rank's micro-batches of the rollout starting at the current step, exactly as the loss will see them
+        (``VPPO_DUMP_ROLLOUTS=DIR``: ``DIR/step<N>-rank<R>.pt``), so that a distributed run can be replayed on one
+        process and compared update by update (tests/vllm_tier/test_distributed_zero3.py)."""
+        self.dump_dir.mkdir(parents=True, exist_ok=True)
+        pieces = [{k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in piece.items()}
+                  for piece in self._buffered_inputs]
+        torch.save(pieces, self.dump_dir / f"step{self.state.global_step}-rank{self.accelerator.process_index}.pt")
 
     def _next_examples(self, n_rows: int) -> list[dict]:
         """This process's share of the next global batch of the data stream, each prompt repeated n times.
@@ -378,7 +392,12 @@ class VPPOTrainer(GRPOTrainer):
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        if getattr(optimizer, "_vppo_guarded", False):
+        if getattr(optimizer, "_vppo_guarded", False) or self.is_deepspeed_enabled:
+            # DeepSpeed steps inside backward, before the Trainer reads the norm, and ZeRO-3 calls this optimizer
+            # once per parameter sub-group: a guard here would act on the previous update's flag. DeepSpeed itself
+            # skips the whole update, on every rank, when the global gradient norm is not finite (ZeRO-3 in any
+            # precision, DeepSpeed >= 0.19; tests/vllm_tier/test_distributed_zero3.py), and _get_grad_norm below
+            # still counts it in `skipped_updates`.
             return optimizer
         step = optimizer.step
 

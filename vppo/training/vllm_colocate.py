@@ -23,6 +23,7 @@ Three gaps in TRL 1.16's colocate mode, closed by wrapping its ``VLLMGeneration`
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 
@@ -65,6 +66,35 @@ def reload_colocated_weights(generation) -> None:
     generation.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
 
 
+def engine_weight_difference(generation) -> float:
+    """Largest |trainer - engine| over the token embedding rows this rank's engine holds, in the engine's dtype.
+
+    ``VPPO_CHECK_WEIGHT_SYNC=1`` runs it after every push and logs it as ``weight_sync_max_diff`` (0 when the
+    engine samples from the trainer's current weights). The embedding is compared because no engine repacks it:
+    with tensor parallelism each rank's engine holds a vocabulary shard (``shard_indices``), under ZeRO-3 the
+    trainer's copy is gathered first.
+    """
+    import contextlib
+
+    import torch
+
+    engine_model = generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    layer = next(m for n, m in engine_model.named_modules() if n.endswith("embed_tokens"))
+    trainer_param = next(p for n, p in generation.model.named_parameters() if n.endswith("embed_tokens.weight"))
+    gather = contextlib.nullcontext()
+    if hasattr(trainer_param, "ds_id"):  # a ZeRO-3 partitioned parameter
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters([trainer_param])
+    shard = getattr(layer, "shard_indices", None)
+    with gather, torch.no_grad():
+        full = trainer_param.detach()
+        start, end = (shard.org_vocab_start_index, shard.org_vocab_end_index) if shard else (0, full.shape[0])
+        ours = full[start:end].to(layer.weight.dtype)
+        theirs = layer.weight.detach()[: end - start]
+        return float((ours.float() - theirs.float()).abs().max())
+
+
 def install_colocate_fixes(trainer) -> bool:
     """Wrap ``trainer.vllm_generation`` (colocate mode) as described above; returns whether there was one."""
     generation = getattr(trainer, "vllm_generation", None)
@@ -74,9 +104,18 @@ def install_colocate_fixes(trainer) -> bool:
     push = (lambda: reload_colocated_weights(generation)) if engine_on_cpu() else generation.sync_weights
     generate = generation.generate
 
+    check = os.environ.get("VPPO_CHECK_WEIGHT_SYNC") == "1"
+
     def sync_weights() -> None:
         push()
         generation.llm.llm_engine.reset_encoder_cache()
+        if check:  # every rank checks its own engine's shard; the log shows the largest difference of any
+            import torch
+
+            local = torch.tensor([engine_weight_difference(generation)], device=trainer.accelerator.device)
+            metrics = trainer._metrics["train"]
+            metrics["weight_sync_max_diff"].append(float(trainer.accelerator.gather(local).max()))
+            metrics["weight_sync_checks"].append(1.0)
 
     def generate_from_unexpanded(prompts, images, num_generations, profiler=None):
         sent = prompts if images is None else [collapse_image_runs(ids, image_token_id) for ids in prompts]

