@@ -35,7 +35,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
                         help="questions per generate call, each k times (default: hf 8, vllm 512)")
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm: default from the model size")
     parser.add_argument("--tasks-dir", type=Path, default=None, help="lmms-eval task folder (default: benchmarks/)")
-    parser.add_argument("--overwrite", action="store_true", help="re-evaluate even when matching results exist")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-evaluate even when matching results exist, and replace our results of another "
+                             "--model-label/--method-label; files this command did not write are never replaced")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
