@@ -291,3 +291,40 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------------------- 7 + 8. the workflow
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    from test_workflow import copy_checkout
+
+    return copy_checkout(tmp_path_factory.mktemp("checkout"))
+
+
+def _snakemake(checkout, *args):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds", "--cores", "1", *args],
+                          cwd=checkout, capture_output=True, text=True, timeout=600)
+
+
+def test_nested_config_values_are_typed_by_the_schema(checkout):
+    done = _snakemake(checkout, "--config", "train={max_steps: 3, prune_work: false}", "eval={samples: 2}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "--max-steps 3" in output and "--samples 2" in output and "prune-work" not in output
+    done = _snakemake(checkout, "--config", "eval={samples: many}")
+    assert done.returncode != 0
+    assert "--config eval.samples='many': expected integer" in done.stdout + done.stderr
+
+
+def test_each_preset_prepares_its_data_in_its_own_folder(checkout):
+    plans = {}
+    for preset in ("default", "mini"):
+        done = _snakemake(checkout, "--config", f"preset={preset}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        plans[preset] = done.stdout
+    for preset, plan in plans.items():
+        prepared = {line.split("output: ", 1)[1] for line in plan.splitlines() if "output: resources/data/" in line}
+        assert prepared == {f"resources/data/{preset}/train", f"resources/data/{preset}/eval"}
+        assert f"--data resources/data/{preset}/train" in plan and f"--data resources/data/{preset}/eval" in plan
+    assert "resources/data/default" not in plans["mini"]  # a mini run leaves the default preset's data alone

@@ -12,8 +12,8 @@ from vppo.errors import InputError
 from vppo.evaluation.protocol import PROTOCOL_SAMPLING
 
 
-#: where `snakemake` prepares the evaluation data (workflow/rules/data.smk)
-DEFAULT_DATA = Path("resources/data/eval")
+#: where `snakemake` prepares the default preset's evaluation data (workflow/rules/data.smk: one folder per preset)
+DEFAULT_DATA = Path("resources/data/default/eval")
 
 
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
