@@ -104,8 +104,8 @@ def test_cli_exit_codes(trained, converted, tmp_path):
 
     source, _ = trained
     out, _ = converted
-    assert main(["convert", str(source), "--out", str(out)]) == 1
-    assert main(["convert", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 1
+    assert main(["convert", str(source), "--out", str(out)]) == 2  # bad input (README): exit 2
+    assert main(["convert", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_the_converted_checkpoint_carries_the_base_processor_not_the_sources(trained, tiny_model_dir, tmp_path):

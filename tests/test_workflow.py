@@ -209,10 +209,10 @@ def test_config_values_reach_the_shell_quoted(tmp_path):
                       "eval": {"source": "fixtures --out x; touch INJECTED_B; echo", "options": {"n_rows": 1}}}
     path = tmp_path / "quoted.yaml"
     path.write_text(yaml.safe_dump(config))
-    snakemake("--cores", "1", "--configfile", str(path), "--", "resources/data/train", cwd=repo)
-    assert (repo / "resources" / "data" / "train" / "manifest.json").is_file()
-    failed = snakemake("--cores", "1", "--configfile", str(path), "--", "resources/data/eval", cwd=repo,
+    snakemake("--cores", "1", "--configfile", str(path), "--", "resources/data/default/train", cwd=repo)
+    assert (repo / "resources" / "data" / "default" / "train" / "manifest.json").is_file()
+    failed = snakemake("--cores", "1", "--configfile", str(path), "--", "resources/data/default/eval", cwd=repo,
                         check=False)
     assert failed.returncode != 0
-    assert "eval data source 'fixtures --out x; touch INJECTED_B; echo'" in (repo / "logs/data/eval.log").read_text()
+    assert "eval data source 'fixtures --out x; touch INJECTED_B; echo'" in (repo / "logs/data/default/eval.log").read_text()
     assert not list(tmp_path.rglob("INJECTED*")) and not list(Path.cwd().glob("INJECTED*"))

@@ -21,6 +21,10 @@ from vppo.errors import InputError
 
 #: Files a loadable checkpoint directory must contain (weights are checked separately: sharded or not).
 REQUIRED_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json")
+#: The image processor's settings, under the name transformers 5 saves (first) or the hub checkpoints' name.
+PROCESSOR_CONFIG_FILES = ("processor_config.json", "preprocessor_config.json")
+#: ``model_type`` in config.json of the one model family this package trains and evaluates
+MODEL_TYPE = "qwen2_5_vl"
 
 
 #: Config fields naming Qwen2.5-VL's vision special tokens (image/video placeholders and the vision span marks)
@@ -77,10 +81,26 @@ def verify_checkpoint_dir(path: str | Path) -> Path:
     missing = [name for name in REQUIRED_CHECKPOINT_FILES if not (path / name).is_file()]
     weights_missing = hf_weights_missing(path)
     missing += ["*.safetensors"] if weights_missing is None else weights_missing
+    if not any((path / name).is_file() for name in PROCESSOR_CONFIG_FILES):
+        missing.append(" or ".join(PROCESSOR_CONFIG_FILES) + " (the image processor)")
     if missing:
         raise CheckpointError(f"checkpoint {path}: incomplete, missing {', '.join(dict.fromkeys(missing))}")
     _check_readable(path)
+    check_model_family(path)
     return path
+
+
+def check_model_family(path: str | Path) -> None:
+    """CheckpointError unless ``path/config.json`` describes a Qwen2.5-VL model (another family's checkpoint
+    fails deep inside transformers otherwise)."""
+    config = Path(path) / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {config}: unreadable ({exc})") from None
+    if model_type != MODEL_TYPE:
+        raise CheckpointError(f"checkpoint {config}: field 'model_type' is {model_type!r}, not {MODEL_TYPE!r} "
+                              "(this package trains and evaluates Qwen2.5-VL checkpoints only)")
 
 
 def _check_readable(path: Path) -> None:
@@ -143,6 +163,9 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
 
 def processor_from_dir(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
     """:func:`load_processor` for a folder that holds the processor files but need not hold weights."""
+    if not any((Path(path) / name).is_file() for name in PROCESSOR_CONFIG_FILES):
+        raise CheckpointError(f"checkpoint {path}: no image processor settings ({' or '.join(PROCESSOR_CONFIG_FILES)}); "
+                              "pass --base BASE_MODEL_DIR where the command takes one")
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
     if min_pixels is not None or max_pixels is not None:

@@ -228,8 +228,17 @@ def verify_eval_dir(root: str | Path, benchmarks: list[Benchmark] | None = None,
 
 
 def read_manifest(root: str | Path) -> dict | None:
+    """``manifest.json`` of a prepared folder, None when there is none (EvalDataError when damaged)."""
     path = Path(root) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalDataError(f"{path}: not valid JSON ({exc}); prepare the data again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("benchmarks", {}), dict):
+        raise EvalDataError(f"{path}: expected an object with a 'benchmarks' object; prepare the data again")
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------- import
@@ -254,7 +263,7 @@ def import_benchmark(root: Path, json_path: Path, out: Path, key: str) -> int:
     label = f"{key} ({json_path.relative_to(root)})"
     try:
         raw_rows = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the reason names the byte offset
         raise EvalDataError(f"{label}: not valid JSON ({exc})") from None
     if not isinstance(raw_rows, list):
         raise EvalDataError(f"{label}: expected a JSON list of rows, got {type(raw_rows).__name__}")

@@ -53,7 +53,7 @@ def dataset_files(root: Path) -> dict[str, Path]:
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LayoutError(f"{info_path}: not valid JSON ({exc})") from None
         for name, entry in info.items() if isinstance(info, dict) else ():
             file_name = entry.get("file_name") if isinstance(entry, dict) else None

@@ -155,6 +155,31 @@ def write_layout(examples: Iterable[tuple[dict, list[Image.Image]]], out: str | 
     return out
 
 
+def read_manifest(data_dir: str | Path) -> dict:
+    """``manifest.json`` of a prepared layout directory (TrainDataError, one line, when missing or damaged)."""
+    path = Path(data_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise TrainDataError(f"{path}: missing (prepare the data with `vppo prepare-data train`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TrainDataError(f"{path}: not valid JSON ({exc}); prepare the data again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), str):
+        raise TrainDataError(f"{path}: field 'sha256' is missing; prepare the data again")
+    return manifest
+
+
+def verified_checksum(data_dir: str | Path) -> str:
+    """The layout's checksum computed now; TrainDataError unless it is the manifest's. Rows or images edited
+    after preparing must neither resume a run trained on the old data nor be recorded under its checksum."""
+    recorded = read_manifest(data_dir)["sha256"]
+    value = _sha256_dir(Path(data_dir))
+    if value != recorded:
+        raise TrainDataError(f"{data_dir}: checksum {value[:12]} differs from {MANIFEST_FILE}'s {recorded[:12]}: the "
+                             "data changed since it was prepared; prepare it again (into a new folder)")
+    return value
+
+
 def read_layout(data_dir: str | Path) -> list[dict]:
     """Validated rows of a layout directory; images are opened (and closed) to prove they are readable."""
     data_dir = Path(data_dir)
@@ -162,10 +187,14 @@ def read_layout(data_dir: str | Path) -> list[dict]:
     if not rows_path.is_file():
         raise TrainDataError(f"{rows_path}: missing (not a training data directory)")
     rows = []
-    for line_no, line in enumerate(rows_path.read_text().splitlines(), start=1):
+    for line_no, raw in enumerate(rows_path.read_bytes().splitlines(), start=1):
+        where = f"{rows_path} line {line_no}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TrainDataError(f"{where}: not UTF-8 text ({exc})") from None
         if not line.strip():
             continue
-        where = f"{rows_path} line {line_no}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -12,8 +12,8 @@ from vppo.errors import InputError
 from vppo.evaluation.protocol import PROTOCOL_SAMPLING
 
 
-#: where `snakemake` prepares the evaluation data (workflow/rules/data.smk)
-DEFAULT_DATA = Path("resources/data/eval")
+#: where `snakemake` prepares the default preset's evaluation data (workflow/rules/data.smk: one folder per preset)
+DEFAULT_DATA = Path("resources/data/default/eval")
 
 
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
                         help="questions per generate call, each k times (default: hf 8, vllm 512)")
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm: default from the model size")
     parser.add_argument("--tasks-dir", type=Path, default=None, help="lmms-eval task folder (default: benchmarks/)")
-    parser.add_argument("--overwrite", action="store_true", help="re-evaluate even when matching results exist")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-evaluate even when matching results exist, and replace our results of another "
+                             "--model-label/--method-label; files this command did not write are never replaced")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,10 @@ loaded model and the task object (so each benchmark has its own wall time and it
 soon as it finishes; a rerun skips benchmarks whose results match the request: long runs resume). Before each
 run the task's effective configuration is checked against the protocol (:func:`protocol_violations`); after it,
 the numbers are recomputed from lmms-eval's per-sample logs and must agree with lmms-eval's own aggregate.
+
+``--out`` holds one model's results (:mod:`vppo.evaluation.outputs`): a file there that is not our result, or
+our result for another model, is never replaced (``--overwrite`` replaces our own results only), and a run
+refused or failed before its first result leaves no ``--out`` behind.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from vppo.evaluation.protocol import PROTOCOL_SAMPLING, ScoredQuestion, Sampling
 from vppo.eval_images import PROCESSOR_BOUNDS, protocol_image_bounds
 from vppo.evaluation.registry import BACKENDS
 from vppo import package_versions
-from vppo.evaluation.results import SCHEMA, read_result, validate_result
+from vppo.evaluation.outputs import CHECKPOINT_HASH_CACHE, OutputClaim, claim_output
+from vppo.evaluation.results import SCHEMA, validate_result
 from vppo.fileio import write_json_atomic, write_jsonl_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir
 
 #: The lmms-eval filter ensemble named in benchmarks/_default_template_yaml.
 FILTER_NAME = "all_k"
 TASKS_DIR_ENV = "VPPO_BENCHMARKS_DIR"
+UNSPECIFIED_METHOD = "unspecified"  # the method recorded without --method-label
 
 
 class ProtocolError(InputError, RuntimeError):
@@ -57,6 +63,11 @@ class EvalRequest:
     @property
     def sampling(self) -> Sampling:
         return Sampling(max_new_tokens=self.max_new_tokens, n=self.samples)
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(model, method) recorded in the results: the labels given, else the checkpoint folder's name."""
+        return self.model_label or self.checkpoint.name, self.method_label or UNSPECIFIED_METHOD
 
 
 def default_tasks_dir() -> Path:
@@ -141,7 +152,7 @@ def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: di
     if lmms_value is None or abs(float(lmms_value) - accuracy) > 1e-6:
         raise RuntimeError(f"{bench.task}: lmms-eval aggregated {lmms_value!r}, per-sample logs give {accuracy}")
     result = {
-        "schema": SCHEMA, "model": req.model_label or req.checkpoint.name, "method": req.method_label or "unspecified",
+        "schema": SCHEMA, "model": req.labels[0], "method": req.labels[1],
         "benchmark": bench.key, "task": bench.task, "metric": f"avg@{req.samples}", "k": req.samples,
         "accuracy": accuracy, "stderr": stderr, "n_questions": len(questions), "n_samples": sum(map(len, correct)),
         "bad_rows": len(bad_rows), "bad_row_details": [b.as_dict() for b in bad_rows], "backend": req.backend,
@@ -159,11 +170,10 @@ def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: di
     return validate_result(result, f"{bench.key}.json"), lines
 
 
-def _reusable_result(path: Path, req: EvalRequest, checkpoint_hash: str, data_hash: str) -> dict | None:
-    """The finished result at ``path`` if it was made from the same inputs, else None (evaluate again)."""
-    try:
-        old = read_result(path)
-    except Exception:
+def _reusable_result(old: dict | None, path: Path, req: EvalRequest, checkpoint_hash: str,
+                     data_hash: str) -> dict | None:
+    """``old`` (our finished result at ``path``, already read) if it was made from the same inputs, else None."""
+    if old is None:
         return None
     same = (old["checkpoint_sha256"] == checkpoint_hash and old["data"].get("sha256") == data_hash
             and old["sampling"] == req.sampling.as_dict() and old["seed"] == req.seed and old["limit"] == req.limit
@@ -200,8 +210,12 @@ def run_eval(req: EvalRequest, log=print) -> dict[str, dict]:
     """Evaluate ``req.checkpoint`` on ``req.benchmarks``; returns ``{benchmark: result}`` (reused or new)."""
     previous = os.environ.get(tasklib.DATA_ENV)
     os.environ[tasklib.DATA_ENV] = str(req.data.resolve())  # read by the task files (benchmarks/*/utils.py)
+    claim = OutputClaim(req.out)
     try:
-        return _run_eval(req, log)
+        return _run_eval(req, claim, log)
+    except BaseException:
+        claim.release_if_unused()  # refused or failed before a result: no --out left behind
+        raise
     finally:
         if previous is None:
             os.environ.pop(tasklib.DATA_ENV, None)
@@ -209,7 +223,7 @@ def run_eval(req: EvalRequest, log=print) -> dict[str, dict]:
             os.environ[tasklib.DATA_ENV] = previous
 
 
-def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
+def _run_eval(req: EvalRequest, claim: OutputClaim, log) -> dict[str, dict]:
     if req.backend not in BACKENDS:
         raise InputError(f"--backend {req.backend!r}: choose from {', '.join(BACKENDS)}")
     for flag, value in (("--samples", req.samples), ("--max-new-tokens", req.max_new_tokens),
@@ -230,19 +244,21 @@ def _run_eval(req: EvalRequest, log) -> dict[str, dict]:
         raise EvalDataError(f"--data {req.data}: benchmark(s) {', '.join(missing)} not prepared there (it holds "
                             f"{', '.join(prepared) or 'none'}); prepare them with `vppo prepare-data eval --option "
                             "benchmarks=...`")
-    req.out.mkdir(parents=True, exist_ok=True)
-    checkpoint_hash = checkpoint_sha256(req.checkpoint, cache=req.out / ".checkpoint_sha256.json")
     data_hashes = {b.key: data_checksum(req.data, b.key) for b in req.benchmarks}
     for bench in req.benchmarks:  # lmms-eval cannot evaluate an empty task: say so before loading the model
         scan = tasklib.scan(req.data, bench.key)
         if not scan.rows:
             raise EvalDataError(f"--data {req.data}: benchmark {bench.key!r} has no usable row ({len(scan.bad)} bad: "
                                 + "; ".join(f"{b.row_id}: {b.reason}" for b in scan.bad[:3]) + ")")
+    existing = claim_output(req.out, [b.key for b in req.benchmarks], req.labels, req.overwrite)
+    claim.create()
+    checkpoint_hash = checkpoint_sha256(req.checkpoint, cache=req.out / CHECKPOINT_HASH_CACHE)
     results: dict[str, dict] = {}
     pending = []
     for bench in req.benchmarks:
         path = req.out / f"{bench.key}.json"
-        old = None if req.overwrite else _reusable_result(path, req, checkpoint_hash, data_hashes[bench.key])
+        old = None if req.overwrite else _reusable_result(existing.get(bench.key), path, req, checkpoint_hash,
+                                                          data_hashes[bench.key])
         if old is not None:
             log(f"[vppo eval] {bench.key}: reusing {path} (same checkpoint, data, sampling, seed, limit, backend)")
             results[bench.key] = old

@@ -10,20 +10,22 @@ the source.
 
 The result is verified before it is published: it is reloaded and its logits on a fixed image + prompt are
 compared with the source model's. It is written to a temp directory and renamed; an existing finished
-HF_DIR is never overwritten. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256 and the
-max logit difference.
+HF_DIR is never overwritten; a temp directory left by a killed conversion is removed by the next one. Bad
+input (a missing or partial source, another model family, an existing HF_DIR, a place that cannot take the
+files) is one line on stderr and exit 2. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256
+and the max logit difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vppo.fileio import publish_dir, write_json_atomic
+from vppo.errors import OutputExistsError
+from vppo.fileio import publish_dir, require_writable, write_json_atomic
 
 MARKER = "vppo_convert.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -76,16 +78,18 @@ def load_source_model(source: Path, base: Path | None):
     """(model in eval mode, weights format, directory that supplied the config)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vppo.modeling import CheckpointError
+    from vppo.modeling import CheckpointError, check_model_family
     from vppo.training.checkpoints import weights_format
 
     fmt = weights_format(source)
+    config_dir = _first_with("config.json", source, base)
+    if config_dir is not None:
+        check_model_family(config_dir)
     if fmt == "hf":
         try:
             return AutoModelForImageTextToText.from_pretrained(source, dtype="auto").eval(), fmt, source
         except Exception as exc:  # truncated shards and the like surface as many exception types
             raise CheckpointError(f"{source}: HF weights do not load ({exc})") from exc
-    config_dir = _first_with("config.json", source, base)
     if config_dir is None:
         raise CheckpointError(f"{source}: {fmt} weights without config.json; pass --base BASE_MODEL_DIR")
     state = _deepspeed_state_dict(source) if fmt == "deepspeed" else _fsdp_state_dict(source)
@@ -126,10 +130,13 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
     source, out = Path(source), Path(out)
     if (source / "train_summary.json").is_file() and (source / "final").is_dir():
         source = source / "final"
+    if not source.is_dir():
+        raise CheckpointError(f"checkpoint {source}: no such directory (the trainer output to convert)")
     if (out / MARKER).is_file():
-        raise FileExistsError(f"{out}: already holds a finished conversion ({MARKER}); remove it to convert again")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not a finished conversion (no {MARKER}); remove it first")
+        raise OutputExistsError(f"{out}: already holds a finished conversion ({MARKER}); remove it to convert again")
+    if out.is_symlink() or (out.exists() and not out.is_dir()) or (out.is_dir() and any(out.iterdir())):
+        raise OutputExistsError(f"{out}: exists and is not a finished conversion (no {MARKER}); remove it first")
+    require_writable(out, "--out")  # before loading (and, for sharded state, gathering) the weights
     model, fmt, config_dir = load_source_model(source, base)
     # Training changes neither tokenizer nor processor: with a base, its processor is the one to ship, whatever
     # image bounds a trainer output may have saved (evaluation must encode images as for the base model).
@@ -163,13 +170,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vppo.modeling import CheckpointError
-
-    try:
-        record = convert(args.source, args.out, args.base)
-    except (CheckpointError, FileExistsError) as exc:
-        print(f"vppo convert: {exc}", file=sys.stderr)
-        return 1
+    record = convert(args.source, args.out, args.base)  # bad input: InputError, one line and exit 2 (vppo.cli)
     print(f"vppo convert: {args.out} written ({record['source_format']} -> safetensors, "
           f"max logit difference {record['max_logit_diff']:.3g})")
     return 0

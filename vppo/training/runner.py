@@ -23,7 +23,7 @@ from typing import Any
 from vppo import package_versions
 from vppo.algorithm import MethodPreset
 from vppo.errors import InputError
-from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, write_json_atomic
+from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, require_writable, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt
 from vppo.training.recipes import OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe, method_preset
@@ -232,7 +232,7 @@ class PreparedRun:
 
 def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks: list | None = None) -> PreparedRun:
     """Check the inputs, load processor and data (prompts over max_prompt_length dropped), build the trainer."""
-    from vppo.data.train_data import MANIFEST_FILE, load_train_dataset
+    from vppo.data.train_data import load_train_dataset, verified_checksum
     from vppo.modeling import load_processor
     from vppo.training.checkpoints import last_complete_checkpoint
     from vppo.training.images import with_training_images
@@ -243,10 +243,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
 
     verify_checkpoint_dir(request.model)
     preset = method_preset(request.method, recipe)
-    manifest_path = Path(request.data) / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise TrainError(f"{manifest_path}: missing (prepare the data with `vppo prepare-data train`)")
-    manifest = json.loads(manifest_path.read_text())
+    data_sha256 = verified_checksum(request.data)  # recomputed: data edited in place must not resume a run
 
     if recipe.distributed == "deepspeed_zero3" and recipe.gpus_per_node == 0:
         _deepspeed_pure_gloo()
@@ -263,12 +260,12 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
                        len(dataset) - len(keep), len(dataset), recipe.max_prompt_length)
         dataset = dataset.select(keep)
     dataset = with_training_images(dataset, recipe.min_pixels, recipe.max_pixels)
-    data_info = {"path": str(request.data), "sha256": manifest.get("sha256"), "rows": len(lengths),
+    data_info = {"path": str(request.data), "sha256": data_sha256, "rows": len(lengths),
                  "rows_used": len(keep), "dropped_long_prompts": len(lengths) - len(keep)}
 
     work_dir = Path(request.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    _claim_work_dir(work_dir, request, recipe, preset, manifest.get("sha256"), args.process_index == 0)
+    _claim_work_dir(work_dir, request, recipe, preset, data_sha256, args.process_index == 0)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
     model = load_policy_checked(request.model, args)
@@ -303,6 +300,8 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
     if (out / SUMMARY_FILE).is_file():
         raise TrainError(f"{out}: already holds a finished run ({SUMMARY_FILE}); remove it to train again")
     refuse_existing_output(out)  # before hours of training: OUT is never ours to empty
+    require_writable(out, "--out")  # ... and a place that cannot take it fails now, not when publishing
+    require_writable(work_dir, "--work-dir")
     run = build_trainer(request, recipe, reward, callbacks)
     trainer, resume = run.trainer, run.resume
     staging = out.parent / f".{out.name}.partial"

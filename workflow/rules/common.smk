@@ -14,6 +14,7 @@ from snakemake.utils import update_config, validate
 
 sys.path.insert(0, workflow.basedir)  # the checkout's vppo (torch-free modules only: the driver env has no torch)
 from vppo.catalog import BASE_METHOD, UNTRAINED_METHODS, fill_config_schema, parse_method
+from vppo.config_coercion import coerce_by_schema
 
 CONFIG_DIR = Path(workflow.basedir) / "workflow" / "config"
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -46,19 +47,27 @@ def file_digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def command_line_config():
+    """The --config values, each typed as the schema declares its key: Snakemake hands nested ones over as
+    strings ('eval={samples: 4}' gives '4'); one line naming the key when a value is not of its type."""
+    return coerce_by_schema(dict(workflow.config_settings.overwrite_config or {}), yaml.safe_load(SCHEMA.read_text()))
+
+
 def select_preset(config):
     """``--config preset=NAME`` swaps the default file for workflow/config/NAME.yaml (CLI --config on top).
 
     With ``--configfile`` the given file is the configuration and the preset key is only checked."""
     wanted = config.get("preset", "default")
+    overrides = command_line_config()
     if workflow.overwrite_configfiles or wanted == "default":
+        update_config(config, overrides)
         return config
     path = CONFIG_DIR / f"{wanted}.yaml"
     if not path.exists():
         choices = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ValueError(f"config preset {wanted!r}: no file {path} (choose from {choices})")
     chosen = yaml.safe_load(path.read_text())
-    update_config(chosen, workflow.config_settings.overwrite_config or {})
+    update_config(chosen, overrides)
     return chosen
 
 
@@ -145,6 +154,10 @@ check_cross_references(config)
 
 MODELS = config["models"]
 BENCHMARKS = config["benchmarks"]
+# Each preset prepares its data into its own folder: switching presets reuses what each already built (one
+# shared folder made every switch re-prepare the data and rerun everything downstream).
+PRESET = config["preset"]
+TRAIN_DATA, EVAL_DATA = f"resources/data/{PRESET}/train", f"resources/data/{PRESET}/eval"
 ALL_METHODS = sorted({m for spec in MODELS.values() for m in spec["methods"]})
 
 

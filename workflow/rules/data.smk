@@ -11,14 +11,14 @@ localrules:
 
 rule prepare_train_data:
     output:
-        directory("resources/data/train"),
+        directory(TRAIN_DATA),
     params:
         source=config["data"]["train"]["source"],
         options=cli_pairs("--option", config["data"]["train"].get("options")),
     log:
-        "logs/data/train.log",
+        f"logs/data/{PRESET}/train.log",
     benchmark:
-        "logs/benchmarks/data/train.tsv"
+        f"logs/benchmarks/data/{PRESET}/train.tsv"
     conda:
         GPU_ENV
     threads: 1
@@ -28,14 +28,14 @@ rule prepare_train_data:
 
 rule prepare_eval_data:
     output:
-        directory("resources/data/eval"),
+        directory(EVAL_DATA),
     params:
         source=config["data"]["eval"]["source"],
         options=eval_data_options(),
     log:
-        "logs/data/eval.log",
+        f"logs/data/{PRESET}/eval.log",
     benchmark:
-        "logs/benchmarks/data/eval.tsv"
+        f"logs/benchmarks/data/{PRESET}/eval.tsv"
     conda:
         GPU_ENV
     threads: 1

@@ -11,7 +11,7 @@ if EVAL.get("group_benchmarks", False):
     rule eval_benchmarks:
         input:
             checkpoint=checkpoint_dir,
-            data="resources/data/eval",
+            data=EVAL_DATA,
             preflight=ancient(PREFLIGHT),
         output:
             results=expand("results/eval/{{model}}/{{method}}/{benchmark}.json", benchmark=BENCHMARKS),
@@ -44,7 +44,7 @@ else:
     rule eval_benchmark:
         input:
             checkpoint=checkpoint_dir,
-            data="resources/data/eval",
+            data=EVAL_DATA,
             preflight=ancient(PREFLIGHT),
         output:
             result="results/eval/{model}/{method}/{benchmark}.json",
@@ -70,7 +70,7 @@ else:
 rule analyze_dependency:
     input:
         checkpoint=checkpoint_dir,
-        data="resources/data/eval",
+        data=EVAL_DATA,
         preflight=ancient(PREFLIGHT),
     output:
         "results/analysis/{model}/{method}.json",
@@ -93,7 +93,7 @@ rule gradient_variance:
     """Var(g) of VPPO's weightings against GRPO's on the base checkpoint's own rollouts (vppo gradient-variance)."""
     input:
         checkpoint=base_model_dir,
-        data="resources/data/train",
+        data=TRAIN_DATA,
         preflight=ancient(PREFLIGHT),
     output:
         "results/analysis/{model}/gradient_variance.json",
@@ -118,7 +118,7 @@ rule gradient_variance:
 rule analyze_dependency_variants:
     input:
         checkpoint=checkpoint_dir,
-        data="resources/data/eval",
+        data=EVAL_DATA,
         preflight=ancient(PREFLIGHT),
     output:
         "results/analysis/{model}/{method}.variants.json",

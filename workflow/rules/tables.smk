@@ -89,7 +89,7 @@ rule check:
 
     The job fails when the candidate regresses; its table is then kept in logs/check/NAME.log."""
     input:
-        data="resources/data/eval",
+        data=EVAL_DATA,
         preflight=ancient(PREFLIGHT),
     output:
         "results/check/{name}.md",

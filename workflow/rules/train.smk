@@ -8,7 +8,7 @@
 rule train:
     input:
         model=base_model_dir,
-        data="resources/data/train",
+        data=TRAIN_DATA,
         preflight=ancient(PREFLIGHT),
     output:
         directory("results/train/{model}/{method}"),
