@@ -159,6 +159,9 @@ def test_bad_input_exits_2_with_one_line_on_stderr(tmp_path, capsys):
     (tmp_path / "ref" / "geo3k.json").write_text("{}")
     assert main(["check", str(partial), "--against", str(ref), "--benchmarks", "geo3k"]) == 2
     assert "field 'accuracy': missing" in capsys.readouterr().err
+    (tmp_path / "ref" / "geo3k.json").write_text("[]")  # a data file copied into a results folder
+    assert main(["check", str(partial), "--against", str(ref), "--benchmarks", "geo3k"]) == 2
+    assert "geo3k.json: a JSON list, not a vppo.eval/1 result object" in capsys.readouterr().err
 
 
 def test_a_result_whose_samples_disagree_is_refused(tmp_path, capsys):
@@ -228,7 +231,7 @@ def test_an_unchanged_checkpoint_passes_against_its_own_limited_run(tmp_path, ti
 
     keys = "geo3k"
     data = prepare_eval_data("fixtures", tmp_path / "data", n_rows=3, benchmarks=keys)
-    ref, mine = tmp_path / "ref", tmp_path / "mine"
+    ref, mine = tmp_path / "ref", tmp_path / "cmp" / "b"  # where compare --eval-out cmp puts side B: reused there
     assert main(["eval", str(tiny_model_dir), "--data", str(data), "--benchmarks", keys, "--out", str(ref),
                  "--max-new-tokens", "16", "--limit", "2", "--samples", "2"]) == 0
     check = ["check", str(tiny_model_dir), "--data", str(data), "--eval-out", str(mine), "--against", str(ref),
@@ -244,3 +247,8 @@ def test_an_unchanged_checkpoint_passes_against_its_own_limited_run(tmp_path, ti
     other = prepare_eval_data("fixtures", tmp_path / "other", n_rows=3, seed=1, benchmarks=keys)
     assert main([*check[:3], str(other), *check[4:]]) == 2
     assert "not the data the reference was evaluated on" in capsys.readouterr().err
+    # compare: a checkpoint side takes the results side's protocol, so check's evaluation is reused
+    assert main(["compare", str(ref), str(tiny_model_dir), "--data", str(data), "--benchmarks", keys, "--eval-out",
+                 str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "reusing" in out and row(out, "geo3k")[:2] == ["geo3k", "2"]

@@ -19,7 +19,6 @@ Exit status: 0 no regression, 1 regression, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 from vppo.catalog import AVG, PAPER_AVG, resolve_benchmarks
 from vppo.errors import InputError
 from vppo.evaluation import pairing
-from vppo.evaluation.paired import PairedTest, holm, resolution, tolerance_test
+from vppo.evaluation.paired import PairedTest, holm, mean_and_se, resolution, tolerance_test
 from vppo.evaluation.protocol import paper_average
 from vppo.fileio import write_text_atomic
 from vppo.reference import load_reference
@@ -77,13 +76,7 @@ def paper_reference(spec: str, reference_dir: Path) -> dict[str, Score]:
 
 def side_scores(side: pairing.Side, keys: list[str]) -> dict[str, Score]:
     """avg@k and the standard error over questions (sd / sqrt(n), ddof 1), recounted from the samples."""
-    scores = {}
-    for key in keys:
-        values = list(side.questions[key].values())
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-        scores[key] = Score(mean, math.sqrt(var / len(values)))
-    return scores
+    return {key: Score(*mean_and_se(list(side.questions[key].values()))) for key in keys}
 
 
 def with_average(scores: dict[str, Score], keys: list[str]) -> dict[str, Score]:

@@ -39,6 +39,13 @@ class PairedTest:
     p_gain: float
 
 
+def mean_and_se(values: np.ndarray) -> tuple[float, float]:
+    """Mean of ``values`` (shape (n,), n >= 1) and its standard error sd / sqrt(n), ddof 1 (0 for one value)."""
+    values = np.asarray(values, dtype=float)
+    se = float(values.std(ddof=1)) / math.sqrt(values.size) if values.size > 1 else 0.0
+    return float(values.mean()), se
+
+
 def sign_flip_p(x: np.ndarray) -> tuple[float, float]:
     """(P(S <= T), P(S >= T)) for T = sum(x) and S = sum(s_i x_i) over independent fair signs s_i.
 
@@ -65,7 +72,7 @@ def paired_test(diffs_per_benchmark: Sequence[Sequence[float]]) -> PairedTest:
         raise ValueError("paired_test needs at least one question per benchmark")
     count = len(arrays)
     weighted = np.concatenate([a / (count * a.size) for a in arrays])
-    ses = [float(a.std(ddof=1)) / math.sqrt(a.size) if a.size > 1 else 0.0 for a in arrays]
+    ses = [mean_and_se(a)[1] for a in arrays]
     p_drop, p_gain = sign_flip_p(weighted)
     return PairedTest(float(weighted.sum()), math.sqrt(sum(s * s for s in ses)) / count,
                       sum(a.size for a in arrays), p_drop, p_gain)
