@@ -74,9 +74,11 @@ def test_rerun_reuses_matching_results(tiny_eval, tiny_model_dir, eval_data, cap
 def test_check_on_a_checkpoint_reuses_its_results_and_flags_the_drop(tiny_eval, tiny_model_dir, eval_data, capsys):
     out, _ = tiny_eval
     rc = main(["check", str(tiny_model_dir), "--against", "paper:qwen2.5-vl-7b/base", "--data", str(eval_data),
-               "--eval-out", str(out), "--max-new-tokens", "8", "--model-label", "tiny", "--method-label", "base"])
+               "--eval-out", str(out), "--max-new-tokens", "8", "--model-label", "tiny", "--method-label", "base",
+               "--allow-protocol-mismatch"])  # 8 tokens on 4 fixture rows is not the paper's protocol: listed
     text = capsys.readouterr().out
-    assert rc == 1 and "reusing" in text and "| geo3k | 0.00" in text and "REGRESSION" in text
+    assert rc == 1 and "reusing" in text and "| geo3k | 4 | 0.00" in text and "REGRESSION" in text
+    assert "PROTOCOL MISMATCH (--allow-protocol-mismatch): max new tokens 8 vs 2048" in text
 
 
 def test_avg_at_8_through_lmms_eval_equals_the_hand_count(monkeypatch, tiny_model_dir, eval_data, tmp_path):

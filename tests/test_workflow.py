@@ -181,6 +181,17 @@ def test_check_target_without_candidate_says_what_is_missing():
     assert "needs --config candidate=" in done.stdout + done.stderr
 
 
+def test_check_rule_runs_check_with_the_references_protocol_not_the_configs():
+    """The rule is the README's first form: no sampling, limit or backend options against a results folder (the
+    candidate takes the reference's), the config's backend only against the paper (which states none)."""
+    for reference, backend in (("results/eval/tiny/base", False), ("paper:qwen2.5-vl-7b/vppo", True)):
+        done = snakemake("--dry-run", "--printshellcmds", "--cores", "1", "results/check/mine.md", "--config",
+                         "candidate=models/mine", f"reference={reference}")
+        command = next(line for line in done.stdout.splitlines() if "vppo check" in line)
+        assert "--seed 0" in command and ("--backend hf" in command) == backend
+        assert not any(option in command for option in ("--max-new-tokens", "--limit", "--samples"))
+
+
 @pytest.mark.parametrize("preset", ["default", "paper", "released"])
 def test_every_table_names_configured_methods(preset):
     config = config_of(preset)

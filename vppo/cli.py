@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),
     "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
+    "compare": ("vppo.evaluation.compare", "paired per-question differences of two checkpoints or result folders"),
     "analyze": ("vppo.reporting.analyze_cli", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
     "gradient-variance": ("vppo.training.gradient_variance",
                           "measured gradient variance of VPPO's weightings against GRPO's on a checkpoint's rollouts"),

@@ -1,4 +1,4 @@
-"""avg@k evaluation through lmms-eval: task hooks, model adapters, runner, ``vppo eval`` / ``vppo check``.
+"""avg@k evaluation through lmms-eval: task hooks, model adapters, runner, ``vppo eval`` / ``check`` / ``compare``.
 
 Layout (data flows one way, top to bottom):
 
@@ -10,5 +10,6 @@ Layout (data flows one way, top to bottom):
   registered through the ``lmms_eval.models`` entry point (``registry``).
 - ``runner``: loads the model once, runs lmms-eval's ``simple_evaluate`` per benchmark after checking the task's
   effective configuration and the model's image bounds against the protocol, and writes the result files (``results``, schema vppo.eval/1).
-- ``cli`` (``vppo eval``) and ``check`` (``vppo check``).
+- ``cli`` (``vppo eval``), ``check`` (``vppo check``) and ``compare`` (``vppo compare``), on ``pairing`` (two
+  result folders like for like, question by question) and ``paired`` (their statistics, pure functions).
 """

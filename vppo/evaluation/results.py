@@ -95,6 +95,8 @@ def read_result(path: str | Path) -> dict:
         raise ResultError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):  # e.g. an evaluation data file: a list of rows
+        raise ResultError(f"{path}: a JSON {type(data).__name__}, not a vppo.eval/1 result object")
     validate_result(data, str(path))
     from vppo.catalog import BENCHMARK_BY_KEY
 

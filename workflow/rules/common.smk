@@ -438,6 +438,14 @@ def sampling_options(wildcards=None):
     return options + (f" --limit {EVAL['limit']}" if EVAL.get("limit") else "")
 
 
+def check_options(wildcards=None):
+    """`vppo check`'s options: the seed, and the backend against the paper (which publishes none). As in the
+    README's first form, a checkpoint candidate is evaluated with the reference's protocol (a results folder's
+    own, the paper's against the paper), never with this config's eval settings."""
+    options = f"--seed {EVAL['seed']}"
+    return options + (f" --backend {EVAL['backend']}" if str(config.get("reference", "")).startswith("paper:") else "")
+
+
 def eval_options(wildcards):
     options = f"{sampling_options()} --model-label {wildcards.model} --method-label {wildcards.method}"
     gpus = eval_spec(wildcards).get("gpus", 0)

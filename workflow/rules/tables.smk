@@ -98,7 +98,7 @@ rule check:
         reference=lambda wildcards: required_config("reference", wildcards),
         benchmarks=",".join(BENCHMARKS),
         eval_out="results/check/{name}/eval",
-        options=sampling_options,
+        options=check_options,
     log:
         "logs/check/{name}.log",
     benchmark:
