@@ -121,3 +121,18 @@ def test_the_converted_checkpoint_carries_the_base_processor_not_the_sources(tra
     saved = json.loads((tmp_path / "hf" / "processor_config.json").read_text())
     assert saved == json.loads((tiny_model_dir / "processor_config.json").read_text())
     assert record["processor_from"] == str(tiny_model_dir)
+
+
+def test_the_converted_checkpoint_keeps_the_processor_files_vllm_needs(trained, tiny_model_dir, tmp_path):
+    """A hub checkpoint's flat preprocessor config, video processor config and chat template are copied over: vLLM
+    refused a converted checkpoint without ``video_preprocessor_config.json`` (found by the two-node test)."""
+    from vppo.data.tiny_models import write_hub_processor_files
+    from vppo.training.convert import SHIPPED_PROCESSOR_FILES
+
+    source, _ = trained
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    write_hub_processor_files(base, load_processor(base))
+    convert(source, tmp_path / "hf", base=base)
+    for name in SHIPPED_PROCESSOR_FILES:
+        assert (tmp_path / "hf" / name).read_bytes() == (base / name).read_bytes(), name

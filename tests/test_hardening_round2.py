@@ -328,3 +328,19 @@ def test_each_preset_prepares_its_data_in_its_own_folder(checkout):
         assert prepared == {f"resources/data/{preset}/train", f"resources/data/{preset}/eval"}
         assert f"--data resources/data/{preset}/train" in plan and f"--data resources/data/{preset}/eval" in plan
     assert "resources/data/default" not in plans["mini"]  # a mini run leaves the default preset's data alone
+
+
+def test_the_data_checksum_ignores_what_a_workflow_adds_beside_the_layout(tmp_path):
+    """Snakemake writes `.snakemake_timestamp` into every directory output: the DAG's training data must still
+    verify (the first version of the recomputed checksum stopped every DAG training run), and edits to the rows
+    must not."""
+    from vppo.data.train_data import TrainDataError, synthetic_example, verified_checksum, write_layout
+
+    data = write_layout((synthetic_example(i, seed=0)[0:1] + ([synthetic_example(i, seed=0)[1]],)
+                         for i in range(3)), tmp_path / "train", source="synthetic")
+    recorded = json.loads((data / "manifest.json").read_text())["sha256"]
+    (data / ".snakemake_timestamp").write_text("")
+    assert verified_checksum(data) == recorded
+    (data / "train.jsonl").write_text((data / "train.jsonl").read_text().replace("\n", "\n\n", 1))
+    with pytest.raises(TrainDataError, match="differs from manifest.json"):
+        verified_checksum(data)

@@ -110,8 +110,11 @@ def record_from_hub_row(row: dict, index: int, source: str = HUB_REPO) -> tuple[
 # ------------------------------------------------------------------ writing and validating the layout
 
 def _sha256_dir(root: Path) -> str:
+    """Checksum of the layout's own files, the rows and the images folder: what a workflow adds beside them
+    (Snakemake's ``.snakemake_timestamp`` in a directory output) is not the data."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+    files = [root / ROWS_FILE, *(root / IMAGES_DIR).rglob("*")]
+    for path in sorted(p for p in files if p.is_file()):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,6 +109,17 @@ def load_source_model(source: Path, base: Path | None):
     return model.eval(), fmt, config_dir
 
 
+#: Processor files a checkpoint ships that our image-only processor does not write back: vLLM builds its
+#: Qwen2.5-VL processor (images and videos) from them and refuses a checkpoint without the video half.
+SHIPPED_PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json")
+
+
+def _copy_missing_processor_files(processor_dir: Path, out: Path) -> None:
+    for name in SHIPPED_PROCESSOR_FILES:
+        if (processor_dir / name).is_file() and not (out / name).exists():
+            shutil.copyfile(processor_dir / name, out / name)
+
+
 def fixed_logits(model, processor):
     """Logits of ``model`` on a fixed synthetic picture and question (the verification input)."""
     import torch
@@ -149,6 +161,7 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
         processor.save_pretrained(tmp)
         processor.tokenizer.save_pretrained(tmp)
+        _copy_missing_processor_files(processor_dir, tmp)
         generation_dir = _first_with("generation_config.json", source, base)
         if generation_dir is not None:
             GenerationConfig.from_pretrained(generation_dir).save_pretrained(tmp)

@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.dry_run:
         print(plan.render())
         return 0
+    print(plan.render(), file=sys.stderr, flush=True)  # the job's log shows what ran, rendezvous address included
     return execute(plan)
 
 
