@@ -22,6 +22,7 @@ temperature, top_p          temperature, top_p (top_k disabled)
 method clip_low/clip_high   epsilon / epsilon_high (also used by our loss); loss_type "dapo" (token-mean)
 (no reference model)        beta = 0.0
 save_steps, logging_steps   save_steps, logging_steps (save_strategy "steps")
+report_to                   report_to (default tensorboard; "none" = []; vppo.training.tracking)
 use_vllm, vllm_mode         use_vllm, vllm_mode ("colocate" or "server")
 vllm_tensor_parallel_size   vllm_tensor_parallel_size (colocate: ranks per vLLM engine; divides the world size)
 vllm_gpu_memory_utilization vllm_gpu_memory_utilization (share of each GPU's memory vLLM may take)
@@ -54,6 +55,7 @@ from typing import Any
 import yaml
 
 from vppo.errors import InputError, parse_key_values
+from vppo.training.tracking import report_targets
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DISTRIBUTED_BACKENDS = ("none", "deepspeed_zero3", "fsdp")
@@ -100,6 +102,8 @@ class Recipe:
     # The two method options the study varies per run (OPTIONAL_KEYS: null or absent = the method preset's own)
     dependency_estimator: str | None = None
     masking: str | None = None
+    # Where the run's metrics go besides training_log.jsonl (vppo.training.tracking): may be absent from a file
+    report_to: str = "tensorboard"
 
     @property
     def max_model_length(self) -> int:
@@ -126,6 +130,9 @@ class Recipe:
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 #: Keys a recipe file may leave out (null): they replace a field of the method preset only when set.
 OPTIONAL_KEYS = ("dependency_estimator", "masking")
+#: Keys a recipe file may leave out with a default of their own; they do not change what is trained, so a work dir
+#: resumes whatever they are (vppo.training.runner leaves them out of the run's claim).
+DEFAULTED_KEYS = {"report_to": "tensorboard"}
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
@@ -206,6 +213,10 @@ def validate(recipe: Recipe, where: str) -> Recipe:
         value = getattr(recipe, key)
         need(value is None or value in registry,
              f"key {key!r}: {value!r} is not one of {sorted(registry)} (null: the method preset's own)")
+    try:
+        report_targets(recipe.report_to)
+    except ValueError as exc:
+        need(False, f"key 'report_to': {exc}")
     return recipe
 
 
@@ -269,10 +280,10 @@ def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RECIPE_KEYS)}")
-    missing = sorted(set(RECIPE_KEYS) - set(data) - set(OPTIONAL_KEYS))
+    missing = sorted(set(RECIPE_KEYS) - set(data) - set(OPTIONAL_KEYS) - set(DEFAULTED_KEYS))
     if missing:
         raise RecipeError(f"{where}: missing key(s) {', '.join(missing)}")
-    values = {key: _coerce(key, data.get(key), where) for key in RECIPE_KEYS}
+    values = {key: _coerce(key, data.get(key, DEFAULTED_KEYS.get(key)), where) for key in RECIPE_KEYS}
     return validate(Recipe(name=name, **values), where)
 
 
@@ -343,7 +354,7 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         vllm_enable_sleep_mode=recipe.vllm_enable_sleep_mode,
         vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
         vllm_max_model_length=recipe.max_model_length,
-        report_to=[],
+        report_to=report_targets(recipe.report_to),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         log_completions=False,
