@@ -10,8 +10,8 @@ the source.
 
 The result is verified before it is published: it is reloaded and its logits on a fixed image + prompt are
 compared with the source model's. It is written to a temp directory and renamed; an existing finished
-HF_DIR is never overwritten. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256 and the
-max logit difference.
+HF_DIR is never overwritten. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256, the
+max logit difference and the facts of the model card, ``HF_DIR/README.md`` (:mod:`vppo.training.model_card`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", type=Path, default=None,
                         help="base model dir: supplies tokenizer and processor, and config/generation config "
                              "when the source lacks them")
+    parser.add_argument("--base-id", default=None,
+                        help="what the model card names as the base model (a Hub id becomes its base_model metadata)")
 
 
 def _clean_key(key: str) -> str:
@@ -117,11 +119,12 @@ def fixed_logits(model, processor):
         return model(**inputs, use_cache=False).logits.float()
 
 
-def convert(source: Path, out: Path, base: Path | None = None) -> dict:
+def convert(source: Path, out: Path, base: Path | None = None, base_id: str | None = None) -> dict:
     """Write and verify the standalone checkpoint; returns the record written to ``vppo_convert.json``."""
     from transformers import GenerationConfig
 
     from vppo.modeling import CheckpointError, checkpoint_sha256, load_policy, processor_from_dir
+    from vppo.training.model_card import training_facts, write_card
 
     source, out = Path(source), Path(out)
     if (source / "train_summary.json").is_file() and (source / "final").is_dir():
@@ -157,7 +160,9 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
             "checkpoint_sha256": checkpoint_sha256(tmp), "max_logit_diff": difference,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "card": training_facts(source, base_id or (None if base is None else str(base))),
         }
+        write_card(tmp, record["card"])  # the Hub's README.md; `vppo card` adds the scores once evaluated
         write_json_atomic(tmp / MARKER, record)
     return record
 
@@ -166,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from vppo.modeling import CheckpointError
 
     try:
-        record = convert(args.source, args.out, args.base)
+        record = convert(args.source, args.out, args.base, args.base_id)
     except (CheckpointError, FileExistsError) as exc:
         print(f"vppo convert: {exc}", file=sys.stderr)
         return 1

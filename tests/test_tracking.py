@@ -1,0 +1,166 @@
+"""Issue 24: a 2-step smoke run's curves in TensorBoard event files (read back with TensorBoard's own reader), the
+converted checkpoint's model card (parsed by huggingface_hub), and `vppo status` on a partly finished default
+run with one training job running, then killed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from doubles.reporting_inputs import write_eval_result
+from vppo.catalog import PAPER_AVG
+from vppo.cli import main
+from vppo.reward import Grade
+from vppo.training.metrics import read_log
+from vppo.training.rewards import GradingReward
+from vppo.training.runner import TrainRequest, run_training
+from vppo.training.tracking import PROGRESS_FILE
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+BASE_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def steered_grade(response: str, answer: str) -> Grade:
+    """About half the groups mixed (as tests/test_training.py): TGF, TAS and filtering all have work."""
+    return Grade(accuracy=float(answer in ("1", "2") and zlib.crc32(response.encode()) % 2 == 1), format=0.0,
+                 extracted=None)
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory, tiny_model_dir):
+    """A checkout's layout after `vppo train` of tiny/vppo (2 steps, in this process, no network allowed) and
+    `vppo convert` of it: what the default run's rules write for one cell."""
+    from vppo.data.train_data import prepare_train_data
+
+    root = tmp_path_factory.mktemp("checkout")
+    (root / "workflow" / "config").mkdir(parents=True)
+    shutil.copy(ROOT / "workflow" / "config" / "default.yaml", root / "workflow" / "config" / "default.yaml")
+    data = prepare_train_data("synthetic", root / "resources" / "data" / "train", n_rows=16)
+    request = TrainRequest(model=tiny_model_dir, data=data, recipe="smoke", method="vppo",
+                           work_dir=root / "work/train/tiny/vppo", out=root / "results/train/tiny/vppo",
+                           max_steps=2, run_name="tiny/vppo/seed0")
+
+    def refuse(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network call to {address} during an offline run")
+        return connect(self, address, *args)
+
+    connect = socket.socket.connect
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        run_training(request, reward=GradingReward(steered_grade))
+    assert main(["convert", str(request.out), "--out", str(root / "results/checkpoints/tiny/vppo"),
+                 "--base", str(tiny_model_dir), "--base-id", BASE_ID]) == 0
+    return root
+
+
+def test_event_files_hold_every_logged_metric_at_its_step(checkout):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = json.loads((checkout / "results/train/tiny/vppo/train_summary.json").read_text())
+    folder = Path(summary["tracking"]["tensorboard_dir"])
+    assert folder == checkout / "work/train/tiny/vppo/tensorboard/tiny/vppo/seed0"
+    assert summary["tracking"]["report_to"] == ["tensorboard"]
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    log = read_log(checkout / "results/train/tiny/vppo/training_log.jsonl")
+    assert [line["step"] for line in log] == [1, 2]
+    compared = set()
+    for line in log:
+        for key, value in line.items():
+            if key == "step" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            points = {e.step: e.value for e in events.Scalars(f"train/{key}")}
+            assert points[line["step"]] == pytest.approx(value, rel=1e-6, abs=1e-6), key  # float32 in the file
+            compared.add(key)
+    for key in ("reward", "entropy", "completions/mean_length", "kept_token_fraction", "alpha_mean", "alpha_min",
+                "alpha_max", "dependency_kept_mean", "dependency_dropped_mean", "skipped_updates", "filtered_groups"):
+        assert key in compared, key
+    assert events.Tensors("train/dependency_estimator/text_summary")  # names go in as text
+
+
+def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(checkout):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import validate_repo_id
+
+    converted = checkout / "results/checkpoints/tiny/vppo"
+    card = ModelCard.load(converted / "README.md")
+    meta = card.data.to_dict()
+    validate_repo_id(meta["base_model"])
+    assert meta["base_model"] == BASE_ID and meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-text-to-text" and "vppo" in meta["tags"]
+    record = json.loads((converted / "vppo_convert.json").read_text())
+    data_sha = json.loads((checkout / "results/train/tiny/vppo/train_summary.json").read_text())["data"]["sha256"]
+    for fact in ("`vppo`", "`smoke`", data_sha, record["card"]["harness_commit"] or "None", "tiny/vppo/seed0"):
+        assert fact in card.text, fact
+    assert "Not evaluated yet" in card.text and "model-index" not in meta
+
+    eval_root = checkout / "results/eval"
+    for i, benchmark in enumerate(PAPER_AVG):  # this checkpoint's eight cells, and another checkpoint's one
+        write_eval_result(eval_root, "tiny", "vppo", benchmark, 40.0 + i, 2.0,
+                          checkpoint_sha256=record["checkpoint_sha256"])
+    write_eval_result(eval_root, "tiny", "dapo", "geo3k", 99.0, 1.0)
+    assert main(["card", str(converted), "--eval-root", str(eval_root)]) == 0
+    card = ModelCard.load(converted / "README.md")
+    scores = {r.dataset_type: r.metric_value for r in card.data.eval_results}
+    assert scores == {b: 40.0 + i for i, b in enumerate(PAPER_AVG)}
+    assert f"| **Avg** (paper's eight) | {40 + 3.5:.1f} | {math.sqrt(8 * 4) / 8:.1f} |" in card.text
+    assert "99.0" not in card.text
+
+
+def status_of(root: Path, capsys) -> dict:
+    assert main(["status", "--root", str(root), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    return {r["method"]: r for r in status["cells"]} | {"_": status}
+
+
+def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(checkout, tiny_model_dir, capsys):
+    work = checkout / "work/train/tiny/grpo"
+    command = [sys.executable, "-m", "vppo", "train", "--model", str(tiny_model_dir), "--data",
+               str(checkout / "resources/data/train"), "--recipe", "smoke", "--method", "grpo", "--work-dir", str(work),
+               "--out", str(checkout / "results/train/tiny/grpo"), "--max-steps", "60", "--run-name", "tiny/grpo/seed0"]
+    job = subprocess.Popen(command, cwd=checkout, start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and job.poll() is None:
+            if (work / PROGRESS_FILE).is_file() and json.loads((work / PROGRESS_FILE).read_text())["step"] >= 2:
+                break
+            time.sleep(0.2)
+        assert job.poll() is None, "the training job ended before it was observed"
+        running = status_of(checkout, capsys)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # as a preempted node would
+        job.wait()
+    killed = status_of(checkout, capsys)
+
+    vppo, grpo = running["vppo"], running["grpo"]
+    assert vppo["train"]["state"] == "done" and vppo["train"]["step"] == 2 and vppo["convert"]["state"] == "done"
+    assert vppo["eval"] == {"state": "done", "done": 8, "total": 8}  # the eight cells the card test wrote
+    assert grpo["train"]["state"] == "running" and grpo["train"]["max_steps"] == 60
+    assert 2 <= grpo["train"]["step"] < 60 and grpo["train"]["eta_s"] > 0 and grpo["train"]["elapsed_s"] > 0
+    assert grpo["train"]["reward"] is not None and grpo["convert"]["state"] == "waiting"
+    assert running["dapo"]["train"]["state"] == "waiting" and running["base"]["train"] is None
+    assert running["base"]["eval"]["state"] == "waiting"
+    assert running["_"]["counts"]["train"] == {"done": 1, "running": 1, "failed": 0, "waiting": 4}
+
+    assert killed["grpo"]["train"]["state"] == "failed" and killed["grpo"]["train"]["step"] >= 2
+    assert "resumes from the last checkpoint" in killed["grpo"]["train"]["note"]
+    assert killed["_"]["counts"]["train"] == {"done": 1, "running": 0, "failed": 1, "waiting": 4}
+    assert killed["_"]["gpu_hours"]["spent"] == 0.0  # the default run is CPU only
+
+    assert main(["status", "--root", str(checkout)]) == 0
+    text = capsys.readouterr().out
+    assert "failed" in text and "GPU-hours" in text and len(text.splitlines()) < 25  # one screen
