@@ -110,7 +110,7 @@ def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(check
     eval_root = checkout / "results/eval"
     for i, benchmark in enumerate(PAPER_AVG):  # this checkpoint's eight cells, and another checkpoint's one
         write_eval_result(eval_root, "tiny", "vppo", benchmark, 40.0 + i, 2.0,
-                          checkpoint_sha256=record["checkpoint_sha256"])
+                          checkpoint_sha256=record["checkpoint_sha256"], checkpoint=str(converted))
     write_eval_result(eval_root, "tiny", "dapo", "geo3k", 99.0, 1.0)
     assert main(["card", str(converted), "--eval-root", str(eval_root)]) == 0
     card = ModelCard.load(converted / "README.md")
@@ -118,6 +118,16 @@ def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(check
     assert scores == {b: 40.0 + i for i, b in enumerate(PAPER_AVG)}
     assert f"| **Avg** (paper's eight) | {40 + 3.5:.1f} | {math.sqrt(8 * 4) / 8:.1f} |" in card.text
     assert "99.0" not in card.text
+
+    empty = checkout / "empty"
+    empty.mkdir()
+    assert main(["report", "--tables", str(empty), "--figures", str(empty), "--eval-root", str(eval_root),
+                 "--out", str(checkout / "report.html")]) == 0
+    rows = [row for row in (checkout / "report.html").read_text().split("<tr>") if ">geo3k</td>" in row]
+    assert len(rows) == 2  # each cell's provenance row: the converted checkpoint's names its run and its card
+    ours, other = sorted(rows, key=lambda row: "dapo" in row)
+    assert "tiny/vppo/seed0" in ours and str(converted / "README.md") in ours
+    assert "seed0" not in other and "README.md" not in other
 
 
 def status_of(root: Path, capsys) -> dict:
