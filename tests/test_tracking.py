@@ -174,3 +174,10 @@ def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(
     assert main(["status", "--root", str(checkout)]) == 0
     text = capsys.readouterr().out
     assert "failed" in text and "GPU-hours" in text and len(text.splitlines()) < 25  # one screen
+
+
+def test_an_unknown_tracker_is_a_one_line_error(capsys, tmp_path):
+    code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path), "--recipe", "smoke", "--method", "grpo",
+                 "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--set", "report_to=tensorboard,mlflow"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "report_to" in err and "mlflow" in err
