@@ -1,4 +1,4 @@
-"""``vppo status [--config preset=NAME] [--json]``: where a reproduction in this checkout stands.
+"""``vppo status [--config preset=NAME | --configfile FILE] [--json]``: where a reproduction in this checkout stands.
 
 For every configured (model, method): its training, conversion and evaluation, each ``done``, ``running``,
 ``failed`` or ``waiting``; for a training job its step / total, last reward, elapsed time and ETA; then the
@@ -10,8 +10,9 @@ after a crash, without Snakemake:
   process id; another host, e.g. a cluster node: the file was written within :data:`STALE_AFTER_S` or five
   step times), else failed at its last step, as is a job that left a log or checkpoints but no progress file;
 - conversion: ``results/checkpoints/<model>/<method>/vppo_convert.json``; evaluation: the cells' result files;
-  either is running while Snakemake marks its output incomplete (``.snakemake/incomplete``) and holds its lock,
-  and failed when its log exists without the output;
+  either is running while Snakemake marks its output incomplete (``.snakemake/incomplete``) and a Snakemake
+  driver lives in the checkout (:func:`snakemake_running`), failed when its output is marked but no driver
+  lives or when its log exists without the output;
 - GPU-hours spent: the ``benchmark:`` files of finished jobs (:mod:`vppo.reporting.cost`, as the report sums
   them) plus the elapsed time of running training jobs; ahead: each unfinished training job's remaining steps at
   its measured step time (this run's, else another run's of the model), else its configured runtime (the
@@ -41,16 +42,20 @@ STALE_AFTER_S = 900
 STATES = ("done", "running", "failed", "waiting")
 
 
-def load_config(root: Path, overrides: dict) -> tuple[str, dict]:
-    """The preset's configuration file (``--config preset=NAME``; default: default)."""
+def load_config(root: Path, overrides: dict, configfile: Path | None = None) -> tuple[str, dict]:
+    """The run's configuration: ``--configfile`` when given (as for Snakemake, it is the whole configuration),
+    else the preset's file (``--config preset=NAME``; default: default)."""
     unknown = sorted(set(overrides) - {"preset"})
     if unknown:
         raise InputError(f"--config: only preset=NAME is read here (got {', '.join(unknown)})")
     preset = str(overrides.get("preset", "default"))
-    path = root / "workflow" / "config" / f"{preset}.yaml"
+    path = Path(configfile) if configfile else root / "workflow" / "config" / f"{preset}.yaml"
     if not path.is_file():
-        raise InputError(f"--config preset={preset}: no file {path}")
-    return preset, yaml.safe_load(path.read_text())
+        raise InputError(f"{'--configfile' if configfile else f'--config preset={preset}:'} {path}: no such file")
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict) or not isinstance(config.get("models"), dict):
+        raise InputError(f"{path}: field 'models': missing (not a workflow configuration)")
+    return str(config.get("preset", preset)), config
 
 
 def _alive(progress: dict, now: float) -> bool:
@@ -73,6 +78,26 @@ def _step_seconds(progress: dict) -> float | None:
     return (float(progress["updated"]) - float(since)) / steps if since and steps > 0 else None
 
 
+def snakemake_running(root: Path) -> bool:
+    """Whether a Snakemake driver works in ``root``: on Linux, a live process running snakemake with ``root`` as its
+    working directory; elsewhere, whether Snakemake's lock is there (a killed driver leaves it: "running" then
+    means "running or killed")."""
+    proc, target = Path("/proc"), str(Path(root).resolve())
+    if not proc.is_dir():
+        locks = Path(root) / ".snakemake" / "locks"
+        return locks.is_dir() and any(locks.iterdir())
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:3]
+            if any(os.path.basename(arg) == "snakemake" for arg in argv) and os.readlink(entry / "cwd") == target:
+                return True
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return False
+
+
 class Checkout:
     """The files of one checkout that say how far its jobs are."""
 
@@ -81,8 +106,7 @@ class Checkout:
         incomplete = root / ".snakemake" / "incomplete"
         self.incomplete = {self._decode(p.relative_to(incomplete)) for p in incomplete.rglob("*") if p.is_file()} \
             if incomplete.is_dir() else set()
-        locks = root / ".snakemake" / "locks"
-        self.locked = locks.is_dir() and any(locks.iterdir())
+        self.snakemake_live = snakemake_running(root)
 
     @staticmethod
     def _decode(relative: Path) -> str:
@@ -93,11 +117,11 @@ class Checkout:
             return ""
 
     def job_state(self, outputs: list[str], log: str) -> str:
-        """done / running / failed / waiting of a Snakemake job from its outputs, markers, lock and log."""
+        """done / running / failed / waiting of a Snakemake job from its outputs, markers, driver and log."""
         if all((self.root / o).exists() for o in outputs) and not self.incomplete & set(outputs):
             return "done"
         if self.incomplete & set(outputs):
-            return "running" if self.locked else "failed"
+            return "running" if self.snakemake_live else "failed"
         return "failed" if (self.root / log).is_file() else "waiting"
 
 
@@ -186,8 +210,8 @@ def _model_step_seconds(rows: list[dict], model: str) -> float | None:
     return statistics.median(measured) if measured else None
 
 
-def collect(root: Path, overrides: dict) -> dict:
-    preset, config = load_config(root, overrides)
+def collect(root: Path, overrides: dict, configfile: Path | None = None) -> dict:
+    preset, config = load_config(root, overrides, configfile)
     checkout, now = Checkout(root), time.time()
     rows = [cell_status(checkout, config, model, method, now)
             for model, spec in config["models"].items() for method in spec["methods"]]
@@ -231,6 +255,7 @@ def render_text(status: dict) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="the checkout (default: here)")
     parser.add_argument("--config", nargs="*", default=[], metavar="preset=NAME", help="as for snakemake")
+    parser.add_argument("--configfile", type=Path, default=None, help="as for snakemake: the run's configuration")
     parser.add_argument("--json", action="store_true", help="the whole status as one JSON object")
 
 
@@ -239,6 +264,6 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_key_values(args.config, "--config")
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    status = collect(args.root, overrides)
+    status = collect(args.root, overrides, args.configfile)
     print(json.dumps(status, indent=1, sort_keys=True) if args.json else render_text(status))
     return 0
