@@ -17,10 +17,13 @@ import zlib
 from pathlib import Path
 
 import pytest
+import yaml
+from transformers import TrainerCallback
 
 from doubles.reporting_inputs import write_eval_result
 from vppo.catalog import PAPER_AVG
 from vppo.cli import main
+from vppo.fileio import write_json_atomic
 from vppo.reward import Grade
 from vppo.training.metrics import read_log
 from vppo.training.rewards import GradingReward
@@ -178,6 +181,74 @@ def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(
 
 def test_an_unknown_tracker_is_a_one_line_error(capsys, tmp_path):
     code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path), "--recipe", "smoke", "--method", "grpo",
-                 "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--set", "report_to=tensorboard,mlflow"])
+                 "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--set", "report_to=tensorboard,mlflow"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "report_to" in err and "mlflow" in err
+
+
+def test_gpu_hours_spent_and_ahead_on_a_gpu_configuration(tmp_path):
+    """8-GPU training (the 7b recipe's layout, 100 steps): dapo finished (its benchmark file says one hour), grpo
+    running in this process (10 s per step, step 10), vppo waiting; evaluation on 1 GPU, one job per cell."""
+    from vppo.reporting.status import collect
+
+    config = yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())
+    config["models"] = {"big": {"base": "tiny-warm", "recipe": "7b", "methods": ["base", "dapo", "grpo", "vppo"],
+                                "eval_resources": {"gpus": 1, "runtime": 60}}}
+    config["train"]["max_steps"] = 100
+    config["eval"]["group_benchmarks"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    now = time.time()
+    write_json_atomic(tmp_path / "results/train/big/dapo/train_summary.json",
+                      {"steps": 100, "max_steps": 100, "wall_time_s": 1000.0,
+                       "tracking": {"run_name": "big/dapo/seed0"}})
+    (tmp_path / "logs/benchmarks/train/big").mkdir(parents=True)
+    (tmp_path / "logs/benchmarks/train/big/dapo.tsv").write_text(  # Snakemake's benchmark: columns
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "3600.0\t1:00:00\t1000\t2000\t900\t950\t1\t2\t50\t3500\n")
+    write_json_atomic(tmp_path / "work/train/big/grpo" / PROGRESS_FILE, {
+        "run_name": "big/grpo/seed0", "host": socket.gethostname(), "pid": os.getpid(), "started": now - 200,
+        "training_since": now - 100, "start_step": 0, "step": 10, "max_steps": 100, "updated": now, "reward": 0.25,
+        "phase": "training"})
+
+    status = collect(tmp_path, {}, tmp_path / "c.yaml")
+    rows = {r["method"]: r for r in status["cells"]}
+    grpo = rows["grpo"]["train"]
+    assert grpo["state"] == "running" and grpo["eta_s"] == pytest.approx(900, rel=1e-3)
+    assert rows["vppo"]["train"] == {"state": "waiting", "step": 0, "max_steps": 100}
+    hours = status["gpu_hours"]
+    assert hours["spent_finished_jobs"] == pytest.approx(8.0)
+    assert hours["spent_running_training"] == pytest.approx(200 * 8 / 3600, rel=1e-3)
+    # ahead: grpo's 90 steps and vppo's 100 at 10 s on 8 GPUs, then 4 methods x 8 cells x 1 h x 1 GPU
+    assert hours["ahead"] == pytest.approx((90 + 100) * 10 * 8 / 3600 + 32, rel=1e-3)
+    assert sorted(hours["ahead_from_configured_runtime"]) == [f"eval/big/{m}" for m in ("base", "dapo", "grpo", "vppo")]
+
+
+class CrashAt(TrainerCallback):
+    """Dies at the end of optimizer step ``step``, before it is logged or saved: the step before is logged but
+    not in a checkpoint (the smoke recipe saves every 2 steps)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated kill")
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(checkout, tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    request = TrainRequest(model=tiny_model_dir, data=checkout / "resources/data/train", recipe="smoke",
+                           method="grpo", work_dir=tmp_path / "work", out=tmp_path / "out", max_steps=4)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_training(request, callbacks=[CrashAt(4)], reward=GradingReward(steered_grade))
+    assert [line["step"] for line in read_log(request.work_dir / "training_log.jsonl")] == [1, 2, 3]
+    run_training(request, reward=GradingReward(steered_grade))  # resumes from checkpoint-2: logs step 3 again
+    folder = request.work_dir / "tensorboard" / f"{tiny_model_dir.name}/grpo/seed0"  # the default run name
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    log = read_log(request.out / "training_log.jsonl")
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (line["step"], pytest.approx(line["loss"], rel=1e-6, abs=1e-7)) for line in log]

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("vppo.reporting.study", "seed study table: mean over seeds, paired differences with 95% intervals"),
     "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),
     "report": ("vppo.reporting.report", "one self-contained HTML page: tables, figures, provenance, cost"),
-    "status": ("vppo.reporting.status", "where a reproduction stands: cells done, running, failed or waiting; GPU-hours"),
+    "status": ("vppo.reporting.status", "where a reproduction stands: each cell done, running, failed or waiting"),
 }
 
 

@@ -187,8 +187,8 @@ def provenance_html(cells: pd.DataFrame) -> str:
         values = [r["model"], r["method"], r["benchmark"], _num(r["ours"], 2), _num(r["stderr"], 2),
                   r["n_questions"], r["n_samples"], r["k"], r["backend"], _versions(r["versions"]),
                   _sampling(r["sampling"]), r["seed"], r["limit"], r["bad_rows"], r["checkpoint"],
-                  r["checkpoint_sha256"], r["data_sha256"], cost_mod.hms(r["wall_time_s"]), r["created"], r["eval_file"],
-                  *tracking[r["checkpoint"]]]
+                  r["checkpoint_sha256"], r["data_sha256"], cost_mod.hms(r["wall_time_s"]), r["created"],
+                  r["eval_file"], *tracking[r["checkpoint"]]]
         rows.append("<tr>" + "".join(_td(None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v),
                                          "l" if i in (0, 1, 2, 9, 10, 14, 15, 16, 19, 20, 21) else "")
                                      for i, v in enumerate(values)) + "</tr>")

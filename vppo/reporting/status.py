@@ -166,7 +166,8 @@ def cell_status(checkout: Checkout, config: dict, model: str, method: str, now: 
                                                       f"logs/convert/{model}/{method}.log")}
     cells = [f"results/eval/{model}/{method}/{b}.json" for b in benchmarks]
     grouped = (config.get("eval") or {}).get("group_benchmarks", False)
-    logs = [f"logs/eval/{model}/{method}.log"] if grouped else [f"logs/eval/{model}/{method}/{b}.log" for b in benchmarks]
+    logs = ([f"logs/eval/{model}/{method}.log"] if grouped
+            else [f"logs/eval/{model}/{method}/{b}.log" for b in benchmarks])
     states = [checkout.job_state([cell], logs[0] if grouped else log) for cell, log in zip(cells, logs * len(cells))]
     done = states.count("done")
     state = next((s for s in ("running", "failed") if s in states), "done" if done == len(cells) else "waiting")
@@ -178,7 +179,8 @@ def gpu_hours(checkout: Checkout, config: dict, rows: list[dict]) -> dict:
     """Spent (benchmark files + running training) and ahead (unfinished training and evaluation), in GPU-hours."""
     eval_gpus = {m: (s.get("eval_resources") or {}).get("gpus", 0) for m, s in config["models"].items()}
     train_gpus = {r["model"]: r["gpus"] for r in rows if "gpus" in r}
-    mapping = {"*": 0, **{f"train/{m}": g for m, g in train_gpus.items()}, **{f"eval/{m}": g for m, g in eval_gpus.items()}}
+    mapping = {"*": 0, **{f"train/{m}": g for m, g in train_gpus.items()},
+               **{f"eval/{m}": g for m, g in eval_gpus.items()}}
     root = checkout.root / "logs" / "benchmarks"
     costs = cost_mod.load_costs(root, mapping) if root.is_dir() else None
     finished = float(costs["gpu_hours"].sum()) if costs is not None and len(costs) else 0.0
@@ -215,7 +217,8 @@ def collect(root: Path, overrides: dict, configfile: Path | None = None) -> dict
     checkout, now = Checkout(root), time.time()
     rows = [cell_status(checkout, config, model, method, now)
             for model, spec in config["models"].items() for method in spec["methods"]]
-    return {"preset": preset, "root": str(root), "time": now, "cells": rows, "gpu_hours": gpu_hours(checkout, config, rows),
+    return {"preset": preset, "root": str(root), "time": now, "cells": rows,
+            "gpu_hours": gpu_hours(checkout, config, rows),
             "counts": {stage: {s: sum(1 for r in rows if r[stage] and r[stage]["state"] == s) for s in STATES}
                        for stage in ("train", "convert", "eval")}}
 

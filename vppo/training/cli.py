@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
     parser.add_argument("--run-name", default=None,
-                        help="the run's name in TensorBoard, W&B or trackio (default: <model folder>/<method>/seed<seed>)")
+                        help="the run's name in TensorBoard, W&B or trackio "
+                             "(default: <model folder>/<method>/seed<seed>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (YAML-typed), e.g. --set learning_rate=1e-5; "
                              "--set dependency_estimator=kl / --set masking=grey choose the dependency pass of a "

@@ -1,4 +1,4 @@
-"""The Hub model card (``README.md``) next to a converted checkpoint: how it was made, and once evaluated, how it scores.
+"""The Hub model card (``README.md``) next to a converted checkpoint: how it was made and, once evaluated, its scores.
 
 ``vppo convert`` writes it (:func:`write_card`) from the facts of the training run it converts
 (:func:`training_facts`: method, recipe, seed, steps, data checksum, harness commit, versions), which it also keeps
@@ -104,7 +104,8 @@ def render_card(facts: dict, results: list[dict] | None = None, name: str = "vpp
 
     method = facts.get("method") or "unknown method"
     eval_results = [EvalResult(task_type=PIPELINE_TAG, dataset_type=r["benchmark"], dataset_name=r["benchmark"],
-                               metric_type="accuracy", metric_name=f"avg@{r['k']}", metric_value=round(r["accuracy"], 2))
+                               metric_type="accuracy", metric_name=f"avg@{r['k']}",
+                               metric_value=round(r["accuracy"], 2))
                     for r in results or []]
     data = ModelCardData(
         base_model=facts.get("base_model"), library_name=LIBRARY, pipeline_tag=PIPELINE_TAG,

@@ -28,7 +28,7 @@ from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token
 from vppo.rollout import chat_prompt
 from vppo.training.recipes import (DEFAULTED_KEYS, OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe,
                                    method_preset)
-from vppo.training.tracking import attach_trackers, default_run_name, tracking_kwargs
+from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE, LOG_FILE, FINAL_DIR = "train_summary.json", "training_log.jsonl", "final"
@@ -251,7 +251,8 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         model=str(request.model), args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         tas_group_responses=recipe.tas_group_responses,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
-        callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])
+        callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step),
+                   *progress_callbacks(work_dir, request.tracking_name, resumed_step, args), *(callbacks or [])])
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())

@@ -13,8 +13,8 @@ per process start) and, on resume, the purge of the steps a killed run had logge
 The run's name says model, method and seed (``<model>/<method>/seed<seed>``: ``vppo train --run-name``, which
 the workflow sets from its cell); W&B and trackio show it as the run name.
 
-``WORK_DIR/vppo_progress.json`` (:class:`vppo.training.metrics.ProgressFileCallback`) is what ``vppo status`` reads of a running
-job: host and process id, the step and the total, the last reward, when this process started and when the file
+``WORK_DIR/vppo_progress.json`` (:class:`vppo.training.metrics.ProgressFileCallback`) is what ``vppo status``
+reads of a running job: host and process id, the step and the total, the last reward, when this process started and when the file
 was last written. It is rewritten (atomically) at every optimizer step.
 """
 
@@ -88,12 +88,22 @@ def tracking_kwargs(report_to: str | None, run_name: str, work_dir: Path) -> dic
     return {"run_name": run_name}
 
 
-def attach_trackers(trainer, work_dir: Path, run_name: str, resumed_step: int) -> dict:
-    """Point TRL's TensorBoard callback at ``WORK_DIR/tensorboard/<run name>`` (purging steps after a resume)
-    and add the progress file; returns what the run's summary records of its tracking."""
-    from transformers.integrations import TensorBoardCallback
-
+def progress_callbacks(work_dir: Path, run_name: str, resumed_step: int, args) -> list:
+    """The progress file's callback on the main process (none elsewhere), its first version written now: from
+    here on, while the model loads, ``vppo status`` sees this job rather than a previous one's file."""
     from vppo.training.metrics import ProgressFileCallback
+
+    if args.process_index != 0:
+        return []
+    progress = ProgressFileCallback(Path(work_dir) / PROGRESS_FILE, run_name, resumed_step)
+    progress.write(phase="starting", step=resumed_step, max_steps=args.max_steps if args.max_steps > 0 else None)
+    return [progress]
+
+
+def attach_trackers(trainer, work_dir: Path, run_name: str, resumed_step: int) -> dict:
+    """Point TRL's TensorBoard callback at ``WORK_DIR/tensorboard/<run name>`` (purging steps after a resume);
+    returns what the run's summary records of its tracking."""
+    from transformers.integrations import TensorBoardCallback
 
     targets = list(trainer.args.report_to or [])
     record = {"report_to": targets, "run_name": run_name, "tensorboard_dir": None}
@@ -107,8 +117,4 @@ def attach_trackers(trainer, work_dir: Path, run_name: str, resumed_step: int) -
             writer = SummaryWriter(log_dir=str(folder), purge_step=resumed_step + 1 if resumed_step else None)
             trainer.remove_callback(TensorBoardCallback)
             trainer.add_callback(TensorBoardCallback(tb_writer=writer))
-    if trainer.accelerator.is_main_process:
-        progress = ProgressFileCallback(Path(work_dir) / PROGRESS_FILE, run_name, resumed_step)
-        progress.write(phase="starting", step=resumed_step, max_steps=trainer.args.max_steps)
-        trainer.add_callback(progress)
     return record
