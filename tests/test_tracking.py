@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,21 @@ def steered_grade(response: str, answer: str) -> Grade:
                  extracted=None)
 
 
+@contextmanager
+def no_network():
+    """Any internet connection this process opens fails the test."""
+    connect = socket.socket.connect
+
+    def refuse(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network call to {address} during an offline run")
+        return connect(self, address, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        yield
+
+
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory, tiny_model_dir):
     """A checkout's layout after `vppo train` of tiny/vppo (2 steps, in this process, no network allowed) and
@@ -55,14 +71,7 @@ def checkout(tmp_path_factory, tiny_model_dir):
                            work_dir=root / "work/train/tiny/vppo", out=root / "results/train/tiny/vppo",
                            max_steps=2, run_name="tiny/vppo/seed0")
 
-    def refuse(self, address, *args):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise AssertionError(f"network call to {address} during an offline run")
-        return connect(self, address, *args)
-
-    connect = socket.socket.connect
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
+    with no_network():
         run_training(request, reward=GradingReward(steered_grade))
     assert main(["convert", str(request.out), "--out", str(root / "results/checkpoints/tiny/vppo"),
                  "--base", str(tiny_model_dir), "--base-id", BASE_ID]) == 0
@@ -252,3 +261,21 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(checkout, tiny_model_
     log = read_log(request.out / "training_log.jsonl")
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
         (line["step"], pytest.approx(line["loss"], rel=1e-6, abs=1e-7)) for line in log]
+
+
+def test_wandb_offline_writes_its_run_under_the_work_folder_without_network(checkout, tiny_model_dir, tmp_path,
+                                                                             monkeypatch):
+    import vppo.training.tracking as tracking
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setattr(tracking, "USER_SET_DIRS", set())
+    request = TrainRequest(model=tiny_model_dir, data=checkout / "resources/data/train", recipe="smoke",
+                           method="grpo", work_dir=tmp_path / "work", out=tmp_path / "out", max_steps=1,
+                           overrides={"report_to": "wandb"}, run_name="tiny/grpo/seed0")
+    with no_network():
+        run_training(request, reward=GradingReward(steered_grade))
+    (run,) = (request.work_dir / "wandb").glob("offline-run-*")
+    assert list(run.glob("run-*.wandb")) and not (request.work_dir / "tensorboard").exists()
+    summary = json.loads((request.out / "train_summary.json").read_text())
+    assert summary["tracking"] == {"report_to": ["wandb"], "run_name": "tiny/grpo/seed0", "tensorboard_dir": None}

@@ -51,6 +51,10 @@ TRACKERS = {
 }
 
 
+#: the trackers' folder variables the user set before this process started: those stay as they are
+USER_SET_DIRS = {variable for tracker in TRACKERS.values() for variable in tracker.local_dirs if variable in os.environ}
+
+
 def report_targets(value: str | None) -> list[str]:
     """``"tensorboard,wandb"`` -> ``["tensorboard", "wandb"]``; ``none`` -> []; unknown names raise ValueError."""
     names = [name.strip() for name in (value or DEFAULT_REPORT_TO).split(",") if name.strip()]
@@ -84,7 +88,8 @@ def tracking_kwargs(report_to: str | None, run_name: str, work_dir: Path) -> dic
             raise InputError(f"report_to={name}: the {tracker.package} package is not installed (pip install "
                              f"{tracker.package}), or choose another tracker (--set report_to=none turns tracking off)")
         for variable, folder in tracker.local_dirs.items():
-            os.environ.setdefault(variable, str(Path(work_dir) / folder))
+            if variable not in USER_SET_DIRS:
+                os.environ[variable] = str(Path(work_dir) / folder)
     return {"run_name": run_name}
 
 
