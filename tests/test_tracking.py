@@ -103,6 +103,17 @@ def test_event_files_hold_every_logged_metric_at_its_step(checkout):
     assert events.Tensors("train/dependency_estimator/text_summary")  # names go in as text
 
 
+def write_scores(checkout: Path) -> Path:
+    """Result files of the converted tiny/vppo checkpoint's eight cells, and one of another checkpoint's."""
+    converted, eval_root = checkout / "results/checkpoints/tiny/vppo", checkout / "results/eval"
+    sha256 = json.loads((converted / "vppo_convert.json").read_text())["checkpoint_sha256"]
+    for i, benchmark in enumerate(PAPER_AVG):
+        write_eval_result(eval_root, "tiny", "vppo", benchmark, 40.0 + i, 2.0, checkpoint_sha256=sha256,
+                          checkpoint=str(converted))
+    write_eval_result(eval_root, "tiny", "dapo", "geo3k", 99.0, 1.0)
+    return eval_root
+
+
 def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(checkout):
     from huggingface_hub import ModelCard
     from huggingface_hub.utils import validate_repo_id
@@ -119,11 +130,7 @@ def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(check
         assert fact in card.text, fact
     assert "Not evaluated yet" in card.text and "model-index" not in meta
 
-    eval_root = checkout / "results/eval"
-    for i, benchmark in enumerate(PAPER_AVG):  # this checkpoint's eight cells, and another checkpoint's one
-        write_eval_result(eval_root, "tiny", "vppo", benchmark, 40.0 + i, 2.0,
-                          checkpoint_sha256=record["checkpoint_sha256"], checkpoint=str(converted))
-    write_eval_result(eval_root, "tiny", "dapo", "geo3k", 99.0, 1.0)
+    eval_root = write_scores(checkout)
     assert main(["card", str(converted), "--eval-root", str(eval_root)]) == 0
     card = ModelCard.load(converted / "README.md")
     scores = {r.dataset_type: r.metric_value for r in card.data.eval_results}
@@ -149,6 +156,7 @@ def status_of(root: Path, capsys) -> dict:
 
 
 def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(checkout, tiny_model_dir, capsys):
+    write_scores(checkout)
     work = checkout / "work/train/tiny/grpo"
     command = [sys.executable, "-m", "vppo", "train", "--model", str(tiny_model_dir), "--data",
                str(checkout / "resources/data/train"), "--recipe", "smoke", "--method", "grpo", "--work-dir", str(work),
@@ -170,16 +178,18 @@ def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(
 
     vppo, grpo = running["vppo"], running["grpo"]
     assert vppo["train"]["state"] == "done" and vppo["train"]["step"] == 2 and vppo["convert"]["state"] == "done"
-    assert vppo["eval"] == {"state": "done", "done": 8, "total": 8}  # the eight cells the card test wrote
+    assert vppo["eval"] == {"state": "done", "done": 8, "total": 8}
     assert grpo["train"]["state"] == "running" and grpo["train"]["max_steps"] == 60
     assert 2 <= grpo["train"]["step"] < 60 and grpo["train"]["eta_s"] > 0 and grpo["train"]["elapsed_s"] > 0
     assert grpo["train"]["reward"] is not None and grpo["convert"]["state"] == "waiting"
     assert running["dapo"]["train"]["state"] == "waiting" and running["base"]["train"] is None
+    assert running["dapo"]["eval"] == {"state": "waiting", "done": 1, "total": 8}
     assert running["base"]["eval"]["state"] == "waiting"
     assert running["_"]["counts"]["train"] == {"done": 1, "running": 1, "failed": 0, "waiting": 4}
 
     assert killed["grpo"]["train"]["state"] == "failed" and killed["grpo"]["train"]["step"] >= 2
-    assert "resumes from the last checkpoint" in killed["grpo"]["train"]["note"]
+    checkpoint = max(work.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    assert killed["grpo"]["train"]["note"].endswith(f"a rerun resumes from {checkpoint.name}")
     assert killed["_"]["counts"]["train"] == {"done": 1, "running": 0, "failed": 1, "waiting": 4}
     assert killed["_"]["gpu_hours"]["spent"] == 0.0  # the default run is CPU only
 

@@ -144,10 +144,17 @@ def train_status(checkout: Checkout, model: str, method: str, total: int | None,
         status["state"] = "running"
         if status["step_s"] and steps:
             status["eta_s"] = status["step_s"] * (steps - step)
+    elif checkout.snakemake_live and f"results/train/{model}/{method}" in checkout.incomplete:
+        status["state"] = "running"  # a new attempt Snakemake started, still loading before its first progress file
+        status["note"] = "a new attempt is starting"
     else:
+        from vppo.training.checkpoints import last_complete_checkpoint
+
+        checkpoint = last_complete_checkpoint(work)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(progress["updated"]))
         status["state"] = "failed"
-        status["note"] = (f"no process since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(progress['updated']))}"
-                          f" (pid {progress['pid']} on {progress['host']}); a rerun resumes from the last checkpoint")
+        status["note"] = (f"no process since {since} (pid {progress['pid']} on {progress['host']}); a rerun "
+                          + (f"resumes from {checkpoint.name}" if checkpoint else "starts again (no checkpoint yet)"))
     return status
 
 
@@ -164,14 +171,15 @@ def cell_status(checkout: Checkout, config: dict, model: str, method: str, now: 
         row["train"] = train_status(checkout, model, method, recipe.max_steps, now)
         row["convert"] = {"state": checkout.job_state([f"results/checkpoints/{model}/{method}/vppo_convert.json"],
                                                       f"logs/convert/{model}/{method}.log")}
-    cells = [f"results/eval/{model}/{method}/{b}.json" for b in benchmarks]
     grouped = (config.get("eval") or {}).get("group_benchmarks", False)
-    logs = ([f"logs/eval/{model}/{method}.log"] if grouped
-            else [f"logs/eval/{model}/{method}/{b}.log" for b in benchmarks])
-    states = [checkout.job_state([cell], logs[0] if grouped else log) for cell, log in zip(cells, logs * len(cells))]
+
+    def eval_log(benchmark: str) -> str:  # one job per (model, method) when grouped, else one per cell
+        return f"logs/eval/{model}/{method}.log" if grouped else f"logs/eval/{model}/{method}/{benchmark}.log"
+
+    states = [checkout.job_state([f"results/eval/{model}/{method}/{b}.json"], eval_log(b)) for b in benchmarks]
     done = states.count("done")
-    state = next((s for s in ("running", "failed") if s in states), "done" if done == len(cells) else "waiting")
-    row["eval"] = {"state": state, "done": done, "total": len(cells)}
+    state = next((s for s in ("running", "failed") if s in states), "done" if done == len(states) else "waiting")
+    row["eval"] = {"state": state, "done": done, "total": len(states)}
     return row
 
 
