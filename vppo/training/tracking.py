@@ -14,8 +14,8 @@ The run's name says model, method and seed (``<model>/<method>/seed<seed>``: ``v
 the workflow sets from its cell); W&B and trackio show it as the run name.
 
 ``WORK_DIR/vppo_progress.json`` (:class:`vppo.training.metrics.ProgressFileCallback`) is what ``vppo status``
-reads of a running job: host and process id, the step and the total, the last reward, when this process started and when the file
-was last written. It is rewritten (atomically) at every optimizer step.
+reads of a running job: host and process id, the step and the total, the last reward, when this process started
+and when the file was last written. It is first written before the model loads, then at every optimizer step.
 """
 
 from __future__ import annotations
@@ -40,19 +40,18 @@ class Tracker:
     package: str
     #: environment variables set to a folder of WORK_DIR unless the user set them (the tracker's local files)
     local_dirs: dict[str, str] = field(default_factory=dict)
-    note: str = ""
 
 
-#: report_to name -> tracker. W&B writes its files (offline runs too: WANDB_MODE=offline) under WORK_DIR.
+#: report_to name -> tracker (docs/tracking.md: what each writes, and when it goes online)
 TRACKERS = {
-    "tensorboard": Tracker("tensorboard", note="event files under WORK_DIR/tensorboard (offline)"),
-    "wandb": Tracker("wandb", {"WANDB_DIR": "."}, note="online unless WANDB_MODE=offline; files under WORK_DIR/wandb"),
-    "trackio": Tracker("trackio", note="trackio's local database unless TRACKIO_SPACE_ID names a Space"),
+    "tensorboard": Tracker("tensorboard"),  # event files under WORK_DIR/tensorboard/<run name>: never online
+    "wandb": Tracker("wandb", {"WANDB_DIR": "."}),  # WORK_DIR/wandb; online unless WANDB_MODE=offline
+    "trackio": Tracker("trackio"),  # trackio's local database unless TRACKIO_SPACE_ID names a Space
 }
 
-
 #: the trackers' folder variables the user set before this process started: those stay as they are
-USER_SET_DIRS = {variable for tracker in TRACKERS.values() for variable in tracker.local_dirs if variable in os.environ}
+USER_SET_DIRS = {variable for tracker in TRACKERS.values() for variable in tracker.local_dirs
+                 if variable in os.environ}
 
 
 def report_targets(value: str | None) -> list[str]:
@@ -76,7 +75,7 @@ def tensorboard_dir(work_dir: Path, run_name: str) -> Path:
 
 
 def tracking_kwargs(report_to: str | None, run_name: str, work_dir: Path) -> dict:
-    """GRPOConfig's ``run_name`` (its ``report_to`` is the recipe's, :func:`vppo.training.recipes.grpo_config_kwargs`);
+    """GRPOConfig's ``run_name`` (its ``report_to`` is the recipe's: :func:`vppo.training.recipes.grpo_config_kwargs`);
     checks that each chosen tracker is installed and points its local files into WORK_DIR.
 
     Raises :class:`InputError` when a chosen tracker's package is not installed (the Trainer would fail later
