@@ -126,7 +126,9 @@ def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(check
     assert meta["pipeline_tag"] == "image-text-to-text" and "vppo" in meta["tags"]
     record = json.loads((converted / "vppo_convert.json").read_text())
     data_sha = json.loads((checkout / "results/train/tiny/vppo/train_summary.json").read_text())["data"]["sha256"]
-    for fact in ("`vppo`", "`smoke`", data_sha, record["card"]["harness_commit"] or "None", "tiny/vppo/seed0"):
+    commit = json.loads((checkout / "results/train/tiny/vppo/train_summary.json").read_text())["harness_commit"]
+    assert commit == record["card"]["trained_at_commit"] and (commit is None) == (not (ROOT / ".git").exists())
+    for fact in ("`vppo`", "`smoke`", data_sha, f"trained at commit `{commit}`", "tiny/vppo/seed0"):
         assert fact in card.text, fact
     assert "Not evaluated yet" in card.text and "model-index" not in meta
 

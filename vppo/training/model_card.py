@@ -1,7 +1,7 @@
 """The Hub model card (``README.md``) next to a converted checkpoint: how it was made and, once evaluated, its scores.
 
 ``vppo convert`` writes it (:func:`write_card`) from the facts of the training run it converts
-(:func:`training_facts`: method, recipe, seed, steps, data checksum, harness commit, versions), which it also keeps
+(:func:`training_facts`: method, recipe, seed, steps, data checksum, harness commits, versions), which it also keeps
 in ``vppo_convert.json`` under ``card``; ``vppo card`` (:mod:`vppo.reporting.card`) renders it again with the
 avg@k table of every result file evaluated on this checkpoint (matched by its weights' sha256).
 
@@ -14,27 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 CARD_FILE = "README.md"
 PIPELINE_TAG = "image-text-to-text"
 LIBRARY = "transformers"
-
-
-def harness_commit() -> str | None:
-    """The git commit of the code that runs (with ``-dirty`` when it has uncommitted changes), or None outside git."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=30)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _hub_id(text: str | None) -> str | None:
@@ -53,7 +37,7 @@ def _hub_id(text: str | None) -> str | None:
 def training_facts(source: Path, base_id: str | None = None) -> dict:
     """What the card says of how the weights were made: the ``train_summary.json`` beside ``source`` (a
     ``vppo train`` OUT_DIR's ``final/``), when there is one, and the harness commit of this conversion."""
-    from vppo import __version__
+    from vppo import __version__, harness_commit
 
     source = Path(source)
     summary_path = next((p for p in (source / "train_summary.json", source.parent / "train_summary.json")
@@ -68,7 +52,8 @@ def training_facts(source: Path, base_id: str | None = None) -> dict:
         "steps": summary.get("steps"), "data_sha256": data.get("sha256"), "data_rows": data.get("rows_used"),
         "dataset": _hub_id(data_source), "run_name": (summary.get("tracking") or {}).get("run_name"),
         "versions": summary.get("versions"), "train_summary": str(summary_path) if summary_path else None,
-        "harness_commit": harness_commit(), "vppo": __version__,
+        "trained_at_commit": summary.get("harness_commit"), "converted_at_commit": harness_commit(),
+        "vppo": __version__,
     }
 
 
@@ -85,10 +70,11 @@ def _avg(results: list[dict]) -> tuple[float, float] | None:
 
 def results_table(results: list[dict]) -> str:
     """Markdown avg@k table: one row per benchmark (accuracy ± standard error, %), then the paper's Avg."""
-    from vppo.catalog import BENCHMARK_BY_KEY
+    from vppo.catalog import BENCHMARK_BY_KEY, BENCHMARK_KEYS
 
     lines = ["| benchmark | avg@k (%) | ± s.e. | k | questions | backend | seed |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: r["benchmark"]):
+    order = {key: i for i, key in enumerate(BENCHMARK_KEYS)}  # the paper's column order, then any other
+    for r in sorted(results, key=lambda r: (order.get(r["benchmark"], len(order)), r["benchmark"])):
         name = BENCHMARK_BY_KEY[r["benchmark"]].paper_name if r["benchmark"] in BENCHMARK_BY_KEY else r["benchmark"]
         lines.append(f"| {name} | {r['accuracy']:.1f} | {r['stderr']:.1f} | {r['k']} | {r['n_questions']} | "
                      f"{r['backend']} | {r['seed']} |")
@@ -117,7 +103,8 @@ def render_card(facts: dict, results: list[dict] | None = None, name: str = "vpp
         ("optimizer steps", facts.get("steps")), ("base model", f"`{facts.get('base')}`"),
         ("training data", f"{facts.get('data_rows')} rows, sha256 `{facts.get('data_sha256')}`"),
         ("tracking run", f"`{facts.get('run_name')}`"),
-        ("harness", f"vppo {facts.get('vppo')}, commit `{facts.get('harness_commit')}`"),
+        ("harness", f"vppo {facts.get('vppo')}; trained at commit `{facts.get('trained_at_commit')}`, converted at "
+                    f"commit `{facts.get('converted_at_commit')}`"),
         ("versions", ", ".join(f"{k} {v}" for k, v in sorted((facts.get("versions") or {}).items()) if v))))
     scores = (results_table(results) + "\n\nEach accuracy is the mean over k sampled answers per question (avg@k), "
               "with its standard error over questions; `vppo eval` wrote one result file per benchmark."

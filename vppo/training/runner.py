@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vppo import package_versions
+from vppo import harness_commit, package_versions
 from vppo.algorithm import MethodPreset
 from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, write_json_atomic
@@ -140,6 +140,7 @@ def _summary(request, recipe, preset, trainer, data_info, wall, resumed_from, fi
         "versions": package_versions("trl", "accelerate", "datasets", "deepspeed", "mathruler"), "world_size": trainer.accelerator.num_processes, "wall_time_s": round(wall, 3),
         "resumed_from": None if resumed_from is None else str(resumed_from), "final_format": final_format,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tracking": tracking,
+        "harness_commit": harness_commit(),
     }
 
 
