@@ -291,3 +291,19 @@ def test_wandb_offline_writes_its_run_under_the_work_folder_without_network(chec
     assert list(run.glob("run-*.wandb")) and not (request.work_dir / "tensorboard").exists()
     summary = json.loads((request.out / "train_summary.json").read_text())
     assert summary["tracking"] == {"report_to": ["wandb"], "run_name": "tiny/grpo/seed0", "tensorboard_dir": None}
+
+
+def test_the_tracker_is_not_part_of_what_a_work_folder_resumes(tiny_model_dir, tmp_path):
+    from vppo.training.recipes import load_recipe, method_preset
+    from vppo.training.runner import TrainError, _claim_work_dir
+
+    def claim(**overrides):
+        recipe = load_recipe("smoke", overrides)
+        request = TrainRequest(model=tiny_model_dir, data=tmp_path, recipe="smoke", method="grpo",
+                               work_dir=tmp_path, out=tmp_path / "out", overrides=overrides)
+        _claim_work_dir(tmp_path, request, recipe, method_preset("grpo", recipe), "data-sha", write=True)
+
+    claim()
+    claim(report_to="wandb,trackio")  # another tracker: the same training, so it resumes
+    with pytest.raises(TrainError, match="different recipe"):
+        claim(learning_rate=1e-3)

@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from vppo.errors import InputError, parse_key_values
-from vppo.training.tracking import report_targets
+from vppo.training.tracking import DEFAULT_REPORT_TO, report_targets
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DISTRIBUTED_BACKENDS = ("none", "deepspeed_zero3", "fsdp")
@@ -103,7 +103,7 @@ class Recipe:
     dependency_estimator: str | None = None
     masking: str | None = None
     # Where the run's metrics go besides training_log.jsonl (vppo.training.tracking): may be absent from a file
-    report_to: str = "tensorboard"
+    report_to: str = DEFAULT_REPORT_TO
 
     @property
     def max_model_length(self) -> int:
@@ -132,7 +132,7 @@ RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 OPTIONAL_KEYS = ("dependency_estimator", "masking")
 #: Keys a recipe file may leave out with a default of their own; they do not change what is trained, so a work dir
 #: resumes whatever they are (vppo.training.runner leaves them out of the run's claim).
-DEFAULTED_KEYS = {"report_to": "tensorboard"}
+DEFAULTED_KEYS = {"report_to": DEFAULT_REPORT_TO}
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
