@@ -25,6 +25,14 @@ def test_readme_tells_how_to_recover_from_a_crash():
     assert "--unlock" in section and "--rerun-incomplete" in section
 
 
+def eval_status(repo, configfile) -> dict:
+    """What `vppo status` says of the tiny/base evaluation."""
+    from vppo.reporting.status import collect
+
+    (row,) = collect(repo, {}, configfile)["cells"]
+    return row["eval"]
+
+
 def test_a_killed_group_keeps_its_finished_benchmarks(tmp_path):
     repo = copy_checkout(tmp_path / "repo")
     config = config_of("default")
@@ -37,6 +45,7 @@ def test_a_killed_group_keeps_its_finished_benchmarks(tmp_path):
     targets = [f"results/eval/tiny/base/{b}.json" for b in BENCHMARKS]
     args = ["--cores", "1", "--configfile", str(path), "--", *targets]
 
+    assert eval_status(repo, path)["state"] == "waiting"  # (and the status code is imported: its calls below are quick)
     job = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=repo, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = repo / "work" / "eval" / "tiny" / "base"
@@ -49,8 +58,11 @@ def test_a_killed_group_keeps_its_finished_benchmarks(tmp_path):
     deadline = time.monotonic() + 900
     while not finished_results() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    running = eval_status(repo, path)
     os.killpg(job.pid, signal.SIGKILL)  # Snakemake and the evaluation it runs, as a crashed node would
     job.wait()
+    assert running == {"state": "running", "done": 0, "total": len(BENCHMARKS)}  # `vppo status` during the run
+    assert eval_status(repo, path)["state"] == "failed"  # and after the crash
     finished = finished_results()
     assert finished and len(finished) < len(BENCHMARKS), finished  # killed in the middle of the group
     cells.mkdir(parents=True, exist_ok=True)

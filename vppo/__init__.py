@@ -27,3 +27,21 @@ def package_versions(*extra: str) -> dict[str, str | None]:
     # vppo's own version from the code that runs (the rules put the checkout on PYTHONPATH, uninstalled).
     own = {"vppo": __version__, "python": platform.python_version()}
     return {key: own[key] if key in own else version(key) for key in (*VERSION_KEYS, *extra)}
+
+
+def harness_commit() -> str | None:
+    """The git commit of the code that runs (with ``-dirty`` when it has uncommitted changes), or None outside git."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")

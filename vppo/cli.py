@@ -20,8 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),
     "train": ("vppo.training.cli", "train a policy with a method preset (grpo, dapo, vppo, ablations)"),
     "prune-work": ("vppo.training.prune", "keep only the last complete checkpoint of a published training run"),
-    "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint"),
+    "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint with a model card"),
     "eval": ("vppo.evaluation.cli", "avg@k evaluation of a checkpoint on the eight benchmarks via lmms-eval"),
+    "card": ("vppo.reporting.card", "add the avg@k table of a converted checkpoint's evaluations to its model card"),
     "check": ("vppo.evaluation.check", "regression-check a checkpoint's results against a reference"),
     "compare": ("vppo.evaluation.compare", "paired per-question differences of two checkpoints or result folders"),
     "analyze": ("vppo.reporting.analyze_cli", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("vppo.reporting.study", "seed study table: mean over seeds, paired differences with 95% intervals"),
     "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),
     "report": ("vppo.reporting.report", "one self-contained HTML page: tables, figures, provenance, cost"),
+    "status": ("vppo.reporting.status", "where a reproduction stands: each cell done, running, failed or waiting"),
 }
 
 

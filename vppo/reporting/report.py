@@ -7,7 +7,8 @@ figures folder next to it). Every piece of text from an input goes through ``htm
 Sections: tables (from ``<tables>/*.csv``, the long CSVs of ``vppo tables``; hovering a cell shows its
 provenance), figures (``<figures>/index.json``, or every PNG when there is no index), provenance of every
 result file under ``--eval-root`` (model, method, benchmark, value, stderr, backend, versions, sampling,
-seed, limit, checkpoint and its sha256, data checksum, wall time), the missing cells of the tables, with
+seed, limit, checkpoint and its sha256, data checksum, wall time, and for a converted checkpoint the tracking run
+name of its training and the path of its model card), the missing cells of the tables, with
 ``--study`` the seed study (its table, and its training-curve and dependency figures where ``vppo study`` drew
 them), and with ``--cost-root`` the cost per stage and cell from Snakemake ``benchmark:`` files (``vppo.reporting.cost``).
 """
@@ -157,20 +158,39 @@ def _sampling(text: str) -> str:
 
 PROVENANCE_HEADERS = ["model", "method", "benchmark", "accuracy (%)", "stderr", "questions", "samples", "k",
                       "backend", "versions", "sampling", "seed", "limit", "bad rows", "checkpoint",
-                      "checkpoint sha256", "data sha256", "wall time", "created", "file"]
+                      "checkpoint sha256", "data sha256", "wall time", "created", "file", "tracking run", "model card"]
+
+
+def checkpoint_tracking(checkpoint: str) -> tuple[str | None, str | None]:
+    """(the tracking run name of the training behind a converted checkpoint, its model card's path), each None
+    where the checkpoint is no `vppo convert` output (a base or released model) or lacks it."""
+    from vppo.training.convert import MARKER
+    from vppo.training.model_card import CARD_FILE
+
+    folder = Path(checkpoint)
+    marker, card = folder / MARKER, folder / CARD_FILE
+    run_name = None
+    if marker.is_file():
+        try:
+            run_name = (json.loads(marker.read_text()).get("card") or {}).get("run_name")
+        except json.JSONDecodeError:
+            raise ResultsError(f"{marker}: not valid JSON") from None
+    return run_name, str(card) if card.is_file() and marker.is_file() else None
 
 
 def provenance_html(cells: pd.DataFrame) -> str:
     if cells.empty:
         return "<p class=note>No result files.</p>"
     rows = []
+    tracking = {checkpoint: checkpoint_tracking(checkpoint) for checkpoint in cells["checkpoint"].unique()}
     for r in cells.sort_values(["model", "method", "benchmark"]).to_dict("records"):
         values = [r["model"], r["method"], r["benchmark"], _num(r["ours"], 2), _num(r["stderr"], 2),
                   r["n_questions"], r["n_samples"], r["k"], r["backend"], _versions(r["versions"]),
                   _sampling(r["sampling"]), r["seed"], r["limit"], r["bad_rows"], r["checkpoint"],
-                  r["checkpoint_sha256"], r["data_sha256"], cost_mod.hms(r["wall_time_s"]), r["created"], r["eval_file"]]
+                  r["checkpoint_sha256"], r["data_sha256"], cost_mod.hms(r["wall_time_s"]), r["created"],
+                  r["eval_file"], *tracking[r["checkpoint"]]]
         rows.append("<tr>" + "".join(_td(None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v),
-                                         "l" if i in (0, 1, 2, 9, 10, 14, 15, 16, 19) else "")
+                                         "l" if i in (0, 1, 2, 9, 10, 14, 15, 16, 19, 20, 21) else "")
                                      for i, v in enumerate(values)) + "</tr>")
     head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in PROVENANCE_HEADERS) + "</tr>"
     return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"

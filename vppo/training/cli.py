@@ -1,7 +1,8 @@
 """``vppo train``: one method preset trained with one recipe (resumes from WORK_DIR, writes OUT_DIR last).
 
     vppo train --model MODEL_DIR --data TRAIN_DATA_DIR --recipe smoke|7b|32b|PATH.yaml --method NAME \\
-               --work-dir WORK_DIR --out OUT_DIR [--seed 0] [--max-steps N] [--set KEY=VALUE ...]
+               --work-dir WORK_DIR --out OUT_DIR [--seed 0] [--max-steps N] [--run-name NAME]
+               [--set KEY=VALUE ...]
 
 On several GPUs or nodes, run it through ``workflow/scripts/launch_train.sh`` (accelerate launch); alone it
 trains in one process (the CPU smoke run, or one GPU).
@@ -27,6 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="finished run: final/, training_log.jsonl, summary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
+    parser.add_argument("--run-name", default=None,
+                        help="the run's name in TensorBoard, W&B or trackio "
+                             "(default: <model folder>/<method>/seed<seed>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (YAML-typed), e.g. --set learning_rate=1e-5; "
                              "--set dependency_estimator=kl / --set masking=grey choose the dependency pass of a "
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
                            work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
-                           overrides=overrides)
+                           overrides=overrides, run_name=args.run_name)
     from vppo.training.trainer import ResumeError, SamplingCapError
 
     try:

@@ -12,8 +12,8 @@ The result is verified before it is published: it is reloaded and its logits on 
 compared with the source model's. It is written to a temp directory and renamed; an existing finished
 HF_DIR is never overwritten; a temp directory left by a killed conversion is removed by the next one. Bad
 input (a missing or partial source, another model family, an existing HF_DIR, a place that cannot take the
-files) is one line on stderr and exit 2. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256
-and the max logit difference.
+files) is one line on stderr and exit 2. ``HF_DIR/vppo_convert.json`` records source, format, weights sha256,
+the max logit difference and the facts of the model card, ``HF_DIR/README.md`` (:mod:`vppo.training.model_card`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", type=Path, default=None,
                         help="base model dir: supplies tokenizer and processor, and config/generation config "
                              "when the source lacks them")
+    parser.add_argument("--base-id", default=None,
+                        help="what the model card names as the base model (a Hub id becomes its base_model metadata)")
 
 
 def _clean_key(key: str) -> str:
@@ -133,11 +135,12 @@ def fixed_logits(model, processor):
         return model(**inputs, use_cache=False).logits.float()
 
 
-def convert(source: Path, out: Path, base: Path | None = None) -> dict:
+def convert(source: Path, out: Path, base: Path | None = None, base_id: str | None = None) -> dict:
     """Write and verify the standalone checkpoint; returns the record written to ``vppo_convert.json``."""
     from transformers import GenerationConfig
 
     from vppo.modeling import CheckpointError, checkpoint_sha256, load_policy, processor_from_dir
+    from vppo.training.model_card import training_facts, write_card
 
     source, out = Path(source), Path(out)
     if (source / "train_summary.json").is_file() and (source / "final").is_dir():
@@ -177,13 +180,16 @@ def convert(source: Path, out: Path, base: Path | None = None) -> dict:
             "checkpoint_sha256": checkpoint_sha256(tmp), "max_logit_diff": difference,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "card": training_facts(source, base_id or (None if base is None else str(base))),
         }
+        write_card(tmp, record["card"])  # the Hub's README.md; `vppo card` adds the scores once evaluated
         write_json_atomic(tmp / MARKER, record)
     return record
 
 
 def run(args: argparse.Namespace) -> int:
-    record = convert(args.source, args.out, args.base)  # bad input: InputError, one line and exit 2 (vppo.cli)
+    # bad input: InputError, one line and exit 2 (vppo.cli)
+    record = convert(args.source, args.out, args.base, args.base_id)
     print(f"vppo convert: {args.out} written ({record['source_format']} -> safetensors, "
           f"max logit difference {record['max_logit_diff']:.3g})")
     return 0

@@ -1,4 +1,5 @@
-"""Per-step training metrics: phase timers, the contract keys of ``training_log.jsonl`` and its writer.
+"""Per-step training metrics: phase timers, the contract keys of ``training_log.jsonl`` and its writer, and the
+progress file of a running job.
 
 Every logged step becomes one JSON line with at least :data:`LOG_KEYS` (null where a key does not apply to
 the method, e.g. alpha for dapo) plus whatever TRL logged (prefixed keys such as ``completions/mean_length``
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from vppo.fileio import write_jsonl_atomic
+from vppo.fileio import write_json_atomic, write_jsonl_atomic
 
 #: Keys every line of training_log.jsonl carries (contract with the reporting stage).
 LOG_KEYS = (
@@ -126,3 +129,33 @@ class CompactProgressCallback(ProgressCallback):
             return
         shown = {label: logs[key] for key, label in PROGRESS_KEYS.items() if isinstance(logs.get(key), (int, float))}
         self.training_bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)
+
+
+class ProgressFileCallback(TrainerCallback):
+    """Rewrites ``WORK_DIR/vppo_progress.json`` (:data:`vppo.training.tracking.PROGRESS_FILE`) at each optimizer
+    step, on the main process: what ``vppo status`` reads of a running job (times are epoch seconds)."""
+
+    def __init__(self, path: Path, run_name: str, start_step: int):
+        self.path, self.run_name = Path(path), run_name
+        self.record = {"run_name": run_name, "host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.time(), "start_step": start_step, "step": start_step, "max_steps": None,
+                       "reward": None, "phase": "starting", "training_since": None}
+
+    def write(self, **changes) -> None:
+        self.record.update(changes, updated=time.time())
+        write_json_atomic(self.path, self.record)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # step times are measured from here: loading the model and data is not a training step
+        self.write(phase="training", step=state.global_step, max_steps=state.max_steps, training_since=time.time(),
+                   start_step=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.write(step=state.global_step, max_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and isinstance(logs.get("reward"), (int, float)):
+            self.write(reward=float(logs["reward"]))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.write(phase="finished", step=state.global_step)

@@ -23,6 +23,7 @@ temperature, top_p          temperature, top_p (top_k disabled)
 method clip_low/clip_high   epsilon / epsilon_high (also used by our loss); loss_type "dapo" (token-mean)
 (no reference model)        beta = 0.0
 save_steps, logging_steps   save_steps, logging_steps (save_strategy "steps")
+report_to                   report_to (default tensorboard; "none" = []; vppo.training.tracking)
 use_vllm, vllm_mode         use_vllm, vllm_mode ("colocate" or "server")
 vllm_tensor_parallel_size   vllm_tensor_parallel_size (colocate: ranks per vLLM engine; divides the world size)
 vllm_gpu_memory_utilization vllm_gpu_memory_utilization (share of each GPU's memory vLLM may take)
@@ -55,6 +56,7 @@ from typing import Any
 import yaml
 
 from vppo.errors import InputError, parse_key_values
+from vppo.training.tracking import DEFAULT_REPORT_TO, report_targets
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DISTRIBUTED_BACKENDS = ("none", "deepspeed_zero3", "fsdp")
@@ -104,6 +106,8 @@ class Recipe:
     # CPU layouts only (gpus_per_node 0): training processes per node, talking over gloo (null: one). The
     # distributed test tier runs ZeRO-3 and colocated vLLM this way; GPU recipes leave it out.
     cpu_ranks_per_node: int | None = None
+    # Where the run's metrics go besides training_log.jsonl (vppo.training.tracking): may be absent from a file
+    report_to: str = DEFAULT_REPORT_TO
 
     @property
     def max_model_length(self) -> int:
@@ -137,6 +141,9 @@ RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 METHOD_OPTION_KEYS = ("dependency_estimator", "masking")
 #: Keys a recipe file may leave out (null); a run's identity leaves them out while unset.
 OPTIONAL_KEYS = (*METHOD_OPTION_KEYS, "cpu_ranks_per_node")
+#: Keys a recipe file may leave out with a default of their own; they do not change what is trained, so a work dir
+#: resumes whatever they are (vppo.training.runner leaves them out of the run's claim).
+DEFAULTED_KEYS = {"report_to": DEFAULT_REPORT_TO}
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
@@ -219,6 +226,10 @@ def validate(recipe: Recipe, where: str) -> Recipe:
         value = getattr(recipe, key)
         need(value is None or value in registry,
              f"key {key!r}: {value!r} is not one of {sorted(registry)} (null: the method preset's own)")
+    try:
+        report_targets(recipe.report_to)
+    except ValueError as exc:
+        need(False, f"key 'report_to': {exc}")
     return recipe
 
 
@@ -282,10 +293,10 @@ def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RECIPE_KEYS)}")
-    missing = sorted(set(RECIPE_KEYS) - set(data) - set(OPTIONAL_KEYS))
+    missing = sorted(set(RECIPE_KEYS) - set(data) - set(OPTIONAL_KEYS) - set(DEFAULTED_KEYS))
     if missing:
         raise RecipeError(f"{where}: missing key(s) {', '.join(missing)}")
-    values = {key: _coerce(key, data.get(key), where) for key in RECIPE_KEYS}
+    values = {key: _coerce(key, data.get(key, DEFAULTED_KEYS.get(key)), where) for key in RECIPE_KEYS}
     return validate(Recipe(name=name, **values), where)
 
 
@@ -356,7 +367,7 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         vllm_enable_sleep_mode=recipe.vllm_enable_sleep_mode,
         vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
         vllm_max_model_length=recipe.max_model_length,
-        report_to=[],
+        report_to=report_targets(recipe.report_to),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         log_completions=False,

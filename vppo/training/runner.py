@@ -20,13 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vppo import package_versions
+from vppo import harness_commit, package_versions
 from vppo.algorithm import MethodPreset
 from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, require_writable, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt
-from vppo.training.recipes import OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe, method_preset
+from vppo.training.recipes import (DEFAULTED_KEYS, OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe,
+                                   method_preset)
+from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs
 
 logger = logging.getLogger(__name__)
 SUMMARY_FILE, LOG_FILE, FINAL_DIR = "train_summary.json", "training_log.jsonl", "final"
@@ -50,6 +52,11 @@ class TrainRequest:
     seed: int = 0
     max_steps: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    run_name: str | None = None  # the trackers' name of the run; default <model folder>/<method>/seed<seed>
+
+    @property
+    def tracking_name(self) -> str:
+        return self.run_name or default_run_name(self.model, self.method, self.seed)
 
 
 def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_pixels: int | None = None) -> list[int]:
@@ -118,20 +125,22 @@ def build_config(request: TrainRequest, recipe: Recipe, preset: MethodPreset):
     kwargs.update(save_total_limit=2, disable_dropout=True,
                   model_init_kwargs={"dtype": "bfloat16" if recipe.bf16 else "float32"})
     kwargs["generation_kwargs"] = _generation_kwargs(request.model, recipe)
+    kwargs.update(tracking_kwargs(recipe.report_to, request.tracking_name, request.work_dir))
     if recipe.use_vllm and recipe.vllm_mode == "server":
         kwargs["vllm_server_host"] = os.environ.get("VPPO_VLLM_SERVER_HOST", "0.0.0.0")
         kwargs["vllm_server_port"] = int(os.environ.get("VPPO_VLLM_SERVER_PORT", "8000"))
     return GRPOConfig(**kwargs)
 
 
-def _summary(request, recipe, preset, trainer, data_info, wall, resumed_from, final_format) -> dict:
+def _summary(request, recipe, preset, trainer, data_info, wall, resumed_from, final_format, tracking) -> dict:
     return {
         "model": str(request.model), "method": preset.name, "preset": dataclasses.asdict(preset),
         "recipe": dataclasses.asdict(recipe), "overrides": request.overrides, "seed": request.seed,
         "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps, "data": data_info,
         "versions": package_versions("trl", "accelerate", "datasets", "deepspeed", "mathruler"), "world_size": trainer.accelerator.num_processes, "wall_time_s": round(wall, 3),
         "resumed_from": None if resumed_from is None else str(resumed_from), "final_format": final_format,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tracking": tracking,
+        "harness_commit": harness_commit(),
     }
 
 
@@ -176,7 +185,8 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
                # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume;
                # unset optional keys are left out, as work dirs claimed before those keys existed recorded them
                "recipe": {k: v for k, v in dataclasses.asdict(recipe).items()
-                          if k != "max_steps" and not (k in OPTIONAL_KEYS and v is None)}}
+                          if k != "max_steps" and k not in DEFAULTED_KEYS
+                          and not (k in OPTIONAL_KEYS and v is None)}}
     if path.is_file():
         recorded = json.loads(path.read_text())
         changed = sorted(k for k in current if json.dumps(recorded.get(k), sort_keys=True)
@@ -228,6 +238,7 @@ class PreparedRun:
     preset: MethodPreset
     data_info: dict
     resume: Path | None
+    tracking: dict
 
 
 def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks: list | None = None) -> PreparedRun:
@@ -273,11 +284,13 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         model=model, args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         tas_group_responses=recipe.tas_group_responses,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
-        callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step), *(callbacks or [])])
+        callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step),
+                   *progress_callbacks(work_dir, request.tracking_name, resumed_step, args), *(callbacks or [])])
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())
-    return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume)
+    tracking = attach_trackers(trainer, work_dir, request.tracking_name, resumed_step)
+    return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume, tracking=tracking)
 
 
 #: What a TRL checkpoint holds beyond what ``Trainer.save_model`` writes: the state only a resume needs.
@@ -328,7 +341,7 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
     if trainer.accelerator.is_main_process:
         shutil.copyfile(work_dir / LOG_FILE, staging / LOG_FILE)
         summary = _summary(request, recipe, run.preset, trainer, run.data_info, time.perf_counter() - start, resume,
-                           weights_format(staging / FINAL_DIR))
+                           weights_format(staging / FINAL_DIR), run.tracking)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         replace_if_absent_or_empty(staging, out)

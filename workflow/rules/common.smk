@@ -413,6 +413,8 @@ def train_options():
     if config["train"].get("max_steps"):
         options.append(f"--max-steps {config['train']['max_steps']}")
     options.append(cli_pairs("--set", config["train"].get("set")))
+    if config["train"].get("report_to"):  # unset: the recipe's (tensorboard)
+        options.append(cli_pairs("--set", {"report_to": config["train"]["report_to"]}))
     return " ".join(o for o in options if o)
 
 

@@ -8,6 +8,9 @@ rule convert:
         base=base_model_dir,
     output:
         directory("results/checkpoints/{model}/{method}"),
+    params:
+        # the model card's base model: a hub id becomes its base_model metadata
+        base_id=lambda wildcards: MODELS[wildcards.model]["base"],
     log:
         "logs/convert/{model}/{method}.log",
     benchmark:
@@ -18,4 +21,4 @@ rule convert:
     resources:
         **job_resources(convert_spec, "CPU", stage="convert"),
     shell:
-        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo convert {input.trained:q}/final --out {output:q} --base {input.base:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo convert {input.trained:q}/final --out {output:q} --base {input.base:q} --base-id {params.base_id:q} > {log:q} 2>&1"

@@ -43,4 +43,5 @@ rule train:
     shell:
         "mkdir -p {params.work:q} && OMP_NUM_THREADS={resources.cpus_per_task} {params.launch} --model {input.model:q} --data {input.data:q} "
         "--recipe {params.recipe:q} --method {wildcards.method:q} --work-dir {params.work:q} --out {output:q} "
-        "--seed {params.seed:q} {params.options} > {log:q} 2>&1 && {params.prune} >> {log:q} 2>&1"
+        "--seed {params.seed:q} --run-name {wildcards.model:q}/{wildcards.method:q}/seed{params.seed:q} {params.options} "
+        "> {log:q} 2>&1 && {params.prune} >> {log:q} 2>&1"
