@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Set-up", and .ci/run): install, then the whole suite, in two tiers:
 #   1. the main suite in the CPU environment (the active Python), tests/vllm_tier left out;
-#   2. the vLLM tier (tests/vllm_tier) in the vLLM environment .venv-vllm (`install.sh vllm`: the cluster's pins +
-#      vLLM's CPU build), which it builds or updates first. Both must pass.
+#   2. the vLLM and distributed tier (tests/vllm_tier) in the vLLM environment .venv-vllm (`install.sh vllm`: the
+#      cluster's pins + vLLM's CPU build + DeepSpeed), which it builds or updates first: vLLM evaluation and
+#      rollouts, ZeRO-3 on 2 CPU processes, and a two-node launch through Snakemake's SLURM profile (Snakemake runs
+#      in the main environment, VPPO_DRIVER_PYTHON; its jobs in .venv-vllm). Both must pass.
 # Arguments go to the main suite's pytest. VPPO_SKIP_VLLM_TIER=1 runs tier 1 only (says so, exits with its code).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,7 @@ venv="${VPPO_VLLM_VENV:-.venv-vllm}"
 vllm_cache="$(mktemp -d)"
 trap 'rm -rf "$vllm_cache"' EXIT
 set +e
+VPPO_DRIVER_PYTHON="$(command -v "${PYTHON:-python3}")" \
 VPPO_REQUIRE_VLLM=1 VLLM_CACHE_ROOT="$vllm_cache/vllm" TORCHINDUCTOR_CACHE_DIR="$vllm_cache/inductor" \
   "$venv/bin/python" -m pytest -p no:cacheprovider tests/vllm_tier
 vrc=$?

@@ -15,7 +15,7 @@ export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_CONSTRAINT PIP_NO_INDEX PIP_REQUIREMENT
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 py="$venv/bin/python"
-check='import torch, torchvision, transformers, trl, vllm, lmms_eval, deepspeed, vppo'
+check='import torch, torchvision, transformers, trl, vllm, lmms_eval, deepspeed, tensorboard, vppo'
 # A venv built from these exact inputs is reused (its stamp holds their digest); any change rebuilds it.
 stamp="$(cat environment.yml pyproject.toml workflow/scripts/vllm_env.py "$0" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$venv/vppo-stamp" 2>/dev/null)" = "$stamp" ] && "$py" -c "$check" 2>/dev/null; then
@@ -35,6 +35,7 @@ constraints="$venv/vppo-constraints.txt"
 "${pip[@]}" -c "$constraints" -r "$venv/vllm-requirements.txt"
 # The project (no snakemake: its SLURM plugin needs a newer numpy than vLLM allows) and the test tools.
 # DeepSpeed (the distributed tests run ZeRO-3 over gloo) installs as plain Python; its ops compile only on use.
-"${pip[@]}" -c "$constraints" -e . lmms-eval trl deepspeed pytest hypothesis
+# TensorBoard: training's default tracker (environment.yml pins it).
+"${pip[@]}" -c "$constraints" -e . lmms-eval trl deepspeed tensorboard pytest hypothesis
 "$py" -c "$check; print(f'vppo vLLM env ready in $venv: vllm {vllm.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, deepspeed {deepspeed.__version__}')"
 echo "$stamp" > "$venv/vppo-stamp"
