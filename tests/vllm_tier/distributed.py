@@ -47,6 +47,18 @@ def train_args(model: Path, data: Path, root: Path, recipe: str = "cpu_zero3", m
             "--work-dir", str(root / "work"), "--out", str(root / "out"), *(extra or [])]
 
 
+def synthetic_train_data(out: Path, rows: int, seed: int) -> Path:
+    """A prepared training layout of ``rows`` synthetic counting questions (one picture each)."""
+    from vppo.data.train_data import synthetic_example, write_layout
+
+    def examples():
+        for i in range(rows):
+            row, image = synthetic_example(i, seed=seed)
+            yield row, [image]
+
+    return write_layout(examples(), out, source="synthetic")
+
+
 def hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

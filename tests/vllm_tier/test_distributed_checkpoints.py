@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distributed import hf_weights, max_difference, run_launch, train_args
-from vppo.data.train_data import synthetic_example, write_layout
+from distributed import hf_weights, max_difference, run_launch, synthetic_train_data, train_args
 from vppo.training.metrics import read_log
 
 #: one update per rollout and a checkpoint after each (the fault tests read every step's weights)
@@ -22,12 +21,7 @@ INF_AT_FIRST_UPDATE = ["--inf-loss-at-step", "0", "--inf-loss-rank", "1"]
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory):
-    def examples():
-        for i in range(16):
-            row, image = synthetic_example(i, seed=1)
-            yield row, [image]
-
-    return write_layout(examples(), tmp_path_factory.mktemp("zero3-ckpt") / "data", source="synthetic")
+    return synthetic_train_data(tmp_path_factory.mktemp("zero3-ckpt") / "data", rows=16, seed=1)
 
 
 @pytest.fixture(scope="module")

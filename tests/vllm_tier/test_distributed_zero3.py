@@ -18,8 +18,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from distributed import hf_weights, max_difference, run_launch, train_args
-from vppo.data.train_data import synthetic_example, write_layout
+from distributed import hf_weights, max_difference, run_launch, synthetic_train_data, train_args
 from vppo.training.metrics import read_log
 
 STEPS = 4  # two rollouts of two updates each: the second rollout runs on weights the trainer pushed after updating
@@ -35,12 +34,7 @@ RELATIVE_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory):
-    def examples():
-        for i in range(32):
-            row, image = synthetic_example(i, seed=0)
-            yield row, [image]
-
-    return write_layout(examples(), tmp_path_factory.mktemp("zero3") / "data", source="synthetic")
+    return synthetic_train_data(tmp_path_factory.mktemp("zero3") / "data", rows=32, seed=0)
 
 
 @pytest.fixture(scope="module")
