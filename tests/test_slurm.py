@@ -105,6 +105,7 @@ import subprocess
 from vppo.training.launch import plan_launch
 train = ["--model", "m", "--data", "d", "--method", "vppo", "--work-dir", "w", "--out", "o"]
 (step,) = plan_launch(train + ["--recipe", "32b", "--set", "num_nodes=2"]).commands
+print("LAUNCH", step[-1], flush=True)
 step = step[:step.index("bash")] + ["bash", "-c", "echo $SLURMD_NODENAME $SLURM_PROCID"]
 print("STEP", " ".join(step), flush=True)
 raise SystemExit(subprocess.run(step).returncode)
@@ -114,7 +115,8 @@ raise SystemExit(subprocess.run(step).returncode)
 
 def test_multi_node_launch_fans_out_one_task_per_node(slurm, tmp_path):
     """The 32B-style fan-out on two real slurmd: node list from squeue inside the allocation, one srun step with
-    one task per node holding that node's CPUs and 8 GPUs, ranks 0 and 1 (it started: no nested-step wait)."""
+    one task per node holding that node's CPUs and 8 GPUs, ranks 0 and 1 (it started: no nested-step wait), the
+    main process at Slurm's address of node1."""
     script = tmp_path / "job.sh"
     script.write_text(MULTI_NODE_JOB.format(python=sys.executable))
     out = tmp_path / "job.out"
@@ -124,7 +126,11 @@ def test_multi_node_launch_fans_out_one_task_per_node(slurm, tmp_path):
                    capture_output=True, text=True, timeout=300)
     lines = out.read_text().splitlines()
     step = next(line for line in lines if line.startswith("STEP "))
-    assert "--nodes=2 --ntasks-per-node=1 --nodelist=node1,node2 --cpus-per-task=2 --gres=gpu:8" in step
+    assert ("--nodes=2 --ntasks-per-node=1 --nodelist=node1,node2 --kill-on-bad-exit=1 --cpus-per-task=2 "
+            "--gres=gpu:8") in step
+    # the rendezvous address is node1's NodeAddr: the node names of this cluster resolve nowhere
+    launch = next(line for line in lines if line.startswith("LAUNCH "))
+    assert "--main_process_ip 127.0.0.1 " in launch
     assert sorted(line for line in lines if line.startswith("node")) == ["node1 0", "node2 1"]
 
 
