@@ -31,7 +31,7 @@ trap 'rm -rf "$vllm_cache"' EXIT
 set +e
 VPPO_DRIVER_PYTHON="$(command -v "${PYTHON:-python3}")" \
 VPPO_REQUIRE_VLLM=1 VLLM_CACHE_ROOT="$vllm_cache/vllm" TORCHINDUCTOR_CACHE_DIR="$vllm_cache/inductor" \
-  "$venv/bin/python" -m pytest -p no:cacheprovider tests/vllm_tier
+  "$venv/bin/python" -m pytest -p no:cacheprovider --durations=10 tests/vllm_tier
 vrc=$?
 set -e
 if [ "$vrc" -eq 5 ]; then echo "tests/run.sh: the vLLM tier collected no tests" >&2; exit 1; fi
