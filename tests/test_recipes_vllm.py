@@ -23,7 +23,8 @@ def test_paper_recipes_set_vllm_placement_and_trl_accepts_it(name, expected, tmp
     # TRL's own defaults (1, 0.3, off) would put the whole 32B model on every GPU: not what the recipes ask.
     defaults = GRPOConfig.__dataclass_fields__
     assert name == "7b" or kwargs["vllm_tensor_parallel_size"] != defaults["vllm_tensor_parallel_size"].default
-    cpu = dataclasses.replace(recipe, bf16=False, gpus_per_node=0, use_vllm=False)
+    # one CPU process (a CPU recipe of several ranks would ask for a gloo process group this test has not got)
+    cpu = dataclasses.replace(recipe, bf16=False, gpus_per_node=0, num_nodes=1, use_vllm=False)
     config = GRPOConfig(**{**grpo_config_kwargs(cpu, get_method("vppo"), tmp_path, seed=0), "use_cpu": True})
     assert (config.vllm_gpu_memory_utilization, config.vllm_enable_sleep_mode) == expected[1:]
 
