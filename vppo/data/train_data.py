@@ -12,7 +12,8 @@ Sources (:data:`SOURCES`):
 - a local directory already in the layout: validated (every row, every image) and copied.
 
 :func:`load_train_dataset` turns a layout directory into the ``datasets.Dataset`` TRL's GRPOTrainer consumes
-(conversational ``prompt`` = problem + blank line + the reasoning instruction, ``images``, ``answer``).
+(conversational ``prompt`` = problem + blank line + the reasoning instruction, images in place, ``images``,
+``answer``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from vppo.errors import InputError, OutputExistsError, check_options, keyword_options
 from vppo.fileio import publish_dir, write_json_atomic
-from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION
+from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION, user_content
 
 HUB_REPO = "chamber111/VPPO_ViRL39K_train"
 ROWS_FILE, IMAGES_DIR, MANIFEST_FILE = "train.jsonl", "images", "manifest.json"
@@ -205,6 +206,9 @@ def read_layout(data_dir: str | Path) -> list[dict]:
         for field in ("id", "problem", "answer", "images"):
             if field not in row or row[field] in (None, "", []):
                 raise TrainDataError(f"{where}: field {field!r} is missing or empty")
+        if row["problem"].count(IMAGE_PLACEHOLDER) not in (0, len(row["images"])):
+            raise TrainDataError(f"{where}: field 'problem' has {row['problem'].count(IMAGE_PLACEHOLDER)} "
+                                 f"{IMAGE_PLACEHOLDER} but {len(row['images'])} images")
         for rel in row["images"]:
             path = data_dir / rel
             if not path.is_file():
@@ -311,16 +315,18 @@ def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:
 # ------------------------------------------------------------------ what the trainer reads
 
 def training_prompt(problem: str) -> str:
-    """The problem text without image placeholders, a blank line, then the reasoning instruction suffix."""
-    return problem.replace(IMAGE_PLACEHOLDER, "").strip() + "\n\n" + REASONING_INSTRUCTION
+    """The user turn as the official template renders it (``math_format_perception.jinja``: ``{{ content | trim }}``,
+    a blank line, the reasoning instruction); each ``<image>`` stays where it stands, so its image goes there."""
+    return problem.strip() + "\n\n" + REASONING_INSTRUCTION
 
 
 def load_train_dataset(data_dir: str | Path):
     """A ``datasets.Dataset`` for TRL: ``prompt`` (one user turn), ``images`` (PIL list), ``answer``, ``id``.
 
-    Images are placed before the text (TRL inserts image parts ahead of string content), the layout's
-    convention for a problem that starts with its ``<image>``. The ``images`` column stores file paths and
-    decodes (to RGB) on access, so a 39K-row set does not sit in memory as pixels.
+    The user turn's content is a list of parts, each image part where its ``<image>`` placeholder stands in
+    :func:`training_prompt` (as the official prompt builder splits the rendered text at ``<image>``); TRL fills
+    image parts in order and puts images first only for plain-string content. The ``images`` column stores
+    file paths and decodes (to RGB) on access, so a 39K-row set does not sit in memory as pixels.
     """
     import datasets
 
@@ -329,12 +335,14 @@ def load_train_dataset(data_dir: str | Path):
     columns: dict[str, list] = {"id": [], "prompt": [], "images": [], "answer": []}
     for row in rows:
         columns["id"].append(row["id"])
-        columns["prompt"].append([{"role": "user", "content": training_prompt(row["problem"])}])
+        content = user_content(training_prompt(row["problem"]), len(row["images"]))
+        columns["prompt"].append([{"role": "user", "content": [{"text": None, **part} for part in content]}])
         columns["images"].append([str((data_dir / rel).resolve()) for rel in row["images"]])
         columns["answer"].append(str(row["answer"]))
     features = datasets.Features({
         "id": datasets.Value("string"),
-        "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "prompt": [{"role": datasets.Value("string"),
+                    "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
         "images": datasets.Sequence(datasets.Image(mode="RGB")),
         "answer": datasets.Value("string"),
     })
