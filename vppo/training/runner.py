@@ -250,6 +250,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from transformers.trainer_callback import ProgressCallback
 
     from vppo.training.metrics import CompactProgressCallback, JsonlLogCallback
+    from vppo.training.balance import DEFAULT_ROLLOUT_LAYOUT
     from vppo.training.trainer import VPPOTrainer
 
     verify_checkpoint_dir(request.model)
@@ -282,7 +283,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     model = load_policy_checked(request.model, args)
     trainer = VPPOTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=processor, preset=preset,
-        tas_group_responses=recipe.tas_group_responses,
+        tas_group_responses=recipe.tas_group_responses, rollout_layout=recipe.rollout_layout or DEFAULT_ROLLOUT_LAYOUT,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step),
                    *progress_callbacks(work_dir, request.tracking_name, resumed_step, args), *(callbacks or [])])
