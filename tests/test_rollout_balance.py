@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
+import socket
 
 import pytest
 import torch
@@ -152,7 +153,9 @@ def test_each_rank_receives_its_partition_of_the_whole_rollout():
     world = 2
     with mp.Manager() as manager:
         results = manager.dict()
-        port = 29500 + os.getpid() % 2000
+        with socket.socket() as probe:  # a free port: other test runs share the machine
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         mp.start_processes(_worker, args=(world, port, results), nprocs=world, start_method="spawn")
         received = dict(results)
     whole = concat_rollouts([_rollout(r) for r in range(world)], pad_token_id=0)
