@@ -115,3 +115,24 @@ def test_changed_data_fails_loudly(tmp_path):
     (root / "geo3k.json").write_text(json.dumps(rows[:1]))
     with pytest.raises(EvalDataError, match="changed since it was prepared"):
         data_checksum(root, "geo3k")
+
+
+def test_a_seven_image_question_is_evaluated_with_each_image_in_place(tiny_model_dir, tmp_path):
+    """MMMU-Pro has questions with up to 7 images (the official engine allows 10 per prompt): the fixture row
+    the vLLM tier evaluates goes through the transformers backend too, every image where its placeholder is."""
+    from vppo.data.eval_fixtures import MULTI_IMAGE_COUNT
+    from vppo.evaluation import tasklib
+
+    data = prepare_eval_data("fixtures", tmp_path / "data", n_rows=1, benchmarks="mmmu_pro",
+                             multi_image_row=MULTI_IMAGE_COUNT)
+    row = tasklib.scan(data, "mmmu_pro").rows[1]
+    doc = {"prompt": row.prompt, "image_paths": row.images}
+    parts = tasklib.doc_to_messages(doc)[0]["content"]
+    assert [p["type"] for p in parts][:4] == ["text", "image", "text", "image"]
+    assert sum(p["type"] == "image" for p in parts) == MULTI_IMAGE_COUNT
+    out = tmp_path / "out" / "tiny" / "base"
+    assert main(["eval", str(tiny_model_dir), "--data", str(data), "--benchmarks", "mmmu_pro", "--out", str(out),
+                 "--max-new-tokens", "4", "--model-label", "tiny", "--method-label", "base"]) == 0
+    result = read_result(out / "mmmu_pro.json")
+    assert result["n_questions"] == 2 and result["bad_rows"] == 0
+    assert [s["answer"] for s in read_samples(out / result["samples_file"])][1] == str(MULTI_IMAGE_COUNT)

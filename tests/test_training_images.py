@@ -98,11 +98,11 @@ def test_every_pass_gets_the_resized_image_and_the_checkpoints_token_count(tiny_
     assert torch.equal(rollout_grids, base.image_processor(images=generated, return_tensors="pt")["image_grid_thw"])
     # and the prompt-length filter counts the same tokens
     from vppo.data.train_data import load_train_dataset
-    from vppo.rollout import encode_prompts
+    from vppo.rollout import content_text, encode_prompts
 
     counts = prompt_token_counts(load_train_dataset(sized_data), base, **TINY_BOUNDS)
     for row, count in zip(trainer.train_dataset, counts):
-        encoded = encode_prompts(base, [row["prompt"][-1]["content"]], [row["images"]])
+        encoded = encode_prompts(base, [content_text(row["prompt"][-1]["content"])], [row["images"]])
         assert count == int(encoded["attention_mask"].sum())
 
 

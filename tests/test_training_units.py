@@ -164,7 +164,7 @@ def test_row_masks_are_seeded_per_step_and_row_and_keep_the_tiling(tiny_model_di
 def test_prompt_token_counts_match_the_processor(tiny_model_dir, tmp_path):
     from vppo.data.train_data import load_train_dataset, prepare_train_data
     from vppo.modeling import load_processor
-    from vppo.rollout import encode_prompts
+    from vppo.rollout import content_text, encode_prompts
     from vppo.training.runner import prompt_token_counts
 
     data = prepare_train_data("synthetic", tmp_path / "data", n_rows=3)
@@ -172,7 +172,7 @@ def test_prompt_token_counts_match_the_processor(tiny_model_dir, tmp_path):
     processor = load_processor(tiny_model_dir)
     counts = prompt_token_counts(dataset, processor)
     for row, count in zip(dataset, counts):
-        encoded = encode_prompts(processor, [row["prompt"][-1]["content"]], [row["images"]])
+        encoded = encode_prompts(processor, [content_text(row["prompt"][-1]["content"])], [row["images"]])
         assert count == int(encoded["attention_mask"].sum())
 
 

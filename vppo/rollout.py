@@ -43,6 +43,13 @@ def user_content(text: str, n_images: int) -> list[dict]:
     return content
 
 
+def content_text(content: str | list[dict]) -> str:
+    """The text of chat content with ``<image>`` where each image part stands (the inverse of :func:`user_content`)."""
+    if isinstance(content, str):
+        return content
+    return "".join(IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"] or "" for part in content)
+
+
 def chat_prompt(processor, text: str, n_images: int) -> str:
     """The ChatML prompt string (generation prompt included) for one user turn."""
     messages = [{"role": "user", "content": user_content(text, n_images)}]

@@ -1,6 +1,7 @@
 """``vppo eval --backend vllm`` on vLLM's CPU build: the same result files as the transformers backend (same
 benchmarks, questions, bad rows, sampling record and per-sample layout), only the backend and the sampled
-responses differ."""
+responses differ. Every benchmark has a row with 7 images (MMMU-Pro's most): the engine takes it (the
+protocol's limit is 10 images per prompt; at vLLM's default or a limit of 4 every such row raised)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ import pytest
 from vppo.catalog import PAPER_BENCHMARKS as BENCHMARKS  # the eight: what "paper" (the default) names
 from vppo.cli import main
 from vppo.data.eval_data import prepare_eval_data
+from vppo.data.eval_fixtures import MULTI_IMAGE_COUNT
 from vppo.evaluation.results import read_result, read_samples
 
 N_ROWS = 2
+N_QUESTIONS = N_ROWS + 2  # + the planted empty answer (row N_ROWS) and the multi-image row (row N_ROWS + 1)
 #: What may differ between two backends' results for the same checkpoint, data and seed.
 PER_RUN_FIELDS = {"backend", "model_load_s", "accuracy", "stderr", "wall_time_s", "created", "lmms_eval", "versions", "package_versions"}
 
 
 @pytest.fixture(scope="module")
 def both_backends(vllm_model_dir, tmp_path_factory):
-    data = prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_empty_answers=1)
+    data = prepare_eval_data("fixtures", tmp_path_factory.mktemp("eval-data"), n_rows=N_ROWS, plant_empty_answers=1,
+                             multi_image_row=MULTI_IMAGE_COUNT)
     outs = {}
     for backend in ("vllm", "hf"):
         out = tmp_path_factory.mktemp(f"eval-{backend}") / "tiny" / "base"
@@ -40,12 +44,14 @@ def test_vllm_backend_writes_the_same_result_files_as_hf(both_backends):
         assert set(v) == set(h)
         assert {k: x for k, x in v.items() if k not in PER_RUN_FIELDS} == \
                {k: x for k, x in h.items() if k not in PER_RUN_FIELDS}
-        assert v["n_questions"] == N_ROWS + 1 and v["n_samples"] == 8 * (N_ROWS + 1) and v["bad_rows"] == 1  # scored as wrong
+        assert v["n_questions"] == N_QUESTIONS and v["n_samples"] == 8 * N_QUESTIONS and v["bad_rows"] == 1  # scored as wrong
         assert v["lmms_eval"]["metric"] == pytest.approx(v["accuracy"])
         vs, hs = read_samples(vllm_out / v["samples_file"]), read_samples(hf_out / h["samples_file"])
         assert [s["row_id"] for s in vs] == [s["row_id"] for s in hs]
         assert all(set(a) == set(b) for a, b in zip(vs, hs))
         assert all(len(s["responses"]) == len(s["correct"]) == 8 for s in vs)
+        multi = [s for s in vs if s["row_id"] == str(N_ROWS + 1)]
+        assert len(multi) == 1 and multi[0]["answer"] == str(MULTI_IMAGE_COUNT)  # evaluated, not a bad row
 
 
 def test_vllm_samples_are_the_warm_models_answers(both_backends):

@@ -311,7 +311,7 @@ def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str
 
 
 #: The options of ``vppo prepare-data eval`` and their types (``name_map_<key>`` besides).
-EVAL_OPTIONS = {"n_rows": int, "seed": int, "plant_empty_answers": int, "repo": str, "revision": str, "benchmarks": str,
+EVAL_OPTIONS = {"n_rows": int, "seed": int, "plant_empty_answers": int, "multi_image_row": int, "repo": str, "revision": str, "benchmarks": str,
                 "expected_rows": int}
 
 
@@ -322,7 +322,8 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     ``hub`` (chamber111/VPPO-Eval downloaded into ``out/_download``, then imported) or a local folder in that
     layout (the folder holding ``data/``, or ``data/`` itself).
     Options: ``n_rows`` (fixtures, default 5), ``seed`` (fixtures, 0), ``plant_empty_answers`` (fixtures: one
-    more row per benchmark whose answer is empty), ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub),
+    more row per benchmark whose answer is empty), ``multi_image_row`` (fixtures: one more row per benchmark
+    with that many images; 0, the default: none), ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub),
     ``benchmarks`` ("paper", the default: the paper's eight; "all"; or keys), ``name_map_<key>`` (LLaMA-Factory name of a benchmark's file),
     ``expected_rows`` (rows per benchmark for a folder or hub source that is not the real set; default: the
     catalog's counts).
@@ -353,9 +354,10 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
     expected = {b.key: int(options["expected_rows"]) for b in benchmarks} if "expected_rows" in options else None
     if source == "fixtures":
         n_rows, planted = int(options.get("n_rows", 5)), bool(int(options.get("plant_empty_answers", 0)))
+        multi = int(options.get("multi_image_row", 0))
         folder = write_llamafactory_fixtures(out / "_fixtures", n_rows, int(options.get("seed", 0)), benchmarks,
-                                             planted)
-        expected = {b.key: n_rows + int(planted) for b in benchmarks}
+                                             planted, multi)
+        expected = {b.key: n_rows + int(planted) + int(multi > 0) for b in benchmarks}
     elif source == "mini":
         from vppo.data.mini_task import EVAL_SETS, write_llamafactory_mini
 

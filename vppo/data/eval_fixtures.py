@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw
 
 from vppo.catalog import BENCHMARKS, Benchmark
 from vppo.data.llamafactory import DATA_DIR, DATASET_INFO, DATASET_NAMES, JSON_DIR
 from vppo.fileio import write_text_atomic
-from vppo.rollout import REASONING_INSTRUCTION
+from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION
 
 #: Image sizes cycled through by the tiny model's warm start: ordinary, too large (downscaled), too small
 #: (upscaled).
@@ -72,11 +73,36 @@ def _dataset_info_entry(name: str) -> dict:
             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
 
 
+#: Images of the planted multi-image row: MMMU-Pro's largest question has 7 (the official engine allows 10).
+MULTI_IMAGE_COUNT = 7
+
+
+def _multi_image_row(reference_of: Callable[[int], str], n_images: int, size: tuple[int, int] = (56, 42)
+                     ) -> tuple[dict, list[Image.Image]]:
+    """One row with ``n_images`` pictures, each ``<image>`` where it is named (MMMU-Pro's layout); the
+    answer is the number of the picture holding the box."""
+    images = []
+    for k in range(n_images):
+        img = Image.new("RGB", size, (255, 255, 255))
+        if k == n_images - 1:
+            ImageDraw.Draw(img).rectangle([8, 8, size[0] - 8, size[1] - 8], outline=(0, 0, 0), width=2)
+        images.append(img)
+    listing = "\n".join(f"Picture {k + 1}: {IMAGE_PLACEHOLDER}" for k in range(n_images))
+    question = f"{listing}\nWhich picture shows a box? Answer with its number."
+    row = {"messages": [{"role": "user", "content": f"{question}\n\n{REASONING_INSTRUCTION}"},
+                        {"role": "assistant", "content": str(n_images)}],
+           "images": [reference_of(k) for k in range(n_images)]}
+    return row, images
+
+
 def write_llamafactory_fixtures(root: str | Path, n_rows: int = 5, seed: int = 0,
-                                benchmarks: list[Benchmark] | None = None, plant_empty_answer: bool = False) -> Path:
+                                benchmarks: list[Benchmark] | None = None, plant_empty_answer: bool = False,
+                                multi_image_row: int = 0) -> Path:
     """Fixture rows for each benchmark in the VPPO-Eval layout under ``root`` (see module docstring).
 
-    ``plant_empty_answer`` appends one row whose answer is empty (it must be scored, and always wrong).
+    ``plant_empty_answer`` appends one row whose answer is empty (it must be scored, and always wrong);
+    ``multi_image_row`` (a number of images, 0: none) appends one row with that many images, placeholders in
+    its text (the evaluation engine must take it: MMMU-Pro has questions with up to 7 images).
     """
     root = Path(root)
     data = root / DATA_DIR
@@ -94,6 +120,11 @@ def write_llamafactory_fixtures(root: str | Path, n_rows: int = 5, seed: int = 0
             rows.append(_sharegpt(str(i), reference, question, answer))
         if plant_empty_answer:
             rows.append(_sharegpt("empty", rows[0]["images"][0], "Question without an answer?", ""))
+        if multi_image_row:
+            row, images = _multi_image_row(lambda k: f"./data/images/{name}/multi-{k}.png", int(multi_image_row))
+            for reference, image in zip(row["images"], images):
+                image.save(root / reference)
+            rows.append(row)
         write_text_atomic(data / JSON_DIR / f"{name}.json", json.dumps(rows, indent=1) + "\n")
         info[name] = _dataset_info_entry(name)
     write_text_atomic(data / DATASET_INFO, json.dumps(info, indent=1) + "\n")

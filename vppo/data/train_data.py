@@ -1,7 +1,9 @@
 """Training data in the local layout: ``train.jsonl`` + ``images/`` + ``manifest.json``.
 
 Layout (contract): one row per line ``{"id", "problem", "answer", "images": ["images/<file>", ...]}``; the
-problem holds one ``<image>`` placeholder per image; ``manifest.json`` holds ``{rows, sha256, source}``.
+problem holds one ``<image>`` placeholder per image; ``manifest.json`` holds ``{rows, sha256, source}``. Images
+keep the source's bytes (format and mode: palette, 1-bit, alpha, ...): converting them at import would change
+what the one training resize (:mod:`vppo.training.images`) sees.
 
 Sources (:data:`SOURCES`):
 - ``synthetic``: counting questions on generated pictures ("how many red squares?"), answerable only by
@@ -12,7 +14,8 @@ Sources (:data:`SOURCES`):
 - a local directory already in the layout: validated (every row, every image) and copied.
 
 :func:`load_train_dataset` turns a layout directory into the ``datasets.Dataset`` TRL's GRPOTrainer consumes
-(conversational ``prompt`` = problem + blank line + the reasoning instruction, ``images``, ``answer``).
+(conversational ``prompt`` = problem + blank line + the reasoning instruction, images in place, ``images``,
+``answer``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -29,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from vppo.errors import InputError, OutputExistsError, check_options, keyword_options
 from vppo.fileio import publish_dir, write_json_atomic
-from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION
+from vppo.rollout import IMAGE_PLACEHOLDER, REASONING_INSTRUCTION, user_content
 
 HUB_REPO = "chamber111/VPPO_ViRL39K_train"
 ROWS_FILE, IMAGES_DIR, MANIFEST_FILE = "train.jsonl", "images", "manifest.json"
@@ -69,24 +73,53 @@ def synthetic_example(index: int, seed: int, size: int = 56) -> tuple[dict, Imag
 
 # ------------------------------------------------------------------ hub rows (pure conversion)
 
-def _image_from_hub(value: Any, where: str) -> Image.Image:
-    """A PIL image from what ``datasets`` gives for an image cell (PIL, {"bytes","path"} dict, or bytes)."""
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file's bytes as the source stores them, written unchanged into the layout: the training resize
+    then opens the image in its own mode (palette, 1-bit, alpha, ...), as the official loader does."""
+
+    data: bytes
+    suffix: str  # the file name's extension, from the format PIL reads (".png", ".jpg", ...)
+
+
+#: File extensions of the formats PIL names (others: the format's name in lower case).
+_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif", "MPO": ".jpg"}
+#: Modes a PNG holds losslessly: a decoded image in another mode (CMYK, YCbCr, ...) is kept as TIFF.
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
+
+
+def _image_file(data: bytes, where: str) -> ImageFile:
+    """``data`` checked readable, with the extension of its format."""
     try:
-        if isinstance(value, Image.Image):
-            return value.convert("RGB")
-        if isinstance(value, dict) and value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        if isinstance(value, dict) and value.get("path"):
-            return Image.open(value["path"]).convert("RGB")
-        if isinstance(value, (bytes, bytearray)):
-            return Image.open(io.BytesIO(value)).convert("RGB")
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+            fmt = img.format or "PNG"
     except Exception as exc:  # PIL raises several types for corrupt data
         raise TrainDataError(f"{where}: field 'images': unreadable image ({exc})") from exc
+    return ImageFile(bytes(data), _SUFFIXES.get(fmt, "." + fmt.lower()))
+
+
+def _image_from_hub(value: Any, where: str) -> Image.Image | ImageFile:
+    """What ``datasets`` gives for an image cell ({"bytes","path"} dict undecoded, bytes, or a PIL image), its
+    mode and bytes kept: the file's own bytes where the cell holds them, else the decoded image as it is."""
+    if isinstance(value, Image.Image):
+        value.load()
+        return value
+    if isinstance(value, dict) and value.get("bytes"):
+        return _image_file(value["bytes"], where)
+    if isinstance(value, dict) and value.get("path"):
+        try:
+            data = Path(value["path"]).read_bytes()
+        except OSError as exc:
+            raise TrainDataError(f"{where}: field 'images': unreadable image ({exc})") from exc
+        return _image_file(data, where)
+    if isinstance(value, (bytes, bytearray)):
+        return _image_file(bytes(value), where)
     raise TrainDataError(f"{where}: field 'images': missing or unsupported image value {type(value).__name__}")
 
 
-def record_from_hub_row(row: dict, index: int, source: str = HUB_REPO) -> tuple[dict, list[Image.Image]]:
-    """Convert one hub row {problem, answer, images} to (layout row without image paths, PIL images)."""
+def record_from_hub_row(row: dict, index: int, source: str = HUB_REPO) -> tuple[dict, list[Image.Image | ImageFile]]:
+    """Convert one hub row {problem, answer, images} to (layout row without image paths, its images as stored)."""
     where = f"{source} row {index}"
     problem, answer = row.get("problem"), row.get("answer")
     if not isinstance(problem, str) or not problem.strip():
@@ -131,8 +164,25 @@ def image_file_stem(row_id: str) -> str:
     return f"{cleaned or 'row'}-{hashlib.sha256(row_id.encode()).hexdigest()[:12]}"
 
 
-def write_layout(examples: Iterable[tuple[dict, list[Image.Image]]], out: str | Path, source: str) -> Path:
-    """Write rows + PNG images + manifest into ``out`` atomically (temp dir, then rename)."""
+def _write_image(image: Image.Image | ImageFile, root: Path, stem: str) -> str:
+    """Write one image under ``root`` as ``stem`` + extension, in its own mode; returns the relative path.
+
+    A source file's bytes are written unchanged; a PIL image as PNG (no timestamps: byte-stable), or TIFF for a
+    mode PNG cannot hold. Never converted: the training resize must see the mode the official loader sees."""
+    if isinstance(image, ImageFile):
+        (root / (stem + image.suffix)).write_bytes(image.data)
+        return stem + image.suffix
+    if image.mode in _PNG_MODES:
+        image.save(root / (stem + ".png"), format="PNG", optimize=False)
+        return stem + ".png"
+    image.save(root / (stem + ".tif"), format="TIFF")
+    return stem + ".tif"
+
+
+def write_layout(examples: Iterable[tuple[dict, list[Image.Image | ImageFile]]], out: str | Path,
+                 source: str) -> Path:
+    """Write rows + images (each in its own mode, see :func:`_write_image`) + manifest into ``out`` atomically
+    (temp dir, then rename)."""
     out = Path(out)
     if (out / MANIFEST_FILE).is_file():
         raise OutputExistsError(f"{out}: training data already prepared (manifest.json exists); remove it first")
@@ -148,9 +198,7 @@ def write_layout(examples: Iterable[tuple[dict, list[Image.Image]]], out: str | 
             first_row[stem] = number
             paths = []
             for k, image in enumerate(images):
-                rel = f"{IMAGES_DIR}/{stem}-{k}.png"
-                image.save(tmp / rel, format="PNG", optimize=False)  # no timestamps in PNG: byte-stable
-                paths.append(rel)
+                paths.append(_write_image(image, tmp, f"{IMAGES_DIR}/{stem}-{k}"))
             lines.append(json.dumps({**row, "images": paths}, sort_keys=True, ensure_ascii=False))
         (tmp / ROWS_FILE).write_text("\n".join(lines) + "\n")
         manifest = {"rows": len(lines), "sha256": _sha256_dir(tmp), "source": source}
@@ -205,6 +253,9 @@ def read_layout(data_dir: str | Path) -> list[dict]:
         for field in ("id", "problem", "answer", "images"):
             if field not in row or row[field] in (None, "", []):
                 raise TrainDataError(f"{where}: field {field!r} is missing or empty")
+        if row["problem"].count(IMAGE_PLACEHOLDER) not in (0, len(row["images"])):
+            raise TrainDataError(f"{where}: field 'problem' has {row['problem'].count(IMAGE_PLACEHOLDER)} "
+                                 f"{IMAGE_PLACEHOLDER} but {len(row['images'])} images")
         for rel in row["images"]:
             path = data_dir / rel
             if not path.is_file():
@@ -250,7 +301,19 @@ def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | No
         dataset = datasets.load_dataset(repo, split=split)
     except OSError as exc:  # offline, unknown repo or split, network: the hub's errors are all OSErrors
         raise TrainDataError(f"training data {repo!r} (split {split!r}): cannot load from the hub ({exc})") from exc
-    return convert_dataset(dataset, out, source=repo, n_rows=n_rows)
+    return convert_dataset(undecoded_images(dataset), out, source=repo, n_rows=n_rows)
+
+
+def undecoded_images(dataset):
+    """``dataset`` whose ``images`` cells are the stored files ({bytes, path}), not decoded pictures."""
+    import datasets
+
+    feature = dataset.features.get("images")
+    if isinstance(feature, datasets.Image):
+        return dataset.cast_column("images", datasets.Image(decode=False))
+    if isinstance(getattr(feature, "feature", None), datasets.Image):
+        return dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    return dataset
 
 
 def write_hub_fixture(folder: str | Path, n_rows: int = 8, seed: int = 0) -> Path:
@@ -290,7 +353,7 @@ def _local(src: Path, out: Path) -> Path:
     rows = read_layout(src)
     examples = []
     for row in rows:
-        images = [Image.open(src / rel).convert("RGB") for rel in row["images"]]
+        images = [ImageFile((src / rel).read_bytes(), Path(rel).suffix) for rel in row["images"]]
         examples.append(({k: v for k, v in row.items() if k != "images"}, images))
     return write_layout(examples, out, source=str(src))
 
@@ -311,16 +374,18 @@ def prepare_train_data(source: str, out: str | Path, **options: Any) -> Path:
 # ------------------------------------------------------------------ what the trainer reads
 
 def training_prompt(problem: str) -> str:
-    """The problem text without image placeholders, a blank line, then the reasoning instruction suffix."""
-    return problem.replace(IMAGE_PLACEHOLDER, "").strip() + "\n\n" + REASONING_INSTRUCTION
+    """The user turn as the official template renders it (``math_format_perception.jinja``: ``{{ content | trim }}``,
+    a blank line, the reasoning instruction); each ``<image>`` stays where it stands, so its image goes there."""
+    return problem.strip() + "\n\n" + REASONING_INSTRUCTION
 
 
 def load_train_dataset(data_dir: str | Path):
     """A ``datasets.Dataset`` for TRL: ``prompt`` (one user turn), ``images`` (PIL list), ``answer``, ``id``.
 
-    Images are placed before the text (TRL inserts image parts ahead of string content), the layout's
-    convention for a problem that starts with its ``<image>``. The ``images`` column stores file paths and
-    decodes (to RGB) on access, so a 39K-row set does not sit in memory as pixels.
+    The user turn's content is a list of parts, each image part where its ``<image>`` placeholder stands in
+    :func:`training_prompt` (as the official prompt builder splits the rendered text at ``<image>``); TRL fills
+    image parts in order and puts images first only for plain-string content. The ``images`` column stores
+    file paths and decodes (to RGB) on access, so a 39K-row set does not sit in memory as pixels.
     """
     import datasets
 
@@ -329,12 +394,14 @@ def load_train_dataset(data_dir: str | Path):
     columns: dict[str, list] = {"id": [], "prompt": [], "images": [], "answer": []}
     for row in rows:
         columns["id"].append(row["id"])
-        columns["prompt"].append([{"role": "user", "content": training_prompt(row["problem"])}])
+        content = user_content(training_prompt(row["problem"]), len(row["images"]))
+        columns["prompt"].append([{"role": "user", "content": [{"text": None, **part} for part in content]}])
         columns["images"].append([str((data_dir / rel).resolve()) for rel in row["images"]])
         columns["answer"].append(str(row["answer"]))
     features = datasets.Features({
         "id": datasets.Value("string"),
-        "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "prompt": [{"role": datasets.Value("string"),
+                    "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
         "images": datasets.Sequence(datasets.Image(mode="RGB")),
         "answer": datasets.Value("string"),
     })

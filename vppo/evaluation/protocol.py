@@ -38,6 +38,18 @@ PROTOCOL_SAMPLING = Sampling()
 
 
 @dataclass(frozen=True)
+class EngineLimits:
+    """The evaluation engine's bounds on one prompt (PAPO-Eval's vLLM run): context = cutoff 9216 + 2048 new
+    tokens, up to 10 images (MMMU-Pro has questions with 7; a lower limit makes vLLM refuse those rows)."""
+
+    max_model_len: int = 11264
+    max_images_per_prompt: int = 10
+
+
+PROTOCOL_ENGINE_LIMITS = EngineLimits()
+
+
+@dataclass(frozen=True)
 class ScoredQuestion:
     """One question's k responses graded: ``correct[i]`` is 0/1 for ``responses[i]``."""
 

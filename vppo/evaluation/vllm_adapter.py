@@ -23,7 +23,7 @@ from typing import Any
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
-from vppo.evaluation.protocol import PROTOCOL_SAMPLING, Sampling
+from vppo.evaluation.protocol import PROTOCOL_ENGINE_LIMITS, PROTOCOL_SAMPLING, Sampling
 from vppo.eval_images import PROCESSOR_BOUNDS
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
 from vppo.modeling import load_processor, verify_checkpoint_dir
@@ -74,7 +74,8 @@ class VPPOVLLMModel(lmms):
     def __init__(self, pretrained: str, tensor_parallel_size: int | None = None,
                  max_new_tokens: int = PROTOCOL_SAMPLING.max_new_tokens,
                  seed: int = 0, batch_size: int = 512, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int = 8192, max_images_per_prompt: int = 4, engine: Any = None,
+                 max_model_len: int = PROTOCOL_ENGINE_LIMITS.max_model_len,
+                 max_images_per_prompt: int = PROTOCOL_ENGINE_LIMITS.max_images_per_prompt, engine: Any = None,
                  sampling_params_cls: Any = None, **engine_kwargs: Any) -> None:
         super().__init__()
         self.pretrained = str(verify_checkpoint_dir(pretrained))

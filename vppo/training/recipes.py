@@ -36,7 +36,9 @@ whose encoded prompt is longer are dropped when the data is loaded, and counted)
 ``dynamic_sampling_max_rounds`` (our trainer); ``min_pixels``/``max_pixels`` (every training image is
 resized once into them when it is read, :mod:`vppo.training.images`; the processor stays the checkpoint's
 own); ``num_nodes``/``gpus_per_node``/``cpu_ranks_per_node``/``distributed`` (the accelerate launcher,
-``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss).
+``workflow/scripts/launch_train.sh``); the dual-clip constant and the TGF/TAS settings (our loss);
+``rollout_layout`` (our trainer: the rollout's rows balanced over the ranks by length, as the official run, or
+kept in each rank's own prompt groups, :mod:`vppo.training.balance`).
 
 How a TGF/TAS method measures vision dependency is the method preset's: ``dependency_estimator`` (``k3``, the
 official code, or ``kl``, the paper's exact full-vocabulary KL: :mod:`vppo.training.exact_kl`) and ``masking`` (a
@@ -106,6 +108,9 @@ class Recipe:
     # CPU layouts only (gpus_per_node 0): training processes per node, talking over gloo (null: one). The
     # distributed test tier runs ZeRO-3 and colocated vLLM this way; GPU recipes leave it out.
     cpu_ranks_per_node: int | None = None
+    # How the rollout's rows are spread over the ranks (vppo.training.balance.ROLLOUT_LAYOUTS; null: balanced, the
+    # official run's). The same on one process.
+    rollout_layout: str | None = None
     # Where the run's metrics go besides training_log.jsonl (vppo.training.tracking): may be absent from a file
     report_to: str = DEFAULT_REPORT_TO
 
@@ -140,7 +145,7 @@ RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 #: Method options a recipe may set (null or absent: the method preset's own); set, they replace a preset field.
 METHOD_OPTION_KEYS = ("dependency_estimator", "masking")
 #: Keys a recipe file may leave out (null); a run's identity leaves them out while unset.
-OPTIONAL_KEYS = (*METHOD_OPTION_KEYS, "cpu_ranks_per_node")
+OPTIONAL_KEYS = (*METHOD_OPTION_KEYS, "cpu_ranks_per_node", "rollout_layout")
 #: Keys a recipe file may leave out with a default of their own; they do not change what is trained, so a work dir
 #: resumes whatever they are (vppo.training.runner leaves them out of the run's claim).
 DEFAULTED_KEYS = {"report_to": DEFAULT_REPORT_TO}
@@ -226,6 +231,10 @@ def validate(recipe: Recipe, where: str) -> Recipe:
         value = getattr(recipe, key)
         need(value is None or value in registry,
              f"key {key!r}: {value!r} is not one of {sorted(registry)} (null: the method preset's own)")
+    from vppo.training.balance import ROLLOUT_LAYOUTS
+
+    need(recipe.rollout_layout is None or recipe.rollout_layout in ROLLOUT_LAYOUTS,
+         f"key 'rollout_layout': {recipe.rollout_layout!r} is not one of {sorted(ROLLOUT_LAYOUTS)} (null: balanced)")
     try:
         report_targets(recipe.report_to)
     except ValueError as exc:

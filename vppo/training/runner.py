@@ -25,7 +25,7 @@ from vppo.algorithm import MethodPreset
 from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, require_writable, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
-from vppo.rollout import chat_prompt
+from vppo.rollout import chat_prompt, content_text
 from vppo.training.recipes import (DEFAULTED_KEYS, OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe,
                                    method_preset)
 from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs
@@ -80,7 +80,7 @@ def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_p
     undecoded = dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))["images"]
     counts = []
     for prompt, images in zip(dataset["prompt"], undecoded):
-        text = chat_prompt(processor, prompt[-1]["content"], len(images))  # no placeholders: images first
+        text = chat_prompt(processor, content_text(prompt[-1]["content"]), len(images))  # images in place
         n = len(tokenizer(text)["input_ids"]) - len(images)  # each image's single placeholder is expanded below
         for image in images:
             with Image.open(image["path"] or io.BytesIO(image["bytes"])) as opened:
@@ -250,6 +250,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from transformers.trainer_callback import ProgressCallback
 
     from vppo.training.metrics import CompactProgressCallback, JsonlLogCallback
+    from vppo.training.balance import DEFAULT_ROLLOUT_LAYOUT
     from vppo.training.trainer import VPPOTrainer
 
     verify_checkpoint_dir(request.model)
@@ -282,7 +283,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     model = load_policy_checked(request.model, args)
     trainer = VPPOTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=processor, preset=preset,
-        tas_group_responses=recipe.tas_group_responses,
+        tas_group_responses=recipe.tas_group_responses, rollout_layout=recipe.rollout_layout or DEFAULT_ROLLOUT_LAYOUT,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step),
                    *progress_callbacks(work_dir, request.tracking_name, resumed_step, args), *(callbacks or [])])

@@ -14,8 +14,9 @@ Data order: every generation round (the first of a rollout and each dynamic-samp
 prompts of one seeded stream (:func:`vppo.training.batch.data_order`), as the official trainer takes the next
 batches of its data loader; the stream position is saved in every checkpoint (:class:`DataCursor`).
 
-Mini-batch layout: the rollout's rows, in their order (whole prompt groups in sequence, no shuffle), are cut
-into ``steps_per_generation`` micro-batches; micro-batch k is consumed by the k-th training step of the
+Mini-batch layout: the rollout's rows are first spread over the ranks as the official trainer does (equal-size
+partitions balanced by sequence length, :mod:`vppo.training.balance`; on one process, every row in order); a
+rank's rows, in their order, are cut into ``steps_per_generation`` micro-batches; micro-batch k is consumed by the k-th training step of the
 rollout, so update u owns micro-batches [u*GA, (u+1)*GA). The TGF mask and TAS alpha are computed once per
 update, before any chunking: min/max over the update's rows (docs/protocol.md §3; rank-local as in the official code)
 and TAS's mu over each run of ``tas_group_responses`` consecutive rows (the official device micro-batch), so
@@ -41,6 +42,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from vppo.algorithm import (MethodPreset, consecutive_groups, dynamic_sampling_keep, grpo_advantages, policy_loss,
                             vppo_weights)
 from vppo.modeling import masked_pixel_values
+from vppo.training.balance import DEFAULT_ROLLOUT_LAYOUT, ROLLOUT_LAYOUTS
 from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
 from vppo.training.dependency import DEPENDENCY_PASSES, mask_row_images
 from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric, sync_cuda
@@ -96,13 +98,16 @@ class VPPOTrainer(GRPOTrainer):
     max_sampling_rounds: safety cap on generation rounds per rollout batch for dynamic sampling (None: no cap,
     as the official run; reaching it raises :class:`SamplingCapError`);
     reward: a :class:`GradingReward` (the mathruler grader unless a test steers it);
-    tas_group_responses: consecutive responses of an update over which TAS's mu is averaged (the recipe key).
+    tas_group_responses: consecutive responses of an update over which TAS's mu is averaged (the recipe key);
+    rollout_layout: how the rollout's rows are spread over the ranks first (:data:`vppo.training.balance.ROLLOUT_LAYOUTS`).
     """
 
     def __init__(self, *, preset: MethodPreset, tas_group_responses: int,
                  max_sampling_rounds: int | None = None, reward: GradingReward | None = None,
-                 masking_params: dict | None = None, **kwargs):
+                 masking_params: dict | None = None, rollout_layout: str = DEFAULT_ROLLOUT_LAYOUT, **kwargs):
         args = kwargs["args"]
+        if rollout_layout not in ROLLOUT_LAYOUTS:
+            raise ValueError(f"VPPOTrainer: rollout_layout {rollout_layout!r} is not one of {sorted(ROLLOUT_LAYOUTS)}")
         if int(tas_group_responses) < 1:
             raise ValueError(f"VPPOTrainer: tas_group_responses must be >= 1, got {tas_group_responses}")
         if preset.dependency_estimator not in DEPENDENCY_PASSES:
@@ -124,6 +129,7 @@ class VPPOTrainer(GRPOTrainer):
         self.preset = preset
         self.entropy_penalty = float(preset.entropy_coef)
         self.tas_group_responses = int(tas_group_responses)
+        self.rollout_layout = rollout_layout
         self.max_sampling_rounds = None if max_sampling_rounds is None else max(int(max_sampling_rounds), 1)
         self.cursor = DataCursor()
         self.add_callback(self.cursor)  # so that _save_checkpoint stores its state
@@ -258,7 +264,9 @@ class VPPOTrainer(GRPOTrainer):
         return logps
 
     def _build_rollout(self, examples: list[dict]) -> list[dict]:
-        return self._layout(self._scored_rollout(examples))
+        batch = ROLLOUT_LAYOUTS[self.rollout_layout](self._scored_rollout(examples), self.accelerator.process_index,
+                                                     self.accelerator.num_processes, self._tokenizer.pad_token_id)
+        return self._layout(batch)
 
     def _scored_rollout(self, examples: list[dict]) -> dict:
         """One rollout batch before the mini-batch layout: sampled and graded (dynamic sampling refills included),
