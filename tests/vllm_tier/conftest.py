@@ -41,3 +41,18 @@ def vllm_model_dir(tmp_path_factory):
     from vppo.data.models import fetch_model
 
     return fetch_model("tiny-vllm", tmp_path_factory.mktemp("tiny-vllm") / "model")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engines_released_between_modules():
+    """Every engine a module made is shut down before the next module starts its own.
+
+    A dropped in-process engine is shut down when the garbage collector reaches it, and its shutdown resets
+    vLLM's process-wide groups (``cleanup_dist_env_and_memory``). Left to chance, that happened in the middle of
+    the next module's engine start ("world group is not initialized"), depending on what ran before.
+    """
+    import gc
+
+    gc.collect()
+    yield
+    gc.collect()
