@@ -110,7 +110,10 @@ def write_scores(checkout: Path) -> Path:
     for i, benchmark in enumerate(PAPER_AVG):
         write_eval_result(eval_root, "tiny", "vppo", benchmark, 40.0 + i, 2.0, checkpoint_sha256=sha256,
                           checkpoint=str(converted))
-    write_eval_result(eval_root, "tiny", "dapo", "geo3k", 99.0, 1.0)
+    # another checkpoint's result, recorded (as vppo eval does) with an absolute path: the double's default is
+    # relative, and in a checkout where the README's main command ran it named that run's real converted folder
+    write_eval_result(eval_root, "tiny", "dapo", "geo3k", 99.0, 1.0,
+                      checkpoint=str(checkout / "results/checkpoints/tiny/dapo"))
     return eval_root
 
 
