@@ -214,3 +214,26 @@ def test_a_checkpoint_missing_a_weight_is_refused_before_training(tiny_model_dir
                            distributed_state=SimpleNamespace(distributed_type="NO"))
     with pytest.raises(TrainError, match=r"missing keys: model\.language_model\.layers\.0\.mlp\.down_proj\.weight"):
         load_policy_checked(broken, args)
+
+
+def test_a_refused_checkpoint_does_not_claim_the_work_dir(tiny_model_dir, tmp_path):
+    """Replaced at the same path by a whole checkpoint, the run must still start in that work dir."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from vppo.data.train_data import synthetic_example, write_layout
+    from vppo.training.runner import RUN_FILE, TrainError, TrainRequest, run_training
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.layers.0.mlp.down_proj.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    data = write_layout(((synthetic_example(i, seed=0)[0], [synthetic_example(i, seed=0)[1]]) for i in range(4)),
+                        tmp_path / "data", source="synthetic")
+    request = TrainRequest(model=broken, data=data, recipe="smoke", method="grpo", work_dir=tmp_path / "work",
+                           out=tmp_path / "out", max_steps=1)
+    with pytest.raises(TrainError, match="does not load cleanly"):
+        run_training(request)
+    assert not (tmp_path / "work" / RUN_FILE).exists() and not (tmp_path / "out").exists()

@@ -277,10 +277,14 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
 
     work_dir = Path(request.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    # A work dir made from other inputs is refused before the (long) model load; it is claimed only once the model
+    # loaded cleanly, so a refused checkpoint, replaced at the same path, can still start in it (the second call
+    # reads the model's checksum from the work dir's cache).
+    _claim_work_dir(work_dir, request, recipe, preset, data_sha256, write=False)
+    model = load_policy_checked(request.model, args)
     _claim_work_dir(work_dir, request, recipe, preset, data_sha256, args.process_index == 0)
     resume = last_complete_checkpoint(work_dir)
     resumed_step = int(resume.name.split("-")[-1]) if resume else 0
-    model = load_policy_checked(request.model, args)
     trainer = VPPOTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         tas_group_responses=recipe.tas_group_responses, rollout_layout=recipe.rollout_layout or DEFAULT_ROLLOUT_LAYOUT,
