@@ -193,7 +193,7 @@ def test_refills_are_the_next_prompts_of_the_data_order(vppo_trainer):
     trainer._generate_and_score_completions = spy
     try:
         start = trainer.cursor.prompts_drawn
-        first = trainer._next_examples(4 * n)
+        first = trainer.next_examples(4 * n)
         trainer._sample_until_full(first)
     finally:
         del trainer._generate_and_score_completions

@@ -116,6 +116,67 @@ def test_jsonl_log_has_every_contract_key_and_is_cut_back_on_resume(tmp_path):
     assert [line["step"] for line in read_log(path)] == [1, 2]
 
 
+def _loss_batch(seed: int, masked_pass: bool):
+    """One micro-batch's loss inputs (3 rows x 5 tokens, the last row all padding), as _compute_loss passes them."""
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(3, 5, generator=g) > 0.3).float()
+    mask[2] = 0
+    dependency = torch.rand(3, 5, generator=g) if masked_pass else None
+    token_mask = (torch.rand(3, 5, generator=g) > 0.4).float() if masked_pass else None
+    alpha = torch.rand(3, generator=g) + 0.5 if masked_pass else None
+    entropies = torch.rand(3, 5, generator=g)
+    stats = {key: float(torch.rand(1, generator=g)) for key in
+             ("pg_loss", "entropy_loss", "clipfrac_low", "clipfrac_high", "clipfrac_dual", "ppo_kl")}
+    return stats, mask, dependency, token_mask, alpha, entropies
+
+
+class _TwoRanks:
+    """accelerator.gather of this rank's values with those another rank gathered before (``peers``)."""
+
+    def __init__(self, peers=()):
+        self.peers, self.local = list(peers), None
+
+    def gather(self, local):
+        self.local = local
+        return torch.cat([local, *self.peers])
+
+
+def _record(batch, peers=()):
+    import collections
+    import types
+
+    from vppo.training.trainer import VPPOTrainer
+
+    trainer = types.SimpleNamespace(accelerator=_TwoRanks(peers), args=types.SimpleNamespace(gradient_accumulation_steps=4),
+                                    _metrics={"train": collections.defaultdict(list)}, _tokens_since_log=0.0)
+    VPPOTrainer._record_loss_metrics(trainer, *batch)
+    return trainer
+
+
+#: what the trainer logged for _loss_batch(1) gathered with _loss_batch(2) on a second rank, computed by the
+#: trainer before its metrics were named (ea07d9a: positional columns): naming them must not change a value
+LOGGED_BEFORE_NAMING = {
+    True: {"kept_token_fraction": 0.5625, "entropy": 0.5422393083572388, "pg_loss": 3.847769260406494,
+           "entropy_penalty": 2.3276844024658203, "clipfrac_low": 0.45491981506347656,
+           "clipfrac_high": 0.5780954957008362, "clipfrac_dual": 0.3020014762878418, "ppo_kl": 0.23057019710540771,
+           "dependency_kept_mean": 0.4234718746609158, "dependency_dropped_mean": 0.5535012313297817,
+           "alpha_mean": 1.1122509241104126, "alpha_min": 0.7345899343490601, "alpha_max": 1.257007360458374},
+    False: {"kept_token_fraction": 1.0, "entropy": 0.4803597331047058, "pg_loss": 1.3709594011306763,
+            "entropy_penalty": 2.2995731830596924, "clipfrac_low": 0.7238521575927734,
+            "clipfrac_high": 0.4367520809173584, "clipfrac_dual": 0.27461346983909607,
+            "ppo_kl": 0.26481953263282776},
+}
+
+
+@pytest.mark.parametrize("masked_pass", [True, False], ids=["vppo", "dapo"])
+def test_loss_metrics_of_two_ranks_are_the_values_logged_before_they_were_named(masked_pass):
+    peer = _record(_loss_batch(2, masked_pass)).accelerator.local  # what the second rank contributes
+    trainer = _record(_loss_batch(1, masked_pass), peers=[peer])
+    logged = {key: values for key, values in trainer._metrics["train"].items()}
+    assert logged == {key: [pytest.approx(value, rel=1e-6)] for key, value in LOGGED_BEFORE_NAMING[masked_pass].items()}
+    assert trainer._tokens_since_log == 16.0  # valid tokens of both ranks
+
+
 # ------------------------------------------------------------------ reward wrapper
 
 def test_grading_reward_returns_accuracy_and_keeps_grades_in_row_order():

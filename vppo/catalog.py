@@ -28,6 +28,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from vppo.errors import OptionError
+
 
 # ------------------------------------------------------------------------------------------ benchmarks
 
@@ -78,14 +80,14 @@ AVG, AVG_NAME = "avg", "Avg"
 
 def resolve_benchmarks(spec: str) -> list[Benchmark]:
     """``"all"`` (every supported benchmark), ``"paper"`` (the paper's Avg set) or comma-separated keys;
-    unknown keys raise ``ValueError`` naming them."""
+    unknown keys raise :class:`vppo.errors.OptionError` (a ValueError) naming them."""
     named = {"all": list(BENCHMARKS), "paper": [BENCHMARK_BY_KEY[k] for k in PAPER_AVG]}
     if spec.strip() in named:
         return named[spec.strip()]
     keys = [k.strip() for k in spec.split(",") if k.strip()]
     unknown = [k for k in keys if k not in BENCHMARK_BY_KEY]
     if unknown or not keys:
-        raise ValueError(f"unknown benchmark(s) {unknown or spec!r}; choose from: all, paper, {', '.join(BENCHMARK_KEYS)}")
+        raise OptionError(f"unknown benchmark(s) {unknown or spec!r}; choose from: all, paper, {', '.join(BENCHMARK_KEYS)}")
     return [BENCHMARK_BY_KEY[k] for k in keys]
 
 
@@ -225,14 +227,14 @@ def parse_method(name: str, trained_only: bool = False) -> tuple[str, float | No
     """The one method-name grammar (config check in ``common.smk``, ``vppo train``, presets): ``name`` -> (its
     preset key, or "base"; the keep ratio of a ``vppo_k<ratio>`` name or None).
 
-    A keep ratio must lie in (0, 1]; ``trained_only`` refuses "base". Anything else raises ValueError.
+    A keep ratio must lie in (0, 1]; ``trained_only`` refuses "base". Anything else raises OptionError (a ValueError).
     """
     if name in method_names(trained_only):
         return name, None
     match = KEEP_RATIO_METHOD.match(name)
     if match and 0.0 < float(match.group(1)) <= 1.0:
         return KEEP_RATIO_PRESET, float(match.group(1))
-    raise ValueError(f"unknown method {name!r}; valid: {method_grammar(trained_only)}")
+    raise OptionError(f"unknown method {name!r}; valid: {method_grammar(trained_only)}")
 
 
 def get_method(name: str) -> MethodPreset:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from vppo.errors import InputError
+
 _CHECKS = {
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -21,7 +23,7 @@ _CHECKS = {
 }
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(InputError, ValueError):
     """A ``--config`` value is not of the type the schema gives its key (names the key)."""
 
 

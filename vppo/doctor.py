@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vppo.errors import InputError
+
 MIN_PYTHON = (3, 11)  # TRL 1.16, pandas 3 and pillow 13 need it
 # The CUDA 13.0 runtime that the torch 2.13 and vLLM 0.31 wheels link needs an NVIDIA driver of branch 580+.
 MIN_DRIVER = (580, 65)
@@ -122,15 +124,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.gpus < 0:
-        print(f"vppo doctor: --gpus {args.gpus}: must be >= 0", file=sys.stderr)
-        return 2
+        raise InputError(f"--gpus {args.gpus}: must be >= 0")
     findings = diagnose(Needs(args.gpus, args.vllm, args.min_free_gb, args.path))
     lines = [f"{'ok  ' if f.ok else 'FAIL'} {f.name}: {f.detail}" for f in findings]
     print("\n".join(lines))
     failed = [f for f in findings if not f.ok]
-    if failed:
-        print("vppo doctor: " + "; ".join(f"{f.name}: {f.detail}" for f in failed), file=sys.stderr)
-        return 2
+    if failed:  # a machine that does not meet the needs is fixed by the user: one line, exit 2 (vppo.cli)
+        raise InputError("; ".join(f"{f.name}: {f.detail}" for f in failed))
     if args.out:
         from vppo.fileio import write_text_atomic
 

@@ -1,9 +1,10 @@
 """Expected bad input, reported the same way by every command: ``vppo <command>: <what, where>`` and exit 2.
 
-A stage raises :class:`InputError` (or one of its subclasses: the data, recipe, checkpoint and result errors
-of each stage derive from it) for anything the user can fix: a missing or partial folder, a bad row, a bad
-option. :func:`vppo.cli.main` turns it into one line on stderr and exit status :data:`EXIT_BAD_INPUT`;
-anything else is a bug and keeps its traceback.
+A stage raises :class:`InputError` (or one of its subclasses: the data, recipe, checkpoint, result, resume and
+launch errors of each stage derive from it) for anything the user can fix: a missing or partial folder, a bad
+row, a bad option, a run the data cannot fill. :func:`vppo.cli.main` (and ``launch_train.sh``'s entry point) turns
+it into one line on stderr and exit status :data:`EXIT_BAD_INPUT`; no command catches or prints it itself, and
+anything else is a bug and keeps its traceback (tests/test_errors.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ EXIT_BAD_INPUT = 2
 
 class InputError(Exception):
     """Bad input the user can fix; the message names the file, row, field or option."""
+
+
+class OptionError(InputError, ValueError):
+    """A malformed or unknown value of a command-line option (a name, a KEY=VALUE pair)."""
 
 
 class OutputExistsError(InputError, FileExistsError):
@@ -94,9 +99,9 @@ def parse_key_values(pairs: list[str], flag: str) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+            raise OptionError(f"{flag} {pair!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"{flag} {pair!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
+            raise OptionError(f"{flag} {pair!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     return out

@@ -20,6 +20,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from vppo.catalog import BENCHMARKS
+from vppo.errors import InputError
 
 DATA_DIR = "data"
 JSON_DIR = "vppo"
@@ -30,7 +31,7 @@ DATASET_INFO = "dataset_info.json"
 DATASET_NAMES: dict[str, str] = {b.key: b.source_name for b in BENCHMARKS}
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError, ValueError):
     """The folder is not a LLaMA-Factory data folder, or a benchmark's file cannot be found in it."""
 
 

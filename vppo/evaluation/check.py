@@ -192,7 +192,7 @@ def build(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         tests = pairing.paired_tests(candidate, reference, keys)
         cand_scores, ref_scores = (with_average(side_scores(s, keys), keys) for s in (candidate, reference))
         method = ("paired by question: candidate avg@k minus reference avg@k per row id; p one-sided from the "
-                  f"sign-flip distribution of those differences (exact up to 16 non-zero, else normal)")
+                  "sign-flip distribution of those differences (exact up to 16 non-zero, else normal)")
         ref_line = reference.describe()
     differences = option_mismatches + differences
     if differences and not args.allow_protocol_mismatch:
@@ -218,11 +218,9 @@ def run(args: argparse.Namespace) -> int:
         raise CheckInputError(f"--alpha {args.alpha}: must lie in (0, 1)")
     if args.paper_tolerance < 0:
         raise CheckInputError(f"--paper-tolerance {args.paper_tolerance}: must be at least 0")
-    from vppo.evaluation.cli import eval_input_errors
-
     try:
         rows, header = build(args)
-    except (ValueError, FileNotFoundError, *eval_input_errors()) as exc:  # ResultError, PairingError: ValueErrors
+    except (ValueError, FileNotFoundError) as exc:  # other InputErrors (checkpoint, eval data) pass on as they are
         raise CheckInputError(str(exc)) from None
     table = render(rows, header)
     print(table)

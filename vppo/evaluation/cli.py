@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -60,25 +59,13 @@ def request_from_args(args: argparse.Namespace, checkpoint: Path, out: Path):
                        tasks_dir=args.tasks_dir, overwrite=args.overwrite)
 
 
-def eval_input_errors() -> tuple[type[Exception], ...]:
-    """What an evaluation raises for bad input (exit 2 with the message, never a traceback)."""
-    from vppo.data.eval_data import EvalDataError
-    from vppo.evaluation.runner import ProtocolError
-    from vppo.evaluation.tasklib import TaskDataError
-    from vppo.modeling import CheckpointError
-
-    return CheckpointError, EvalDataError, ProtocolError, TaskDataError
-
-
 def run(args: argparse.Namespace) -> int:
+    """Bad input (checkpoint, data, task folder, protocol) raises an :class:`vppo.errors.InputError`, reported by
+    :func:`vppo.cli.main` (one line, exit 2)."""
     from vppo.evaluation.runner import run_eval
 
     started = time.perf_counter()
-    try:
-        results = run_eval(request_from_args(args, args.checkpoint, args.out))
-    except eval_input_errors() as exc:
-        print(f"vppo eval: {exc}", file=sys.stderr)  # errors on stderr, as every other command
-        return 2
+    results = run_eval(request_from_args(args, args.checkpoint, args.out))
     print(f"{'benchmark':<12} {'avg@k':>7} {'stderr':>7} {'n':>6} {'bad':>4}")
     for key, r in results.items():
         print(f"{key:<12} {r['accuracy']:7.2f} {r['stderr']:7.2f} {r['n_questions']:6d} {r['bad_rows']:4d}")

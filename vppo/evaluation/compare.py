@@ -69,7 +69,7 @@ def build(args: argparse.Namespace) -> str:
     p_two = {key: min(1.0, 2 * min(t.p_drop, t.p_gain)) for key, t in tests.items()}
     adjusted = dict(zip(tests, holm(list(p_two.values()))))
     z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
-    lines = [f"# vppo compare: B - A", "", f"- A: {a.describe()}", f"- B: {b.describe()}",
+    lines = ["# vppo compare: B - A", "", f"- A: {a.describe()}", f"- B: {b.describe()}",
              *(f"- PROTOCOL MISMATCH (--allow-protocol-mismatch): {d}" for d in differences),
              f"- paired by question (row id): mean of B - A avg@k per question; {CONFIDENCE:.0%} interval mean ± "
              f"{z:.2f} se (normal approximation, too narrow with few questions); p two-sided sign-flip, Holm over "
@@ -84,11 +84,9 @@ def build(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vppo.evaluation.cli import eval_input_errors
-
     try:
         table = build(args)
-    except (ValueError, FileNotFoundError, *eval_input_errors()) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # other InputErrors (checkpoint, eval data) pass on as they are
         raise CompareInputError(str(exc)) from None
     print(table)
     if args.report:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vppo import package_versions
+from vppo.errors import InputError
 
 #: The schema of what ``vppo analyze`` writes (validated by vppo.reporting.results_io when read).
 ANALYSIS_SCHEMA_ID = "vppo.analysis/1"
@@ -271,7 +272,7 @@ def load_inputs(args: argparse.Namespace) -> AnalysisInputs:
     keys = [b.key for b in resolve_benchmarks(args.benchmarks)]
     rows = pick_rows(data_dir, keys, args.n_prompts)
     if not rows:
-        raise ValueError(f"{data_dir}: no usable rows in benchmarks {', '.join(keys)}")
+        raise InputError(f"{data_dir}: no usable rows in benchmarks {', '.join(keys)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_policy(checkpoint, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device).eval()
     return AnalysisInputs(checkpoint, data_dir, keys, rows, model, load_processor(checkpoint), device)

@@ -7,9 +7,9 @@ Kept apart from both so that each imports only downward: variants builds on anal
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vppo.catalog import DEPENDENCY_ESTIMATOR_NAMES, MASKING_NAMES
+from vppo.errors import InputError
 from vppo.fileio import write_json_atomic
 from vppo.reporting.analysis import analyze
 from vppo.reporting.variants import analyze_variants
@@ -39,30 +39,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=40)
 
 
-def _analyze_and_write(analysis, args: argparse.Namespace) -> dict | None:
-    """Run ``analysis(args)`` and write its JSON; bad input: one line on stderr and None."""
-    from vppo.data.eval_data import EvalDataError
-    from vppo.modeling import CheckpointError
-
-    try:
-        result = analysis(args)
-    except (CheckpointError, EvalDataError, ValueError) as exc:
-        print(f"vppo analyze: {exc}", file=sys.stderr)
-        return None
+def _analyze_and_write(analysis, args: argparse.Namespace) -> dict:
+    """Run ``analysis(args)`` and write its JSON (bad input raises an InputError: vppo.cli reports it)."""
+    result = analysis(args)
     write_json_atomic(args.out, result)
     return result
 
 
 def run(args: argparse.Namespace) -> int:
     if args.n_prompts < 1 or args.samples < 1 or args.max_new_tokens < 1:
-        print("vppo analyze: --n-prompts, --samples and --max-new-tokens must be >= 1", file=sys.stderr)
-        return 2
+        raise InputError("--n-prompts, --samples and --max-new-tokens must be >= 1")
     if args.variants is not None:
         return run_variants(args)
     args.estimator, args.mask_strategy = args.estimator or "k3", args.mask_strategy or "patch"
     result = _analyze_and_write(analyze, args)
-    if result is None:
-        return 2
     td = result["token_dependency"]
     print(f"vppo analyze: {td['n_tokens']} tokens in {td['n_trajectories']} responses; median dependency "
           f"{td['quantiles']['0.5']}, top-40% share {td['mass_share_top']['0.4']}; wrote {args.out}")
@@ -71,12 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_variants(args: argparse.Namespace) -> int:
     if args.estimator is not None or args.mask_strategy is not None:
-        print("vppo analyze: --variants names each pass's masking and estimator; drop --estimator/--mask-strategy",
-              file=sys.stderr)
-        return 2
+        raise InputError("--variants names each pass's masking and estimator; drop --estimator/--mask-strategy")
     result = _analyze_and_write(analyze_variants, args)
-    if result is None:
-        return 2
     shares = ", ".join(f"{name} {v['vs_reference']['kept_by_both_share']:.2f}" for name, v in result["variants"].items()
                        if v["vs_reference"]["kept_by_both_share"] is not None)
     print(f"vppo analyze: {len(result['trajectories'])} responses under {len(result['variants'])} dependency passes; "

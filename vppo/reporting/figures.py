@@ -30,10 +30,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vppo.catalog import (AVG, AVG_NAME, NO_PAPER_MODEL, BENCHMARKS, METHOD_PAPER_NAMES, MODEL_PAPER_NAMES, PAPER_AVG,  # noqa: E402
                           PAPER_MODELS, TABLES)
-from vppo.errors import require_dir  # noqa: E402
+from vppo.errors import InputError, require_dir  # noqa: E402
 from vppo.fileio import write_json_atomic  # noqa: E402
 from vppo.evaluation.protocol import paper_average  # noqa: E402
-from vppo.reference import PaperReference, ReferenceError, load_reference  # noqa: E402
+from vppo.reference import PaperReference, load_reference  # noqa: E402
 from vppo.reporting.results_io import (ResultsError, analysed_methods, analysis_file, load_analysis,  # noqa: E402
                                        load_eval_frame, load_training_log, subdirs, training_log_file)
 
@@ -301,17 +301,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     for flag in ("train_root", "eval_root", "analysis_root", "reference_dir"):  # given roots must exist
         require_dir(getattr(args, flag), "--" + flag.replace("_", "-"))
-    try:
-        pairs = {model: (None if paper == NO_PAPER_MODEL else paper)
-                 for model, paper in (p.split("=", 1) for p in args.paper_model)}
-    except ValueError:
-        print(f"vppo figures: --paper-model wants MODEL=PAPER_MODEL, got {args.paper_model}", file=sys.stderr)
-        return 2
-    try:
-        reference = load_reference(args.reference_dir) if args.reference_dir else None
-    except (ResultsError, ReferenceError) as exc:
-        print(f"vppo figures: {exc}", file=sys.stderr)
-        return 2
+    bad = [pair for pair in args.paper_model if "=" not in pair]
+    if bad:
+        raise InputError(f"--paper-model wants MODEL=PAPER_MODEL, got {', '.join(bad)}")
+    pairs = {model: (None if paper == NO_PAPER_MODEL else paper)
+             for model, paper in (p.split("=", 1) for p in args.paper_model)}
+    reference = load_reference(args.reference_dir) if args.reference_dir else None  # bad: InputError (vppo.cli)
     split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
     index = draw_all(args.train_root, args.eval_root, args.analysis_root, args.out, reference, pairs, args.label,
                      split(args.models), split(args.methods))

@@ -27,7 +27,7 @@ from vppo.errors import require_dir
 from vppo.evaluation.protocol import paper_average
 from vppo.fileio import write_text_atomic
 from vppo.reference import PaperReference, load_reference
-from vppo.reporting.results_io import ResultsError, load_eval_frame
+from vppo.reporting.results_io import load_eval_frame
 
 MISSING_MD = "—"
 MISSING_TEX = "--"
@@ -267,17 +267,13 @@ def default_label(model: str, paper_model: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     require_dir(args.eval_root, "--eval-root")  # a mistyped root would give a table of empty cells
     require_dir(args.reference_dir, "--reference-dir")
-    try:
-        benchmarks = [b.key for b in resolve_benchmarks(args.benchmarks)]
-        spec = TABLES[args.table]
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(spec.default_methods)
-        paper_model = args.paper_model or spec.paper_model
-        paper_model = None if paper_model == NO_PAPER_MODEL else paper_model
-        reference = load_reference(args.reference_dir)
-        cells = load_eval_frame(args.eval_root, [args.model], methods, benchmarks)
-    except (ResultsError, ValueError) as exc:
-        print(f"vppo tables: {exc}", file=sys.stderr)
-        return 2
+    benchmarks = [b.key for b in resolve_benchmarks(args.benchmarks)]  # bad input: InputError (vppo.cli reports)
+    spec = TABLES[args.table]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(spec.default_methods)
+    paper_model = args.paper_model or spec.paper_model
+    paper_model = None if paper_model == NO_PAPER_MODEL else paper_model
+    reference = load_reference(args.reference_dir)
+    cells = load_eval_frame(args.eval_root, [args.model], methods, benchmarks)
     label = args.label if args.label is not None else default_label(args.model, paper_model)
     long = build_table(args.table, args.model, paper_model, methods, benchmarks, cells, reference, label)
     paths = write_table(long, args.out)

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from vppo.errors import OptionError
+
 VARIANTS_SCHEMA_ID = "vppo.analysis_variants/1"
 #: The published pass (the official code): the variant every other is compared with.
 REFERENCE_VARIANT = ("patch", "k3")
@@ -36,17 +38,17 @@ def variant_name(variant: tuple[str, str]) -> str:
 
 def parse_variants(spec: str) -> list[tuple[str, str]]:
     """``"patch:k3,grey:k3,patch:kl"`` -> [(masking, estimator), ...], the reference ``patch:k3`` first (added
-    when absent); a malformed, unknown or repeated item raises ValueError naming it."""
+    when absent); a malformed, unknown or repeated item raises OptionError naming it."""
     from vppo.catalog import DEPENDENCY_ESTIMATOR_NAMES, MASKING_NAMES
 
     variants: list[tuple[str, str]] = []
     for item in (part.strip() for part in spec.split(",")):
         masking, sep, estimator = item.partition(":")
         if not sep or masking not in MASKING_NAMES or estimator not in DEPENDENCY_ESTIMATOR_NAMES:
-            raise ValueError(f"--variants: {item!r} is not <masking>:<estimator> with masking one of "
+            raise OptionError(f"--variants: {item!r} is not <masking>:<estimator> with masking one of "
                              f"{', '.join(MASKING_NAMES)} and estimator one of {', '.join(DEPENDENCY_ESTIMATOR_NAMES)}")
         if (masking, estimator) in variants:
-            raise ValueError(f"--variants: {item!r} is named twice")
+            raise OptionError(f"--variants: {item!r} is named twice")
         variants.append((masking, estimator))
     return [REFERENCE_VARIANT, *(v for v in variants if v != REFERENCE_VARIANT)]
 

@@ -11,7 +11,6 @@ trains in one process (the CPU smoke run, or one GPU).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from vppo.catalog import method_descriptions, method_grammar
@@ -39,32 +38,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vppo.modeling import CheckpointError
-    from vppo.training.recipes import RecipeError, load_recipe, method_preset, parse_overrides
+    """Bad input (recipe, method, data, checkpoint, work dir, resume; a rollout batch dynamic sampling cannot fill)
+    raises an :class:`vppo.errors.InputError`, reported by :func:`vppo.cli.main` (one line, exit 2)."""
+    from vppo.training.recipes import load_recipe, method_preset, parse_overrides
 
-    try:
-        overrides = parse_overrides(args.overrides)
-        # Fail on a bad recipe key or method name before the heavy imports.
-        method_preset(args.method, load_recipe(args.recipe, overrides, args.max_steps))
-    except (RecipeError, ValueError) as exc:
-        print(f"vppo train: {exc}", file=sys.stderr)
-        return 2
+    # The recipe and method, read and resolved once, here: a bad key or name fails before the heavy imports.
+    overrides = parse_overrides(args.overrides)
+    recipe = load_recipe(args.recipe, overrides, args.max_steps)
+    preset = method_preset(args.method, recipe)
 
-    from vppo.data.train_data import TrainDataError
-    from vppo.training.runner import TrainError, TrainRequest, run_training
+    from vppo.training.runner import TrainRequest, run_training
 
     request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
                            work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
                            overrides=overrides, run_name=args.run_name)
-    from vppo.training.trainer import ResumeError, SamplingCapError
-
-    try:
-        out = run_training(request)
-    except (TrainError, CheckpointError, TrainDataError, RecipeError, ResumeError) as exc:
-        print(f"vppo train: {exc}", file=sys.stderr)
-        return 2
-    except SamplingCapError as exc:  # the run itself failed; its checkpoints stay in WORK_DIR
-        print(f"vppo train: {exc}", file=sys.stderr)
-        return 1
+    out = run_training(request, recipe=recipe, preset=preset)
     print(f"vppo train: finished, results in {out}")
     return 0

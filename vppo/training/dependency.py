@@ -47,9 +47,9 @@ def sampled_token_pass(trainer, batch: dict, masked_pixels: torch.Tensor) -> tup
     """(old log-probs [B, T], k3 dependency [B, T]): the official code's two sampled-token log-prob passes of
     TRL's fused head (real image, then masked image), over the whole rollout in TRL's micro-batches."""
     with trainer.timer.phase("old_logp"):
-        old = trainer._logps(batch, batch.get("pixel_values"))
+        old = trainer.rollout_logps(batch, batch.get("pixel_values"))
     with trainer.timer.phase("masked_pass"):
-        masked = trainer._logps(batch, masked_pixels)
+        masked = trainer.rollout_logps(batch, masked_pixels)
     return old, k3_dependency(old, masked, batch["completion_mask"])
 
 

@@ -107,7 +107,7 @@ def exact_kl_pass(trainer, batch: dict, masked_pixels: torch.Tensor) -> tuple[to
         real, blind = select_rows(batch, rows), select_rows(masked_batch, rows)
         kept: list[torch.Tensor] = []
         with trainer.timer.phase("old_logp"), response_hidden_states(backbone, width, lambda h: kept.append(h.clone())):
-            old.append(trainer._logps(real, real["pixel_values"]))
+            old.append(trainer.rollout_logps(real, real["pixel_values"]))
         held = {"real": kept[0] if len(kept) == 1 else torch.cat(kept)}
         kept.clear()
         mask, done = real["completion_mask"], []
@@ -122,6 +122,6 @@ def exact_kl_pass(trainer, batch: dict, masked_pixels: torch.Tensor) -> tuple[to
                 held.clear()  # freed before TRL's head scores the masked pass: that phase costs what k3's does
 
         with trainer.timer.phase("masked_pass"), response_hidden_states(backbone, width, take_kl):
-            trainer._logps(blind, blind["pixel_values"])
+            trainer.rollout_logps(blind, blind["pixel_values"])
         dependency.append(torch.cat(done))
     return torch.cat(old), torch.cat(dependency)

@@ -3,7 +3,7 @@ the real policy gradients of a checkpoint (issue 13 item 4; :mod:`vppo.algorithm
 
 Each of R replicates samples one rollout batch of G prompts x n responses exactly as a VPPO training step would
 (the trainer's own generation, grading, dynamic sampling, GRPO advantages and masked-image dependency pass:
-:meth:`vppo.training.trainer.VPPOTrainer._scored_rollout`, prompts taken from the trainer's seeded data stream),
+:meth:`vppo.training.trainer.VPPOTrainer.scored_rollout`, prompts taken from the trainer's seeded data stream),
 then, on that SAME batch, takes the flattened full-parameter policy gradient of
 
 - the baseline ``grpo`` weighting: every valid token, alpha = 1;
@@ -171,7 +171,7 @@ def replicate_gradients(trainer, batch: dict, presets: list[MethodPreset]) -> Re
     updates = update_rows(micro_batch_rows(rows, trainer.args.steps_per_generation),
                           trainer.args.gradient_accumulation_steps)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    logps, _ = trainer._policy_logps(trainer.model, batch)
+    logps, _ = trainer.policy_logps(trainer.model, batch)
     old = logps.detach()  # on-policy: ratio 1, no clip active
 
     def gradient(token_mask, alpha):
@@ -283,7 +283,7 @@ def sample_rollout(trainer, replicate: int, rows: int) -> dict:
     """The next scored rollout of ``rows`` responses from the trainer's data stream, masked as training step
     ``replicate`` would mask it (the masked pass seeds its masks by step)."""
     trainer.state.global_step = replicate
-    return trainer._scored_rollout(trainer._next_examples(rows))
+    return trainer.scored_rollout(trainer.next_examples(rows))
 
 
 def method_summary(name: str, statistics: dict, records: list[ReplicateGradients], preset) -> dict:
@@ -383,13 +383,9 @@ def run(args: argparse.Namespace) -> int:
         methods=tuple(m for m in args.methods.split(",") if m.strip()), replicates=args.replicates,
         prompts=args.prompts, samples=args.samples, seed=args.seed, max_new_tokens=args.max_new_tokens,
         bootstrap=args.bootstrap)
-    from vppo.training.trainer import SamplingCapError
-
-    try:
-        result = measure(request)  # InputError (bad option, data, checkpoint, recipe): one line, exit 2 (vppo.cli)
-    except SamplingCapError as exc:
-        print(f"vppo gradient-variance: {exc}", file=sys.stderr)
-        return 1
+    # InputError (bad option, data, checkpoint, recipe; rollouts dynamic sampling cannot fill): one line, exit 2
+    # (vppo.cli)
+    result = measure(request)
     write_json_atomic(args.out, result)
     print(format_table(result))
     print(f"vppo gradient-variance: {request.replicates} replicates of {request.prompts}x{request.samples} "

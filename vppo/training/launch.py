@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vppo.errors import EXIT_BAD_INPUT, InputError
 from vppo.training.recipes import Recipe, load_recipe, parse_overrides
 
 CONFIG_FILES = {"deepspeed_zero3": "deepspeed_zero3.yaml", "fsdp": "fsdp.yaml", "ddp": "multi_gpu.yaml",
@@ -35,7 +36,7 @@ DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "workflow" / "envs" /
 _RANGE = re.compile(r"^(?P<prefix>[^\[,]+)\[(?P<body>[^\]]+)\](?P<suffix>[^,]*)")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(InputError, RuntimeError):
     """The allocation or recipe cannot be launched as asked; the message says why."""
 
 
@@ -220,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv[:split])
     try:
         plan = plan_launch(argv[split + 1:], config_dir=options.config_dir, port=options.port)
-    except (LaunchError, ValueError) as exc:
-        print(f"launch_train.sh: {exc}", file=sys.stderr)
-        return 2
+    except InputError as exc:  # this entry point's own cli.main: the one-line report, exit 2
+        print(f"launch_train.sh: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if options.dry_run:
         print(plan.render())
         return 0

@@ -74,6 +74,66 @@ def reduce_metric(key: str, values: list[float]) -> float | None:
     return float(REDUCERS.get(key, lambda xs: sum(xs) / len(xs))(valid))
 
 
+#: :func:`vppo.algorithm.policy_loss`'s statistics -> the logged key; each rank's value is averaged over ranks
+LOSS_STATS = {"pg_loss": "pg_loss", "entropy_loss": "entropy_penalty", "clipfrac_low": "clipfrac_low",
+              "clipfrac_high": "clipfrac_high", "clipfrac_dual": "clipfrac_dual", "ppo_kl": "ppo_kl"}
+#: logged keys that are a micro-batch's share of its update's token-mean: x gradient accumulation, so that their
+#: mean over the update's micro-batches is the update's value whatever the chunk size
+UPDATE_SHARES = ("pg_loss", "entropy_penalty")
+#: the columns of one rank's loss statistics of a micro-batch (:func:`loss_columns`), gathered from every rank:
+#: counts and sums add over ranks, the alpha extremes take the min / max over ranks
+LOSS_SUMS = ("valid_tokens", "kept_tokens", "dropped_tokens", "dependency_kept", "dependency_dropped", "alpha_sum",
+             "alpha_rows", "entropy")
+LOSS_COLUMNS = (*LOSS_SUMS, "alpha_min", "alpha_max", *LOSS_STATS.values())
+
+
+def loss_columns(stats: dict, mask: torch.Tensor, dependency: torch.Tensor | None, token_mask: torch.Tensor | None,
+                 alpha: torch.Tensor | None, entropies: torch.Tensor) -> torch.Tensor:
+    """This rank's row [len(LOSS_COLUMNS)] of one micro-batch's loss statistics, in :data:`LOSS_COLUMNS` order.
+
+    stats: :func:`vppo.algorithm.policy_loss`'s statistics; mask, dependency, token_mask (TGF), entropies [B, T];
+    alpha (TAS) [B]. Rows without a valid token carry no alpha; alpha_min / alpha_max are +inf / -inf without rows.
+    """
+    valid = mask.bool()
+    kept = valid if token_mask is None else valid & token_mask.bool()
+    dropped = valid & ~kept
+    dep = torch.zeros_like(mask, dtype=torch.float32) if dependency is None else dependency.float()
+    alpha_rows = alpha[valid.any(1)] if alpha is not None else torch.ones(0, device=mask.device)
+    inf = torch.tensor(float("inf"), device=mask.device)
+    some_alpha = alpha_rows.numel() > 0
+    column = {
+        "valid_tokens": valid.sum().float(), "kept_tokens": kept.sum().float(), "dropped_tokens": dropped.sum().float(),
+        "dependency_kept": dep[kept].sum(), "dependency_dropped": dep[dropped].sum(),
+        "alpha_sum": alpha_rows.sum(), "alpha_rows": torch.tensor(float(alpha_rows.numel()), device=mask.device),
+        "alpha_min": alpha_rows.min() if some_alpha else inf, "alpha_max": alpha_rows.max() if some_alpha else -inf,
+        "entropy": (entropies.detach().float() * mask).sum(),
+        **{key: torch.tensor(float(stats[name]), device=mask.device) for name, key in LOSS_STATS.items()},
+    }
+    return torch.stack([column[name] for name in LOSS_COLUMNS]).float()
+
+
+def loss_metrics(rows: torch.Tensor, accumulation: int, dependency: bool, alpha: bool) -> dict[str, float]:
+    """The logged metrics of one micro-batch from every rank's :func:`loss_columns` ``rows`` [ranks, columns].
+
+    accumulation: the gradient accumulation steps (see :data:`UPDATE_SHARES`); dependency / alpha: whether the
+    method has them (their keys are left out otherwise). ``valid_tokens`` is the token count of all ranks.
+    """
+    column = {name: rows[:, i] for i, name in enumerate(LOSS_COLUMNS)}
+    total = {name: column[name].sum().item() for name in LOSS_SUMS}
+    n_valid, n_kept, n_dropped = total["valid_tokens"], total["kept_tokens"], total["dropped_tokens"]
+    metrics = {"valid_tokens": n_valid, "kept_token_fraction": n_kept / max(n_valid, 1.0),
+               "entropy": total["entropy"] / max(n_valid, 1.0)}
+    for key in LOSS_STATS.values():
+        metrics[key] = column[key].mean().item() * (accumulation if key in UPDATE_SHARES else 1)
+    if dependency:
+        metrics["dependency_kept_mean"] = total["dependency_kept"] / n_kept if n_kept else float("nan")
+        metrics["dependency_dropped_mean"] = total["dependency_dropped"] / n_dropped if n_dropped else float("nan")
+    if alpha and total["alpha_rows"] > 0:
+        metrics.update(alpha_mean=total["alpha_sum"] / total["alpha_rows"], alpha_min=column["alpha_min"].min().item(),
+                       alpha_max=column["alpha_max"].max().item())
+    return metrics
+
+
 def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
+from vppo.errors import InputError
 from vppo.training.checkpoints import checkpoints, last_complete_checkpoint
 
 
@@ -38,8 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.work_dir.is_dir():
-        print(f"vppo prune-work: {args.work_dir}: no such folder", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.work_dir}: no such folder")
     removed = prune_work(args.work_dir)
     kept = last_complete_checkpoint(args.work_dir)
     print(f"vppo prune-work: removed {len(removed)} checkpoint(s) from {args.work_dir}; kept {kept.name if kept else 'none'}")

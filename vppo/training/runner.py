@@ -162,14 +162,17 @@ def cpu_threads(recipe: Recipe):
         torch.set_num_threads(previous)
 
 
-def run_training(request: TrainRequest, callbacks: list | None = None, reward=None) -> Path:
+def run_training(request: TrainRequest, callbacks: list | None = None, reward=None, *, recipe: Recipe | None = None,
+                 preset: MethodPreset | None = None) -> Path:
     """Train (resuming from WORK_DIR when it holds a checkpoint) and write OUT_DIR; returns OUT_DIR.
 
-    ``callbacks`` and ``reward`` are for tests (crash injection, a steered grader).
+    ``callbacks`` and ``reward`` are for tests (crash injection, a steered grader). ``recipe`` and ``preset``: the
+    request's recipe and method already loaded and resolved (``vppo train`` checks them before the heavy imports),
+    so that they are read once; by default they are loaded from the request here.
     """
-    recipe = load_recipe(request.recipe, request.overrides, request.max_steps)
+    recipe = recipe or load_recipe(request.recipe, request.overrides, request.max_steps)
     with cpu_threads(recipe):
-        return _run_training(request, recipe, callbacks, reward)
+        return _run_training(request, recipe, callbacks, reward, preset)
 
 
 def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, preset: MethodPreset, data_sha256: str,
@@ -241,8 +244,10 @@ class PreparedRun:
     tracking: dict
 
 
-def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks: list | None = None) -> PreparedRun:
-    """Check the inputs, load processor and data (prompts over max_prompt_length dropped), build the trainer."""
+def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks: list | None = None,
+                  preset: MethodPreset | None = None) -> PreparedRun:
+    """Check the inputs, load processor and data (prompts over max_prompt_length dropped), build the trainer
+    (``preset``: the request's method resolved against ``recipe``, by default resolved here)."""
     from vppo.data.train_data import load_train_dataset, verified_checksum
     from vppo.modeling import load_processor
     from vppo.training.checkpoints import last_complete_checkpoint
@@ -254,7 +259,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from vppo.training.trainer import VPPOTrainer
 
     verify_checkpoint_dir(request.model)
-    preset = method_preset(request.method, recipe)
+    preset = preset or method_preset(request.method, recipe)
     data_sha256 = verified_checksum(request.data)  # recomputed: data edited in place must not resume a run
 
     if recipe.distributed == "deepspeed_zero3" and recipe.gpus_per_node == 0:
@@ -308,7 +313,7 @@ def _final_from_checkpoint(checkpoint: Path, final: Path) -> None:
     shutil.copytree(checkpoint, final, ignore=lambda folder, names: resume_only if Path(folder) == checkpoint else [])
 
 
-def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> Path:
+def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward, preset: MethodPreset | None = None) -> Path:
     from transformers.trainer_callback import TrainerState
 
     from vppo.training.checkpoints import TRAINER_STATE, weights_format
@@ -320,7 +325,7 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward) -> P
     refuse_existing_output(out)  # before hours of training: OUT is never ours to empty
     require_writable(out, "--out")  # ... and a place that cannot take it fails now, not when publishing
     require_writable(work_dir, "--work-dir")
-    run = build_trainer(request, recipe, reward, callbacks)
+    run = build_trainer(request, recipe, reward, callbacks, preset)
     trainer, resume = run.trainer, run.resume
     staging = out.parent / f".{out.name}.partial"
     if trainer.accelerator.is_main_process and staging.exists():

@@ -41,11 +41,12 @@ from trl.models.utils import disable_gradient_checkpointing
 
 from vppo.algorithm import (MethodPreset, consecutive_groups, dynamic_sampling_keep, grpo_advantages, policy_loss,
                             vppo_weights)
+from vppo.errors import InputError
 from vppo.modeling import masked_pixel_values
 from vppo.training.balance import DEFAULT_ROLLOUT_LAYOUT, ROLLOUT_LAYOUTS
 from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
 from vppo.training.dependency import DEPENDENCY_PASSES, mask_row_images
-from vppo.training.metrics import REDUCERS, PhaseTimer, reduce_metric, sync_cuda
+from vppo.training.metrics import REDUCERS, PhaseTimer, loss_columns, loss_metrics, reduce_metric, sync_cuda
 from vppo.training.rewards import GradingReward
 
 logger = logging.getLogger(__name__)
@@ -72,11 +73,12 @@ def rollout_weights(preset: MethodPreset, dependency: torch.Tensor, mask: torch.
     return token_mask, alpha
 
 
-class SamplingCapError(RuntimeError):
-    """Dynamic sampling reached its safety cap of generation rounds without filling the rollout batch."""
+class SamplingCapError(InputError, RuntimeError):
+    """Dynamic sampling reached its safety cap of generation rounds without filling the rollout batch (the data,
+    grader or cap need a look; the run's checkpoints stay in its work dir)."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(InputError, RuntimeError):
     """A checkpoint cannot be resumed exactly (it lacks the data-stream position)."""
 
 
@@ -100,6 +102,12 @@ class VPPOTrainer(GRPOTrainer):
     reward: a :class:`GradingReward` (the mathruler grader unless a test steers it);
     tas_group_responses: consecutive responses of an update over which TAS's mu is averaged (the recipe key);
     rollout_layout: how the rollout's rows are spread over the ranks first (:data:`vppo.training.balance.ROLLOUT_LAYOUTS`).
+
+    The interface of the measurement code (the dependency passes of :mod:`vppo.training.dependency` and
+    :mod:`vppo.training.exact_kl`, :mod:`vppo.training.gradient_variance`) is the public methods
+    :meth:`next_examples`, :meth:`scored_rollout`, :meth:`rollout_logps` and :meth:`policy_logps`, plus the
+    attributes ``preset``, ``tas_group_responses``, ``masking_params``, ``timer`` and TRL's own (``args``, ``model``,
+    ``accelerator``, ``_metrics`` with what the rollouts logged); our other underscored names are the training loop's.
     """
 
     def __init__(self, *, preset: MethodPreset, tas_group_responses: int,
@@ -160,7 +168,7 @@ class VPPOTrainer(GRPOTrainer):
         spg = self.args.steps_per_generation
         if self._step % spg == 0 or self._buffered_inputs is None:
             # TRL's loader sets the number of steps; the prompts come from the data stream (see the module doc)
-            self._buffered_inputs = self._build_rollout(self._next_examples(len(generation_batch)))
+            self._buffered_inputs = self._build_rollout(self.next_examples(len(generation_batch)))
             if self.dump_dir is not None:
                 self._dump_rollout()
         return self._buffered_inputs[self._step % spg]
@@ -184,8 +192,9 @@ class VPPOTrainer(GRPOTrainer):
                   for piece in self._buffered_inputs]
         torch.save(pieces, self.dump_dir / f"step{self.state.global_step}-rank{self.accelerator.process_index}.pt")
 
-    def _next_examples(self, n_rows: int) -> list[dict]:
-        """This process's share of the next global batch of the data stream, each prompt repeated n times.
+    def next_examples(self, n_rows: int) -> list[dict]:
+        """This process's share (``n_rows`` rows, ``n_rows / num_generations`` prompts) of the next global batch of
+        the data stream, each prompt repeated ``num_generations`` times; the stream position advances.
 
         Every process draws once per generation round (rounds are collective), so the stream position is the
         same everywhere: the global batch is split into consecutive per-process slices, as TRL splits its own.
@@ -244,7 +253,7 @@ class VPPOTrainer(GRPOTrainer):
                     f"{rounds} generation rounds (dynamic_sampling_max_rounds={self.max_sampling_rounds}): almost "
                     "every group is all right or all wrong; check the data and grader, or raise the cap "
                     "(null: no cap, as the official run)")
-            batch_examples = self._next_examples(len(examples))
+            batch_examples = self.next_examples(len(examples))
         batch = concat_rollouts([select_rows(out, rows) for out, rows, _, _ in parts], self._tokenizer.pad_token_id)
         row_examples = [ex for _, _, exs, _ in parts for ex in exs]
         row_grades = [g for _, _, _, gs in parts for g in gs]
@@ -254,7 +263,11 @@ class VPPOTrainer(GRPOTrainer):
         self._record_rollout_metrics(grades_seen, filtered, rounds)
         return batch, row_examples
 
-    def _logps(self, batch: dict, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def rollout_logps(self, batch: dict, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Log-probs [B, T] of the sampled completion tokens of a rollout ``batch`` (TRL's keys: prompt_ids /
+        prompt_mask [B, P], completion_ids / completion_mask [B, T], vision keys) under the current policy, with
+        ``pixel_values`` [patches, dim] in place of the batch's own (the masked-image pass passes masked ones).
+        In the per-device batches of the training arguments; call it under ``torch.no_grad()``."""
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         vision = {k: batch[k] for k in VISION_KEYS if k in batch and k != "pixel_values"}
@@ -264,13 +277,15 @@ class VPPOTrainer(GRPOTrainer):
         return logps
 
     def _build_rollout(self, examples: list[dict]) -> list[dict]:
-        batch = ROLLOUT_LAYOUTS[self.rollout_layout](self._scored_rollout(examples), self.accelerator.process_index,
+        batch = ROLLOUT_LAYOUTS[self.rollout_layout](self.scored_rollout(examples), self.accelerator.process_index,
                                                      self.accelerator.num_processes, self._tokenizer.pad_token_id)
         return self._layout(batch)
 
-    def _scored_rollout(self, examples: list[dict]) -> dict:
-        """One rollout batch before the mini-batch layout: sampled and graded (dynamic sampling refills included),
-        with GRPO advantages, and, where the preset needs them, old log-probs and the dependency of every token."""
+    def scored_rollout(self, examples: list[dict]) -> dict:
+        """One rollout batch of ``examples`` (from :meth:`next_examples`) before the mini-batch layout: sampled
+        and graded (dynamic sampling refills included), TRL's rollout keys (completion_ids / completion_mask
+        [B, T], ...) with GRPO ``advantages`` [B], and, where the preset needs them, ``old_per_token_logps`` and
+        the ``dependency`` of every token [B, T]. B is len(examples) (kept groups only)."""
         batch, row_examples = self._sample_until_full(examples)
         off_policy = self.args.gradient_accumulation_steps % self.args.steps_per_generation != 0
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
@@ -287,7 +302,7 @@ class VPPOTrainer(GRPOTrainer):
                 self.masked_pass_calls += 1
             elif off_policy:
                 with self.timer.phase("old_logp"):
-                    batch["old_per_token_logps"] = self._logps(batch, batch.get("pixel_values"))
+                    batch["old_per_token_logps"] = self.rollout_logps(batch, batch.get("pixel_values"))
         return batch
 
     def _layout(self, batch: dict) -> list[dict]:
@@ -333,8 +348,9 @@ class VPPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ loss
 
-    def _policy_logps(self, model, inputs: dict, compute_entropy: bool = False):
-        """(log-probs [B, T], entropies [B, T] or None) of the sampled tokens of ``inputs``, with gradient."""
+    def policy_logps(self, model, inputs: dict, compute_entropy: bool = False):
+        """(log-probs [B, T], entropies [B, T] or None) of the sampled completion tokens of ``inputs`` (one
+        micro-batch of the layout, TRL's rollout keys) under ``model``, with gradient: the loss's forward pass."""
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         vision = {k: inputs[k] for k in VISION_KEYS if k in inputs}
@@ -343,7 +359,7 @@ class VPPOTrainer(GRPOTrainer):
         return logps, entropies
 
     def _compute_loss(self, model, inputs):
-        logps, entropies = self._policy_logps(model, inputs, compute_entropy=True)
+        logps, entropies = self.policy_logps(model, inputs, compute_entropy=True)
         mask = inputs["completion_mask"]
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
@@ -356,41 +372,12 @@ class VPPOTrainer(GRPOTrainer):
         return loss
 
     def _record_loss_metrics(self, stats, mask, dependency, token_mask, alpha, entropies) -> None:
-        valid = mask.bool()
-        kept = valid if token_mask is None else valid & token_mask.bool()
-        dropped = valid & ~kept
-        dep = torch.zeros_like(mask, dtype=torch.float32) if dependency is None else dependency.float()
-        alpha_rows = alpha[valid.any(1)] if alpha is not None else torch.ones(0, device=mask.device)
-        inf = torch.tensor(float("inf"), device=mask.device)
-        local = torch.stack([
-            valid.sum().float(), kept.sum().float(), dropped.sum().float(),
-            dep[kept].sum(), dep[dropped].sum(), alpha_rows.sum(), torch.tensor(float(alpha_rows.numel()), device=mask.device),
-            alpha_rows.min() if alpha_rows.numel() else inf, -(alpha_rows.max() if alpha_rows.numel() else -inf),
-            (entropies.detach().float() * mask).sum(),
-            *[torch.tensor(float(stats[k]), device=mask.device) for k in
-              ("pg_loss", "entropy_loss", "clipfrac_low", "clipfrac_high", "clipfrac_dual", "ppo_kl")],
-        ]).float()
+        local = loss_columns(stats, mask, dependency, token_mask, alpha, entropies)
         rows = self.accelerator.gather(local).view(-1, local.numel())
-        total = rows.sum(0)
-        n_valid, n_kept, n_dropped = total[0].item(), total[1].item(), total[2].item()
-        metrics = self._metrics["train"]
-        metrics["kept_token_fraction"].append(n_kept / max(n_valid, 1.0))
-        metrics["entropy"].append(total[9].item() / max(n_valid, 1.0))
-        # pg_loss and the entropy penalty of a micro-batch are its share of the update's token-mean: x GA, their
-        # mean over the update's micro-batches is the update's value whatever the chunk size
-        accumulation = self.args.gradient_accumulation_steps
-        for i, key in enumerate(("pg_loss", "entropy_penalty", "clipfrac_low", "clipfrac_high", "clipfrac_dual",
-                                 "ppo_kl")):
-            share = accumulation if key in ("pg_loss", "entropy_penalty") else 1
-            metrics[key].append(rows[:, 10 + i].mean().item() * share)
-        if dependency is not None:
-            metrics["dependency_kept_mean"].append(total[3].item() / n_kept if n_kept else float("nan"))
-            metrics["dependency_dropped_mean"].append(total[4].item() / n_dropped if n_dropped else float("nan"))
-        if alpha is not None and total[6].item() > 0:
-            metrics["alpha_mean"].append(total[5].item() / total[6].item())
-            metrics["alpha_min"].append(rows[:, 7].min().item())
-            metrics["alpha_max"].append(-rows[:, 8].min().item())
-        self._tokens_since_log += n_valid
+        logged = loss_metrics(rows, self.args.gradient_accumulation_steps, dependency is not None, alpha is not None)
+        self._tokens_since_log += logged.pop("valid_tokens")
+        for key, value in logged.items():
+            self._metrics["train"][key].append(value)
 
     # ------------------------------------------------------------------ optimizer
 
