@@ -132,3 +132,37 @@ def test_an_image_removed_after_preparation_stops_the_task(geo3k_task, eval_data
     monkeypatch.setenv(tasklib.DATA_ENV, str(copy))
     with pytest.raises(EvalDataError, match=r"geo3k \(.*\) row 1: missing image"):
         tasklib.docs_processor("geo3k")(geo3k_task.dataset["test"])
+
+
+# ------------------------------------------------------------------ the folders, generated from the registry
+
+def test_the_committed_task_folders_are_what_the_registry_generates():
+    from vppo.evaluation.taskfiles import differences
+
+    assert differences(default_tasks_dir()) == [], "run `vppo tasks` and commit benchmarks/"
+
+
+def test_a_new_benchmark_is_a_registry_line_and_vppo_tasks(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from lmms_eval.tasks import TaskManager
+
+    from vppo.catalog import Benchmark
+    from vppo.cli import main
+    from vppo.evaluation import taskfiles
+
+    tasks = tmp_path / "benchmarks"
+    shutil.copytree(default_tasks_dir(), tasks)
+    (tasks / "geo3k" / "vppo_geo3k.yaml").write_text((tasks / "geo3k" / "vppo_geo3k.yaml").read_text() + "# hand edit\n")
+    assert main(["tasks", "--tasks-dir", str(tasks), "--check"]) == 1  # an edited folder is found ...
+    assert "vppo_geo3k.yaml: differs" in capsys.readouterr().out
+    ninth = Benchmark("geo3k_copy", "Geo3k-copy", 601, "number", "hiyouga_geometry3k_copy")
+    monkeypatch.setattr(taskfiles, "BENCHMARKS", (*BENCHMARKS, ninth))
+    monkeypatch.setattr(taskfiles, "BENCHMARK_BY_KEY", {**BENCHMARK_BY_KEY, ninth.key: ninth})
+    assert main(["tasks", "--tasks-dir", str(tasks)]) == 0  # ... and rewritten, with the new benchmark's folder
+    assert taskfiles.differences(tasks) == [] and (tasks / ninth.key / "utils.py").is_file()
+    manager = TaskManager(include_path=str(tasks), include_defaults=False)
+    assert ninth.task in manager.all_subtasks and manager.all_groups == ["vppo_all"]
+    (tasks / "geo3k" / "utils.py").write_text("# a file vppo tasks did not write\n")
+    assert main(["tasks", "--tasks-dir", str(tasks)]) == 2  # never replaced: one line, exit 2
+    assert "not written by `vppo tasks`" in capsys.readouterr().err

@@ -251,12 +251,11 @@ def add_to_registry(repo: Path) -> None:
         assert text.count(anchor) == 1, anchor
         text = text.replace(anchor, anchor + addition)
     registry.write_text(text)
-    # The task folder, copied from geo3k's; the data source is the fixtures (generated for every benchmark).
-    task_dir = repo / "benchmarks" / NINTH.key
-    task_dir.mkdir()
-    (task_dir / "utils.py").write_text((repo / "benchmarks/geo3k/utils.py").read_text().replace('"geo3k"', f'"{NINTH.key}"'))
-    (task_dir / f"{NINTH.task}.yaml").write_text((repo / "benchmarks/geo3k/vppo_geo3k.yaml").read_text()
-                                                 .replace("vppo_geo3k", NINTH.task).replace("Geo3k", NINTH.paper_name))
+    # The task folder, generated from the registry line; the data source is the fixtures (generated for every
+    # benchmark).
+    written = subprocess.run([sys.executable, "-m", "vppo", "tasks"], cwd=repo, capture_output=True, text=True,
+                             env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
+    assert written.returncode == 0 and (repo / "benchmarks" / NINTH.key / f"{NINTH.task}.yaml").is_file(), written.stderr
     (repo / "results" / "reference" / "paper_mini_study_7b.csv").write_text(
         f"model,method,{NINTH.paper_name},Avg\nQwen2.5-VL-7B,vppo,50.0,57.5\n")
 

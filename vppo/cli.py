@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("vppo.data.tiny_models", "write a tiny Qwen2.5-VL checkpoint offline (random-init, or warm-started on the answer format)"),
     "fetch-model": ("vppo.data.models", "put a base or released checkpoint (tiny, local dir, hub id) in place"),
     "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),
+    "tasks": ("vppo.evaluation.taskfiles", "write the lmms-eval task folders benchmarks/<key>/ from the registry"),
     "train": ("vppo.training.cli", "train a policy with a method preset (grpo, dapo, vppo, ablations)"),
     "prune-work": ("vppo.training.prune", "keep only the last complete checkpoint of a published training run"),
     "convert": ("vppo.training.convert", "turn a trainer checkpoint into a standalone HF checkpoint with a model card"),
