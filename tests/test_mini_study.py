@@ -115,6 +115,7 @@ def test_a_study_method_without_training_stops_the_run_at_config_time(tmp_path):
     assert "study.methods: ['base'] not trained by mini_s0" in done.stdout + done.stderr
 
 
+@pytest.mark.slow  # the whole preset through Snakemake (~260 s on 2 cores)
 def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path):
     """The whole preset, shrunk (2 steps, 2 seeds, 1 method, 2 questions): every stage runs and the study table,
     the mini table and the report come out; each seed trained with its own seed."""

@@ -97,6 +97,7 @@ def mini_dir(tmp_path_factory):
     return build_mini_model(tmp_path_factory.mktemp("mini") / "model", seed=0, warm_start_steps=100)
 
 
+@pytest.mark.slow  # the mini_dir fixture builds and warm-starts the mini model (~80 s)
 def test_mini_model_builds_offline_with_task_words_as_single_tokens(mini_dir):
     from vppo.modeling import load_policy, load_processor, verify_checkpoint_dir
 
@@ -113,6 +114,7 @@ def test_mini_model_builds_offline_with_task_words_as_single_tokens(mini_dir):
     assert set(KINDS) == {"majority", "filled", "control"}
 
 
+@pytest.mark.slow  # the mini_dir fixture builds and warm-starts the mini model (~80 s)
 def test_two_steps_of_the_mini_recipe(mini_dir, tmp_path):
     """The study's recipe runs vppo (masked pass, TGF, TAS) on the mini model and data for 2 steps."""
     data = tmp_path / "data"
@@ -129,6 +131,7 @@ def test_two_steps_of_the_mini_recipe(mini_dir, tmp_path):
     assert all(0.0 < s["kept_token_fraction"] < 1.0 for s in logged)  # TGF kept a share of the tokens
 
 
+@pytest.mark.slow  # the mini_dir fixture builds and warm-starts the mini model (~80 s)
 def test_eval_source_mini_writes_the_study_sets_in_the_real_layout(mini_dir, tmp_path):
     data = tmp_path / "eval"
     subprocess.run([sys.executable, "-m", "vppo", "prepare-data", "eval", "--source", "mini", "--out", str(data),
