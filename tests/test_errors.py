@@ -48,6 +48,10 @@ BAD_INPUT = {
     "train: unknown method": (lambda t: _train(t, "--method", "nope"), "unknown method 'nope'"),
     "train: bad --set": (lambda t: _train(t, "--method", "vppo", "--set", "lr"), "--set 'lr': expected KEY=VALUE"),
     "train: no model": (lambda t: _train(t, "--method", "vppo"), "/m: no such directory"),
+    "prepare-data: bad --option": (lambda t: ["prepare-data", "eval", "--source", "fixtures", "--out", str(t / "o"),
+                                              "--option", "n_rows"], "--option 'n_rows': expected KEY=VALUE"),
+    "status: bad --config": (lambda t: ["status", "--root", str(t), "--config", "preset"],
+                             "--config 'preset': expected KEY=VALUE"),
     "eval: unknown benchmark": (lambda t: ["eval", str(t / "c"), "--out", str(t / "e"), "--benchmarks", "nope"],
                                 "--benchmarks: unknown benchmark(s) ['nope']"),
 }

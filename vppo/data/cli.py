@@ -6,7 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from vppo.errors import InputError, parse_key_values
+from vppo.errors import parse_key_values
 
 #: kind -> (module, function); each function takes (source, out, **options) and returns the output Path.
 PREPARERS = {
@@ -27,10 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     module_name, function_name = PREPARERS[args.kind]
     prepare = getattr(importlib.import_module(module_name), function_name)
-    try:
-        options = parse_key_values(args.option, "--option")
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    options = parse_key_values(args.option, "--option")  # OptionError (an InputError) for a malformed pair
     out = prepare(args.source, args.out, **options)
     print(f"{args.kind} data ready in {out}")
     return 0

@@ -271,10 +271,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        overrides = parse_key_values(args.config, "--config")
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    overrides = parse_key_values(args.config, "--config")  # OptionError (an InputError) for a malformed pair
     status = collect(args.root, overrides, args.configfile)
     print(json.dumps(status, indent=1, sort_keys=True) if args.json else render_text(status))
     return 0

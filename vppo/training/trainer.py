@@ -285,7 +285,7 @@ class VPPOTrainer(GRPOTrainer):
         """One rollout batch of ``examples`` (from :meth:`next_examples`) before the mini-batch layout: sampled
         and graded (dynamic sampling refills included), TRL's rollout keys (completion_ids / completion_mask
         [B, T], ...) with GRPO ``advantages`` [B], and, where the preset needs them, ``old_per_token_logps`` and
-        the ``dependency`` of every token [B, T]. B is len(examples) (kept groups only)."""
+        the ``dependency`` of every token [B, T]. B = len(examples) rows, all of groups dynamic sampling kept."""
         batch, row_examples = self._sample_until_full(examples)
         off_policy = self.args.gradient_accumulation_steps % self.args.steps_per_generation != 0
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
