@@ -146,13 +146,33 @@ RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 METHOD_OPTION_KEYS = ("dependency_estimator", "masking")
 #: Keys a recipe file may leave out (null); a run's identity leaves them out while unset.
 OPTIONAL_KEYS = (*METHOD_OPTION_KEYS, "cpu_ranks_per_node", "rollout_layout")
-#: Keys a recipe file may leave out with a default of their own; they do not change what is trained, so a work dir
-#: resumes whatever they are (vppo.training.runner leaves them out of the run's claim).
+#: Keys a recipe file may leave out with a default of their own.
 DEFAULTED_KEYS = {"report_to": DEFAULT_REPORT_TO}
+#: Keys that change how a run is computed, stored or watched, not what it trains: a work dir resumes whatever they
+#: are (an out-of-memory fix must not restart two days of training), so the run's identity leaves them out
+#: (:func:`run_identity`; docs/cluster.md). Memory and placement: ``micro_batch_responses`` (the forward chunk; TAS
+#: groups and the token-mean denominator are per update, so only the float summation order changes),
+#: ``gradient_checkpointing`` (recomputes the same activations), the vLLM engine's ``vllm_gpu_memory_utilization``,
+#: ``vllm_enable_sleep_mode`` and ``vllm_tensor_parallel_size`` (where the sampler's weights and KV cache live; the
+#: sampled distribution is the policy's). Cadence and bookkeeping: ``save_steps``, ``logging_steps``, ``report_to``,
+#: ``description``; ``dynamic_sampling_max_rounds`` (a safety cap: it stops a run, never changes a step it trains);
+#: ``max_steps`` (a run may be trained on). Every other key (batch sizes, optimizer, sampling, lengths, pixel
+#: bounds, precision, sampler engine, world size and layout, method options) is part of the identity.
+OPERATIONAL_KEYS = ("micro_batch_responses", "gradient_checkpointing", "vllm_gpu_memory_utilization",
+                    "vllm_enable_sleep_mode", "vllm_tensor_parallel_size", "save_steps", "logging_steps", "report_to",
+                    "description", "dynamic_sampling_max_rounds", "max_steps")
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
 _TYPES = {f.name: f.type for f in fields(Recipe)}
+
+
+def run_identity(recipe_values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe keys that define what a run trains (a work dir resumes only the same identity): every key but
+    :data:`OPERATIONAL_KEYS`, and optional keys only when set (work dirs claimed before they existed lack them).
+    ``recipe_values`` is ``dataclasses.asdict(recipe)`` or the recipe a work dir recorded."""
+    return {key: value for key, value in recipe_values.items()
+            if key not in OPERATIONAL_KEYS and key != "name" and not (key in OPTIONAL_KEYS and value is None)}
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:

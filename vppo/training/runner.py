@@ -26,8 +26,7 @@ from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, require_writable, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt, content_text
-from vppo.training.recipes import (DEFAULTED_KEYS, OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe,
-                                   method_preset)
+from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe, method_preset, run_identity
 from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs
 
 logger = logging.getLogger(__name__)
@@ -182,13 +181,11 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
     path = work_dir / RUN_FILE
     current = {"model_sha256": checkpoint_sha256(request.model, cache=work_dir / ".model_sha256.json"),
                "data_sha256": data_sha256, "method": dataclasses.asdict(preset), "seed": request.seed,
-               # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume;
-               # unset optional keys are left out, as work dirs claimed before those keys existed recorded them
-               "recipe": {k: v for k, v in dataclasses.asdict(recipe).items()
-                          if k != "max_steps" and k not in DEFAULTED_KEYS
-                          and not (k in OPTIONAL_KEYS and v is None)}}
+               # keys that do not change what is trained (micro-batch, sleep mode, max_steps, ...) stay out
+               "recipe": run_identity(dataclasses.asdict(recipe))}
     if path.is_file():
         recorded = json.loads(path.read_text())
+        recorded["recipe"] = run_identity(recorded.get("recipe") or {})  # older claims recorded every key
         changed = sorted(k for k in current if json.dumps(recorded.get(k), sort_keys=True)
                          != json.dumps(current[k], sort_keys=True))
         if changed:
