@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import weakref
 import zlib
 from pathlib import Path
 
@@ -204,6 +205,44 @@ def test_refills_are_the_next_prompts_of_the_data_order(vppo_trainer):
     # the stream walks through every row once per epoch, each epoch in its own seeded order
     epoch0, epoch1 = data_order(size, 0, 0, size), data_order(size, 0, size, size)
     assert sorted(epoch0) == sorted(epoch1) == list(range(size)) and epoch0 != epoch1
+
+
+def test_generation_rounds_hold_no_pixels_of_earlier_rounds_or_rollouts(vppo_trainer):
+    """While vLLM generates, the GPU holds no pixel_values of the previous rollout or of earlier refill rounds: at the
+    start of every generation round each earlier round's full output and each micro-batch of the previous rollout
+    is freed (weak references), the rows kept for the update and the stored micro-batches are in host memory, and
+    a step gets its micro-batch on the model's device."""
+    from vppo.training.trainer import ROLLOUT_STORAGE
+
+    trainer = vppo_trainer
+    spg, generate = trainer.args.steps_per_generation, trainer._generate_and_score_completions
+    earlier, alive_at_round = [], []
+
+    def spy(examples):
+        alive_at_round.append([name for name, ref in earlier if ref() is not None])
+        out = generate(examples)
+        earlier.append((f"round {len(alive_at_round)}", weakref.ref(out["pixel_values"])))
+        return out
+
+    trainer._generate_and_score_completions = spy
+    rows = trainer.args.per_device_train_batch_size * spg
+    trainer._buffered_inputs = None
+    try:
+        for rollout_index in range(2):
+            trainer._step = rollout_index * spg  # a rollout boundary: _prepare_inputs builds the next rollout
+            piece = trainer._prepare_inputs([None] * rows)
+            assert piece["pixel_values"].device == trainer.accelerator.device
+            del piece
+            stored = trainer._buffered_inputs
+            assert all(p["pixel_values"].device == ROLLOUT_STORAGE for p in stored)
+            earlier += [(f"rollout {rollout_index} micro-batch {k}", weakref.ref(p["pixel_values"]))
+                        for k, p in enumerate(stored)]
+            del stored
+    finally:
+        del trainer._generate_and_score_completions
+        trainer._step, trainer._buffered_inputs = 0, None
+    assert len(alive_at_round) > 2  # two rollouts, at least one of them refilled (steered grader)
+    assert alive_at_round == [[]] * len(alive_at_round)
 
 
 @pytest.fixture(scope="module")
