@@ -96,7 +96,7 @@ class Recipe:
     vllm_mode: str
     vllm_tensor_parallel_size: int
     vllm_gpu_memory_utilization: float
-    vllm_enable_sleep_mode: bool
+    vllm_enable_sleep_mode: bool | str  # or "auto": off where the GPU's memory allows (vppo.training.memory)
     min_pixels: int | None
     max_pixels: int | None
     num_nodes: int
@@ -175,9 +175,15 @@ def run_identity(recipe_values: dict[str, Any]) -> dict[str, Any]:
             if key not in OPERATIONAL_KEYS and key != "name" and not (key in OPTIONAL_KEYS and value is None)}
 
 
+#: Words a key takes besides values of its type
+KEY_WORDS = {"vllm_enable_sleep_mode": ("auto",)}
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     """Check/convert one value against the dataclass annotation (str form, from __future__ annotations)."""
     kind = _TYPES[key]
+    if isinstance(value, str) and value in KEY_WORDS.get(key, ()):
+        return value
     if value is None:
         if "None" in kind:
             return None
@@ -354,6 +360,13 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None, max_
     return recipe_from_mapping(path.stem, data, where)
 
 
+def _resolved_sleep_mode(recipe: Recipe) -> bool:
+    if not isinstance(recipe.vllm_enable_sleep_mode, bool):
+        raise RecipeError(f"recipe {recipe.name}: vllm_enable_sleep_mode={recipe.vllm_enable_sleep_mode!r} is decided "
+                          "when the run starts (vppo.training.memory.resolve_sleep_mode), not here")
+    return recipe.vllm_enable_sleep_mode
+
+
 def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int) -> dict[str, Any]:
     """Keyword arguments for ``trl.GRPOConfig`` (see the module docstring for the mapping)."""
     warmup_steps = 0 if recipe.warmup_ratio == 0 else None
@@ -393,7 +406,7 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         vllm_mode=recipe.vllm_mode,
         vllm_tensor_parallel_size=recipe.vllm_tensor_parallel_size,
         vllm_gpu_memory_utilization=recipe.vllm_gpu_memory_utilization,
-        vllm_enable_sleep_mode=recipe.vllm_enable_sleep_mode,
+        vllm_enable_sleep_mode=_resolved_sleep_mode(recipe),
         vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
         vllm_max_model_length=recipe.max_model_length,
         report_to=report_targets(recipe.report_to),

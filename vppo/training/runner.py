@@ -27,6 +27,7 @@ from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, requ
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt, content_text
 from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe, method_preset, run_identity
+from vppo.training.memory import resolve_sleep_mode
 from vppo.training.startup import MODEL_CACHE, check_inputs, once_per_job
 from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs
 
@@ -172,7 +173,7 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
 
     ``callbacks`` and ``reward`` are for tests (crash injection, a steered grader).
     """
-    recipe = load_recipe(request.recipe, request.overrides, request.max_steps)
+    recipe = resolve_sleep_mode(load_recipe(request.recipe, request.overrides, request.max_steps), request.model)
     with cpu_threads(recipe):
         return _run_training(request, recipe, callbacks, reward)
 
