@@ -72,3 +72,20 @@ def test_vllm_keys_can_be_overridden_from_the_command_line():
 def test_impossible_vllm_placement_is_refused_naming_the_key(overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe("32b", overrides)
+
+
+def test_sleep_mode_auto_reads_the_checkpoint(tiny_model_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    from vppo.training.memory import checkpoint_parameters, resolve_sleep_mode
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    assert checkpoint_parameters(tiny_model_dir) == sum(t.numel() for t in weights.values())
+    text = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
+    assert Architecture.from_config(json.loads((tiny_model_dir / "config.json").read_text())).layers == \
+        text["num_hidden_layers"]
+    # without CUDA sleep mode does not exist; on a GPU the tiny model's budget fits beside vLLM's share: off both ways
+    assert resolve_sleep_mode(load_recipe("7b"), tiny_model_dir).vllm_enable_sleep_mode is False
+    assert resolve_sleep_mode(load_recipe("smoke"), tiny_model_dir) == load_recipe("smoke")  # explicit: unchanged
