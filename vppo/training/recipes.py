@@ -27,7 +27,8 @@ report_to                   report_to (default tensorboard; "none" = []; vppo.tr
 use_vllm, vllm_mode         use_vllm, vllm_mode ("colocate" or "server")
 vllm_tensor_parallel_size   vllm_tensor_parallel_size (colocate: ranks per vLLM engine; divides the world size)
 vllm_gpu_memory_utilization vllm_gpu_memory_utilization (share of each GPU's memory vLLM may take)
-vllm_enable_sleep_mode      vllm_enable_sleep_mode (vLLM frees weights and KV cache while the policy trains)
+vllm_enable_sleep_mode      vllm_enable_sleep_mode (vLLM frees weights and KV cache while the policy trains; "auto":
+                            decided when the run starts from the GPU's memory, vppo.training.memory)
 bf16, gradient_checkpointing  bf16, gradient_checkpointing
 ==========================  ==============================================================================
 
