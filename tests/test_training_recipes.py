@@ -199,3 +199,16 @@ def test_cpu_zero3_keeps_deepspeed_on_and_talks_over_gloo():
     assert kwargs["use_cpu"] is False and kwargs["ddp_backend"] == "gloo"
     smoke = grpo_config_kwargs(load_recipe("smoke"), get_method("vppo"), "/w", 0)
     assert smoke["use_cpu"] is True and "ddp_backend" not in smoke
+
+
+def test_the_run_identity_leaves_out_exactly_the_operational_keys():
+    from vppo.training.recipes import OPERATIONAL_KEYS, RECIPE_KEYS, run_identity
+
+    assert set(OPERATIONAL_KEYS) <= set(RECIPE_KEYS)  # a misspelt key would silently stay in the identity
+    values = dataclasses.asdict(load_recipe("7b"))
+    identity = run_identity(values)
+    assert set(identity) == set(RECIPE_KEYS) - set(OPERATIONAL_KEYS) - {"cpu_ranks_per_node", "rollout_layout",
+                                                                        "dependency_estimator", "masking"}
+    memory_fix = dataclasses.asdict(load_recipe("7b", {"micro_batch_responses": 4, "vllm_enable_sleep_mode": False}))
+    assert run_identity(memory_fix) == identity
+    assert run_identity(dataclasses.asdict(load_recipe("7b", {"top_p": 0.9}))) != identity
