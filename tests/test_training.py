@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import weakref
 import zlib
 from pathlib import Path
 
@@ -206,6 +207,44 @@ def test_refills_are_the_next_prompts_of_the_data_order(vppo_trainer):
     assert sorted(epoch0) == sorted(epoch1) == list(range(size)) and epoch0 != epoch1
 
 
+def test_generation_rounds_hold_no_pixels_of_earlier_rounds_or_rollouts(vppo_trainer):
+    """While vLLM generates, the GPU holds no pixel_values of the previous rollout or of earlier refill rounds: at the
+    start of every generation round each earlier round's full output and each micro-batch of the previous rollout
+    is freed (weak references), the rows kept for the update and the stored micro-batches are in host memory, and
+    a step gets its micro-batch on the model's device."""
+    from vppo.training.trainer import ROLLOUT_STORAGE
+
+    trainer = vppo_trainer
+    spg, generate = trainer.args.steps_per_generation, trainer._generate_and_score_completions
+    earlier, alive_at_round = [], []
+
+    def spy(examples):
+        alive_at_round.append([name for name, ref in earlier if ref() is not None])
+        out = generate(examples)
+        earlier.append((f"round {len(alive_at_round)}", weakref.ref(out["pixel_values"])))
+        return out
+
+    trainer._generate_and_score_completions = spy
+    rows = trainer.args.per_device_train_batch_size * spg
+    trainer._buffered_inputs = None
+    try:
+        for rollout_index in range(2):
+            trainer._step = rollout_index * spg  # a rollout boundary: _prepare_inputs builds the next rollout
+            piece = trainer._prepare_inputs([None] * rows)
+            assert piece["pixel_values"].device == trainer.accelerator.device
+            del piece
+            stored = trainer._buffered_inputs
+            assert all(p["pixel_values"].device == ROLLOUT_STORAGE for p in stored)
+            earlier += [(f"rollout {rollout_index} micro-batch {k}", weakref.ref(p["pixel_values"]))
+                        for k, p in enumerate(stored)]
+            del stored
+    finally:
+        del trainer._generate_and_score_completions
+        trainer._step, trainer._buffered_inputs = 0, None
+    assert len(alive_at_round) > 2  # two rollouts, at least one of them refilled (steered grader)
+    assert alive_at_round == [[]] * len(alive_at_round)
+
+
 @pytest.fixture(scope="module")
 def rollout(vppo_trainer):
     """One rollout of the inspected trainer: the micro-batches, the batch before the mini-batch layout, and the
@@ -329,11 +368,26 @@ class CrashAfter(TrainerCallback):
             raise RuntimeError("simulated kill")
 
 
-def test_a_killed_run_resumes_to_bit_identical_weights(tiny_model_dir, data_dir, tmp_path):
-    straight = run_training(_request(tmp_path / "a", tiny_model_dir, data_dir, "vppo"), reward=GradingReward(steered_grade))
-    killed = _request(tmp_path / "b", tiny_model_dir, data_dir, "vppo")
+@pytest.fixture(scope="module")
+def killed_at_step_3(tiny_model_dir, data_dir, tmp_path_factory):
+    """(an uninterrupted 4-step vppo run's OUT, the work dir of the same run killed at step 3): tests resume copies."""
+    root = tmp_path_factory.mktemp("killed")
+    straight = run_training(_request(root / "a", tiny_model_dir, data_dir, "vppo"), reward=GradingReward(steered_grade))
+    killed = _request(root / "b", tiny_model_dir, data_dir, "vppo")
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_training(killed, callbacks=[CrashAfter(3)], reward=GradingReward(steered_grade))
+    return straight, killed.work_dir
+
+
+def _killed_copy(killed_at_step_3, root: Path, tiny_model_dir, data_dir) -> TrainRequest:
+    request = _request(root, tiny_model_dir, data_dir, "vppo")
+    shutil.copytree(killed_at_step_3[1], request.work_dir)
+    return request
+
+
+def test_a_killed_run_resumes_to_bit_identical_weights(killed_at_step_3, tiny_model_dir, data_dir, tmp_path):
+    straight = killed_at_step_3[0]
+    killed = _killed_copy(killed_at_step_3, tmp_path / "b", tiny_model_dir, data_dir)
     assert not killed.out.exists() and (killed.work_dir / "checkpoint-2").is_dir()
     # the checkpoint knows where the data stream stands: 2 rollouts of 2 prompts plus the refills
     state = json.loads((killed.work_dir / "checkpoint-2" / "trainer_state.json").read_text())
@@ -352,6 +406,30 @@ def test_a_killed_run_resumes_to_bit_identical_weights(tiny_model_dir, data_dir,
     other = dataclasses.replace(killed, method="dapo", out=tmp_path / "b" / "other")
     with pytest.raises(Exception, match="trained with a different method"):
         run_training(other)
+
+
+def test_an_out_of_memory_fix_resumes_but_a_maths_change_is_refused(killed_at_step_3, tiny_model_dir, data_dir,
+                                                                    tmp_path):
+    """Killed at step 3 with forward chunks of 4 responses, resumed with chunks of 8 and gradient checkpointing
+    (keys outside the run's identity): it resumes from checkpoint-2 and ends where an uninterrupted run does, up
+    to the float rounding of the other chunking. A learning-rate change (maths) is still refused."""
+    straight = killed_at_step_3[0]
+    killed = _killed_copy(killed_at_step_3, tmp_path / "b", tiny_model_dir, data_dir)
+    learning_rate = dataclasses.replace(killed, overrides={"learning_rate": 2e-4})
+    with pytest.raises(Exception, match="refusing to resume: .*different recipe"):
+        run_training(learning_rate, reward=GradingReward(steered_grade))
+    memory_fix = dataclasses.replace(killed, overrides={"micro_batch_responses": 8, "gradient_checkpointing": True,
+                                                        "logging_steps": 2})
+    resumed = run_training(memory_fix, reward=GradingReward(steered_grade))
+    summary = json.loads((resumed / "train_summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == 4
+    assert summary["recipe"]["micro_batch_responses"] == 8
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    # the same tolerance as test_the_micro_batch_size_is_memory_only: Adam magnifies rounding in tiny gradients
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, atol=5e-6, rtol=0, msg=name)
+    assert any(not torch.equal(a[k], load_file(tiny_model_dir / "model.safetensors")[k]) for k in a)  # it trained
 
 
 def test_a_finished_but_unpublished_run_is_published_without_another_step(tiny_model_dir, data_dir, tmp_path):

@@ -16,7 +16,8 @@ from vppo.training.recipes import RECIPE_DIR, RecipeError, grpo_config_kwargs, l
                          [("7b", 8, 8, 16, 48), ("32b", 32, 4, 8, 24)])
 def test_paper_recipes_map_to_the_published_schedule(name, world, micro, accumulation, steps_per_generation,
                                                      tmp_path):
-    recipe, preset = load_recipe(name), get_method("vppo")
+    # sleep mode "auto" is decided when a run starts (tests/test_recipes_vllm.py)
+    recipe, preset = dataclasses.replace(load_recipe(name), vllm_enable_sleep_mode=True), get_method("vppo")
     kwargs = grpo_config_kwargs(recipe, preset, tmp_path, seed=0)
     assert recipe.world_size == world and recipe.distributed == "deepspeed_zero3" and recipe.use_vllm
     # 384 prompts x 8 responses per rollout, 128 prompts per update: 3 updates per rollout
@@ -40,7 +41,8 @@ def test_paper_recipes_map_to_the_published_schedule(name, world, micro, accumul
 def test_paper_recipe_kwargs_are_accepted_by_trl_in_cpu_form(tmp_path):
     from trl import GRPOConfig
 
-    recipe = dataclasses.replace(load_recipe("7b"), bf16=False, gpus_per_node=0, use_vllm=False)
+    recipe = dataclasses.replace(load_recipe("7b"), bf16=False, gpus_per_node=0, use_vllm=False,
+                                 vllm_enable_sleep_mode=False)
     kwargs = grpo_config_kwargs(recipe, get_method("dapo"), tmp_path, seed=3)
     config = GRPOConfig(**{**kwargs, "use_cpu": True})
     assert config.generation_batch_size == 3072 and config.seed == 3 and config.num_generations == 8
@@ -197,3 +199,16 @@ def test_cpu_zero3_keeps_deepspeed_on_and_talks_over_gloo():
     assert kwargs["use_cpu"] is False and kwargs["ddp_backend"] == "gloo"
     smoke = grpo_config_kwargs(load_recipe("smoke"), get_method("vppo"), "/w", 0)
     assert smoke["use_cpu"] is True and "ddp_backend" not in smoke
+
+
+def test_the_run_identity_leaves_out_exactly_the_operational_keys():
+    from vppo.training.recipes import OPERATIONAL_KEYS, RECIPE_KEYS, run_identity
+
+    assert set(OPERATIONAL_KEYS) <= set(RECIPE_KEYS)  # a misspelt key would silently stay in the identity
+    values = dataclasses.asdict(load_recipe("7b"))
+    identity = run_identity(values)
+    assert set(identity) == set(RECIPE_KEYS) - set(OPERATIONAL_KEYS) - {"cpu_ranks_per_node", "rollout_layout",
+                                                                        "dependency_estimator", "masking"}
+    memory_fix = dataclasses.asdict(load_recipe("7b", {"micro_batch_responses": 4, "vllm_enable_sleep_mode": False}))
+    assert run_identity(memory_fix) == identity
+    assert run_identity(dataclasses.asdict(load_recipe("7b", {"top_p": 0.9}))) != identity

@@ -15,6 +15,7 @@ from vppo.errors import InputError, report_bad_input
 #: name -> (module, one-line help). Order is the order of the pipeline.
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("vppo.doctor", "preflight of this machine: python, NVIDIA driver, torch + CUDA, vLLM, free disk"),
+    "plan": ("vppo.reporting.plan", "disk and GPU-hours a workflow configuration needs; exits 2 when the disk is short"),
     "make-tiny-model": ("vppo.data.tiny_models", "write a tiny Qwen2.5-VL checkpoint offline (random-init, or warm-started on the answer format)"),
     "fetch-model": ("vppo.data.models", "put a base or released checkpoint (tiny, local dir, hub id) in place"),
     "prepare-data": ("vppo.data.cli", "build or fetch training and evaluation data into the local layout"),

@@ -142,12 +142,16 @@ def record_from_hub_row(row: dict, index: int, source: str = HUB_REPO) -> tuple[
 
 # ------------------------------------------------------------------ writing and validating the layout
 
-def _sha256_dir(root: Path) -> str:
-    """Checksum of the layout's own files, the rows and the images folder: what a workflow adds beside them
+def layout_files(root: Path) -> list[Path]:
+    """The layout's own files, sorted: the rows and the images folder. What a workflow adds beside them
     (Snakemake's ``.snakemake_timestamp`` in a directory output) is not the data."""
+    return sorted(p for p in [root / ROWS_FILE, *(root / IMAGES_DIR).rglob("*")] if p.is_file())
+
+
+def _sha256_dir(root: Path) -> str:
+    """Checksum of the :func:`layout_files`."""
     digest = hashlib.sha256()
-    files = [root / ROWS_FILE, *(root / IMAGES_DIR).rglob("*")]
-    for path in sorted(p for p in files if p.is_file()):
+    for path in layout_files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
@@ -231,8 +235,9 @@ def verified_checksum(data_dir: str | Path) -> str:
     return value
 
 
-def read_layout(data_dir: str | Path) -> list[dict]:
-    """Validated rows of a layout directory; images are opened (and closed) to prove they are readable."""
+def read_layout(data_dir: str | Path, verify_images: bool = True) -> list[dict]:
+    """Validated rows of a layout directory; images are opened (and closed) to prove they are readable, unless
+    ``verify_images`` is False (a training start whose check of the same unchanged files is cached)."""
     data_dir = Path(data_dir)
     rows_path = data_dir / ROWS_FILE
     if not rows_path.is_file():
@@ -260,6 +265,8 @@ def read_layout(data_dir: str | Path) -> list[dict]:
             path = data_dir / rel
             if not path.is_file():
                 raise TrainDataError(f"{where}: field 'images': file {path} does not exist")
+            if not verify_images:
+                continue
             try:
                 with Image.open(path) as img:
                     img.verify()
@@ -379,7 +386,7 @@ def training_prompt(problem: str) -> str:
     return problem.strip() + "\n\n" + REASONING_INSTRUCTION
 
 
-def load_train_dataset(data_dir: str | Path):
+def load_train_dataset(data_dir: str | Path, verify_images: bool = True):
     """A ``datasets.Dataset`` for TRL: ``prompt`` (one user turn), ``images`` (PIL list), ``answer``, ``id``.
 
     The user turn's content is a list of parts, each image part where its ``<image>`` placeholder stands in
@@ -390,7 +397,7 @@ def load_train_dataset(data_dir: str | Path):
     import datasets
 
     data_dir = Path(data_dir)
-    rows = read_layout(data_dir)
+    rows = read_layout(data_dir, verify_images)
     columns: dict[str, list] = {"id": [], "prompt": [], "images": [], "answer": []}
     for row in rows:
         columns["id"].append(row["id"])

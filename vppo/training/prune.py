@@ -1,7 +1,7 @@
 """``vppo prune-work WORK_DIR``: after a training run is published, keep only its last complete checkpoint.
 
-A ZeRO-3 checkpoint of the 7B policy with optimizer state is ~100 GB and the paper preset saves dozens per run;
-the published run (results/train/...) no longer needs them, and the last one is kept so that a forced retrain
+A ZeRO-3 checkpoint of the 7B policy with optimizer state is ~116 GB (``vppo plan``) and the paper preset saves
+dozens per run; the published run (results/train/...) no longer needs them, and the last one is kept so that a forced retrain
 can still resume. Only ``checkpoint-N`` folders (what the trainer wrote) are removed; nothing else in the work
 folder is touched, and nothing is removed when no checkpoint there is complete.
 """

@@ -27,7 +27,8 @@ report_to                   report_to (default tensorboard; "none" = []; vppo.tr
 use_vllm, vllm_mode         use_vllm, vllm_mode ("colocate" or "server")
 vllm_tensor_parallel_size   vllm_tensor_parallel_size (colocate: ranks per vLLM engine; divides the world size)
 vllm_gpu_memory_utilization vllm_gpu_memory_utilization (share of each GPU's memory vLLM may take)
-vllm_enable_sleep_mode      vllm_enable_sleep_mode (vLLM frees weights and KV cache while the policy trains)
+vllm_enable_sleep_mode      vllm_enable_sleep_mode (vLLM frees weights and KV cache while the policy trains; "auto":
+                            decided when the run starts from the GPU's memory, vppo.training.memory)
 bf16, gradient_checkpointing  bf16, gradient_checkpointing
 ==========================  ==============================================================================
 
@@ -96,7 +97,7 @@ class Recipe:
     vllm_mode: str
     vllm_tensor_parallel_size: int
     vllm_gpu_memory_utilization: float
-    vllm_enable_sleep_mode: bool
+    vllm_enable_sleep_mode: bool | str  # or "auto": off where the GPU's memory allows (vppo.training.memory)
     min_pixels: int | None
     max_pixels: int | None
     num_nodes: int
@@ -146,18 +147,44 @@ RECIPE_KEYS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 METHOD_OPTION_KEYS = ("dependency_estimator", "masking")
 #: Keys a recipe file may leave out (null); a run's identity leaves them out while unset.
 OPTIONAL_KEYS = (*METHOD_OPTION_KEYS, "cpu_ranks_per_node", "rollout_layout")
-#: Keys a recipe file may leave out with a default of their own; they do not change what is trained, so a work dir
-#: resumes whatever they are (vppo.training.runner leaves them out of the run's claim).
+#: Keys a recipe file may leave out with a default of their own.
 DEFAULTED_KEYS = {"report_to": DEFAULT_REPORT_TO}
+#: Keys that change how a run is computed, stored or watched, not what it trains: a work dir resumes whatever they
+#: are (an out-of-memory fix must not restart two days of training), so the run's identity leaves them out
+#: (:func:`run_identity`; docs/cluster.md). Memory and placement: ``micro_batch_responses`` (the forward chunk; TAS
+#: groups and the token-mean denominator are per update, so only the float summation order changes),
+#: ``gradient_checkpointing`` (recomputes the same activations), the vLLM engine's ``vllm_gpu_memory_utilization``,
+#: ``vllm_enable_sleep_mode`` and ``vllm_tensor_parallel_size`` (where the sampler's weights and KV cache live; the
+#: sampled distribution is the policy's). Cadence and bookkeeping: ``save_steps``, ``logging_steps``, ``report_to``,
+#: ``description``; ``dynamic_sampling_max_rounds`` (a safety cap: it stops a run, never changes a step it trains);
+#: ``max_steps`` (a run may be trained on). Every other key (batch sizes, optimizer, sampling, lengths, pixel
+#: bounds, precision, sampler engine, world size and layout, method options) is part of the identity.
+OPERATIONAL_KEYS = ("micro_batch_responses", "gradient_checkpointing", "vllm_gpu_memory_utilization",
+                    "vllm_enable_sleep_mode", "vllm_tensor_parallel_size", "save_steps", "logging_steps", "report_to",
+                    "description", "dynamic_sampling_max_rounds", "max_steps")
 #: Keys that belong to the method preset, not the recipe: one home each, so a recipe cannot contradict the preset
 #: a run records. A new value is a new preset in vppo.catalog.METHOD_PRESETS.
 METHOD_KEYS = ("entropy_coef",)
 _TYPES = {f.name: f.type for f in fields(Recipe)}
 
 
+def run_identity(recipe_values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe keys that define what a run trains (a work dir resumes only the same identity): every key but
+    :data:`OPERATIONAL_KEYS`, and optional keys only when set (work dirs claimed before they existed lack them).
+    ``recipe_values`` is ``dataclasses.asdict(recipe)`` or the recipe a work dir recorded."""
+    return {key: value for key, value in recipe_values.items()
+            if key not in OPERATIONAL_KEYS and key != "name" and not (key in OPTIONAL_KEYS and value is None)}
+
+
+#: Words a key takes besides values of its type
+KEY_WORDS = {"vllm_enable_sleep_mode": ("auto",)}
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     """Check/convert one value against the dataclass annotation (str form, from __future__ annotations)."""
     kind = _TYPES[key]
+    if isinstance(value, str) and value in KEY_WORDS.get(key, ()):
+        return value
     if value is None:
         if "None" in kind:
             return None
@@ -334,6 +361,13 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None, max_
     return recipe_from_mapping(path.stem, data, where)
 
 
+def _resolved_sleep_mode(recipe: Recipe) -> bool:
+    if not isinstance(recipe.vllm_enable_sleep_mode, bool):
+        raise RecipeError(f"recipe {recipe.name}: vllm_enable_sleep_mode={recipe.vllm_enable_sleep_mode!r} is decided "
+                          "when the run starts (vppo.training.memory.resolve_sleep_mode), not here")
+    return recipe.vllm_enable_sleep_mode
+
+
 def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int) -> dict[str, Any]:
     """Keyword arguments for ``trl.GRPOConfig`` (see the module docstring for the mapping)."""
     warmup_steps = 0 if recipe.warmup_ratio == 0 else None
@@ -373,7 +407,7 @@ def grpo_config_kwargs(recipe: Recipe, preset, output_dir: str | Path, seed: int
         vllm_mode=recipe.vllm_mode,
         vllm_tensor_parallel_size=recipe.vllm_tensor_parallel_size,
         vllm_gpu_memory_utilization=recipe.vllm_gpu_memory_utilization,
-        vllm_enable_sleep_mode=recipe.vllm_enable_sleep_mode,
+        vllm_enable_sleep_mode=_resolved_sleep_mode(recipe),
         vllm_importance_sampling_correction=False,  # the official objective has no vLLM/trainer IS correction
         vllm_max_model_length=recipe.max_model_length,
         report_to=report_targets(recipe.report_to),

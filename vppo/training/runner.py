@@ -26,8 +26,9 @@ from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, require_writable, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt, content_text
-from vppo.training.recipes import (DEFAULTED_KEYS, OPTIONAL_KEYS, Recipe, grpo_config_kwargs, load_recipe,
-                                   method_preset)
+from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe, method_preset, run_identity
+from vppo.training.memory import resolve_sleep_mode
+from vppo.training.startup import MODEL_CACHE, check_inputs, once_per_job
 from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs
 
 logger = logging.getLogger(__name__)
@@ -59,10 +60,12 @@ class TrainRequest:
         return self.run_name or default_run_name(self.model, self.method, self.seed)
 
 
-def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_pixels: int | None = None) -> list[int]:
+def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_pixels: int | None = None,
+                        image_sizes: dict[str, tuple[int, int]] | None = None) -> list[int]:
     """Encoded prompt length of every row (text tokens + each image's vision tokens), without pixel work.
 
-    Image token counts come from the image sizes (file headers only): the training resize into
+    Image token counts come from the image sizes (``image_sizes`` by file path, else the file headers): the training
+    resize into
     [min_pixels, max_pixels] (:func:`vppo.training.images.training_image_size`), then the processor's
     ``smart_resize``.
     """
@@ -83,8 +86,11 @@ def prompt_token_counts(dataset, processor, min_pixels: int | None = None, max_p
         text = chat_prompt(processor, content_text(prompt[-1]["content"]), len(images))  # images in place
         n = len(tokenizer(text)["input_ids"]) - len(images)  # each image's single placeholder is expanded below
         for image in images:
-            with Image.open(image["path"] or io.BytesIO(image["bytes"])) as opened:
-                width, height = training_image_size(*opened.size, min_pixels, max_pixels)
+            size = (image_sizes or {}).get(image["path"])
+            if size is None:
+                with Image.open(image["path"] or io.BytesIO(image["bytes"])) as opened:
+                    size = opened.size
+            width, height = training_image_size(*size, min_pixels, max_pixels)
             h, w = smart_resize(height, width, factor=factor, **bounds)
             n += (h // factor) * (w // factor)
         counts.append(n)
@@ -170,7 +176,8 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
     request's recipe and method already loaded and resolved (``vppo train`` checks them before the heavy imports),
     so that they are read once; by default they are loaded from the request here.
     """
-    recipe = recipe or load_recipe(request.recipe, request.overrides, request.max_steps)
+    recipe = resolve_sleep_mode(recipe or load_recipe(request.recipe, request.overrides, request.max_steps),
+                                request.model)
     with cpu_threads(recipe):
         return _run_training(request, recipe, callbacks, reward, preset)
 
@@ -183,15 +190,13 @@ def _claim_work_dir(work_dir: Path, request: TrainRequest, recipe: Recipe, prese
     new data or a new model at the same path must not resume from checkpoints trained on the old ones.
     """
     path = work_dir / RUN_FILE
-    current = {"model_sha256": checkpoint_sha256(request.model, cache=work_dir / ".model_sha256.json"),
+    current = {"model_sha256": checkpoint_sha256(request.model, cache=work_dir / MODEL_CACHE),
                "data_sha256": data_sha256, "method": dataclasses.asdict(preset), "seed": request.seed,
-               # max_steps may grow between runs: training on from the last checkpoint is a legitimate resume;
-               # unset optional keys are left out, as work dirs claimed before those keys existed recorded them
-               "recipe": {k: v for k, v in dataclasses.asdict(recipe).items()
-                          if k != "max_steps" and k not in DEFAULTED_KEYS
-                          and not (k in OPTIONAL_KEYS and v is None)}}
+               # keys that do not change what is trained (micro-batch, sleep mode, max_steps, ...) stay out
+               "recipe": run_identity(dataclasses.asdict(recipe))}
     if path.is_file():
         recorded = json.loads(path.read_text())
+        recorded["recipe"] = run_identity(recorded.get("recipe") or {})  # older claims recorded every key
         changed = sorted(k for k in current if json.dumps(recorded.get(k), sort_keys=True)
                          != json.dumps(current[k], sort_keys=True))
         if changed:
@@ -248,7 +253,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
                   preset: MethodPreset | None = None) -> PreparedRun:
     """Check the inputs, load processor and data (prompts over max_prompt_length dropped), build the trainer
     (``preset``: the request's method resolved against ``recipe``, by default resolved here)."""
-    from vppo.data.train_data import load_train_dataset, verified_checksum
+    from vppo.data.train_data import load_train_dataset
     from vppo.modeling import load_processor
     from vppo.training.checkpoints import last_complete_checkpoint
     from vppo.training.images import with_training_images
@@ -260,15 +265,21 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
 
     verify_checkpoint_dir(request.model)
     preset = preset or method_preset(request.method, recipe)
-    data_sha256 = verified_checksum(request.data)  # recomputed: data edited in place must not resume a run
 
     if recipe.distributed == "deepspeed_zero3" and recipe.gpus_per_node == 0:
         _deepspeed_pure_gloo()
     args = build_config(request, recipe, preset)  # before the model: DeepSpeed ZeRO-3 partitions at load time
+    work_dir = Path(request.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # Data or weights edited in place must not resume a run: checked at every start, read once per job and again
+    # only where a file changed (size or mtime; vppo.training.startup)
+    with once_per_job(args):
+        inputs = check_inputs(request.model, request.data, work_dir)
+    data_sha256 = inputs.data_sha256
     # The checkpoint's own processor, as vLLM builds it: the images are already inside the recipe's bounds.
     processor = load_processor(request.model)
-    dataset = load_train_dataset(request.data)
-    lengths = prompt_token_counts(dataset, processor, recipe.min_pixels, recipe.max_pixels)
+    dataset = load_train_dataset(request.data, verify_images=False)  # check_inputs verified every image
+    lengths = prompt_token_counts(dataset, processor, recipe.min_pixels, recipe.max_pixels, inputs.image_sizes)
     keep = [i for i, n in enumerate(lengths) if n <= recipe.max_prompt_length]
     if not keep:
         raise TrainError(f"{request.data}: every prompt is longer than max_prompt_length={recipe.max_prompt_length}")
@@ -280,8 +291,6 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     data_info = {"path": str(request.data), "sha256": data_sha256, "rows": len(lengths),
                  "rows_used": len(keep), "dropped_long_prompts": len(lengths) - len(keep)}
 
-    work_dir = Path(request.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
     # A work dir made from other inputs is refused before the (long) model load; it is claimed only once the model
     # loaded cleanly, so a refused checkpoint, replaced at the same path, can still start in it (the second call
     # reads the model's checksum from the work dir's cache).

@@ -53,6 +53,22 @@ logger = logging.getLogger(__name__)
 
 #: TRL rollout keys that are model inputs besides ids and masks
 VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images")
+#: Rollout tensors kept in host memory between the passes that read them: every row's own copy of its images'
+#: pixel_values (12 MB per 1M-pixel image in bf16) would otherwise sit on the GPU through the next generation rounds
+#: next to the awake vLLM engine (docs/cluster.md, GPU memory budget). They go to the device only for a forward pass.
+OFFLOADED_KEYS = ("pixel_values",)
+ROLLOUT_STORAGE = torch.device("cpu")
+
+
+def offloaded(batch: dict) -> dict:
+    """``batch`` with its :data:`OFFLOADED_KEYS` tensors in host memory (:data:`ROLLOUT_STORAGE`)."""
+    return {k: v.to(ROLLOUT_STORAGE) if k in OFFLOADED_KEYS and isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """``batch`` with its :data:`OFFLOADED_KEYS` tensors on ``device`` (the stored batch keeps its host copies)."""
+    return {k: v.to(device) if k in OFFLOADED_KEYS and isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def rollout_weights(preset: MethodPreset, dependency: torch.Tensor, mask: torch.Tensor, updates: list[list[int]],
@@ -167,11 +183,12 @@ class VPPOTrainer(GRPOTrainer):
             self._log_clock = time.perf_counter()
         spg = self.args.steps_per_generation
         if self._step % spg == 0 or self._buffered_inputs is None:
+            self._buffered_inputs = None  # the previous rollout is consumed: free it before generating the next
             # TRL's loader sets the number of steps; the prompts come from the data stream (see the module doc)
             self._buffered_inputs = self._build_rollout(self.next_examples(len(generation_batch)))
             if self.dump_dir is not None:
                 self._dump_rollout()
-        return self._buffered_inputs[self._step % spg]
+        return on_device(self._buffered_inputs[self._step % spg], self.accelerator.device)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint:
@@ -241,7 +258,9 @@ class VPPOTrainer(GRPOTrainer):
             filtered += sum(not k for k in keep) if groups_needed > 0 else 0
             if kept:
                 rows = [g * n + j for g in kept for j in range(n)]
-                parts.append((out, rows, [batch_examples[r] for r in rows], [grades[r] for r in rows]))
+                parts.append((offloaded(select_rows(out, rows)), [batch_examples[r] for r in rows],
+                              [grades[r] for r in rows]))
+            del out  # the round's filtered rows are not kept anywhere, and its kept ones are in host memory
             groups_needed -= len(kept)
             rounds += 1
             if not self._any_process(groups_needed > 0):
@@ -254,9 +273,9 @@ class VPPOTrainer(GRPOTrainer):
                     "every group is all right or all wrong; check the data and grader, or raise the cap "
                     "(null: no cap, as the official run)")
             batch_examples = self.next_examples(len(examples))
-        batch = concat_rollouts([select_rows(out, rows) for out, rows, _, _ in parts], self._tokenizer.pad_token_id)
-        row_examples = [ex for _, _, exs, _ in parts for ex in exs]
-        row_grades = [g for _, _, _, gs in parts for g in gs]
+        batch = concat_rollouts([part for part, _, _ in parts], self._tokenizer.pad_token_id)
+        row_examples = [ex for _, exs, _ in parts for ex in exs]
+        row_grades = [g for _, _, gs in parts for g in gs]
         rewards = torch.tensor([g.accuracy for g in row_grades], dtype=torch.float32)
         batch["advantages"] = grpo_advantages(rewards, [i // n for i in range(len(row_grades))]).to(
             self.accelerator.device)
@@ -287,6 +306,7 @@ class VPPOTrainer(GRPOTrainer):
         [B, T], ...) with GRPO ``advantages`` [B], and, where the preset needs them, ``old_per_token_logps`` and
         the ``dependency`` of every token [B, T]. B = len(examples) rows, all of groups dynamic sampling kept."""
         batch, row_examples = self._sample_until_full(examples)
+        batch = on_device(batch, self.accelerator.device)  # for the passes below (vLLM sleeps through them)
         off_policy = self.args.gradient_accumulation_steps % self.args.steps_per_generation != 0
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             if self.preset.needs_masked_pass:
@@ -319,7 +339,7 @@ class VPPOTrainer(GRPOTrainer):
             self._update_weights(batch, updates)
         out = []
         for k, rows in enumerate(micro):
-            piece = select_rows(batch, rows)
+            piece = offloaded(select_rows(batch, rows))  # to the device again in _prepare_inputs, one step at a time
             piece["loss_denominator"] = denominators[k // self.args.gradient_accumulation_steps]
             out.append(piece)
         return out
