@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("vppo.reporting.analyze_cli", "token vision-dependency statistics of a checkpoint (paper figs 1-2)"),
     "gradient-variance": ("vppo.training.gradient_variance",
                           "measured gradient variance of VPPO's weightings against GRPO's on a checkpoint's rollouts"),
-    "tables": ("vppo.reporting.tables", "build a table of the registry (main, scaling, ablation, mini_study) next to the paper's"),
+    "tables": ("vppo.reporting.tables", "build one of the registry's tables (vppo.catalog.TABLES) next to the paper's numbers"),
     "study": ("vppo.reporting.study", "seed study table: mean over seeds, paired differences with 95% intervals"),
     "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),
     "report": ("vppo.reporting.report", "one self-contained HTML page: tables, figures, provenance, cost"),
