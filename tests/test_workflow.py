@@ -151,7 +151,14 @@ def test_slurm_profile_is_found_by_its_bare_name():
 
 
 # Config errors (a misspelt key, a method name, an unknown preset, a check without candidate) and the check
-# rule's options are unit-tested without Snakemake in tests/test_workflow_plan.py.
+# rule's options are unit-tested without Snakemake in tests/test_workflow_plan.py; one dry-run shows the rule
+# wires them in.
+def test_check_rule_runs_vppo_check_with_the_plans_options():
+    done = snakemake("--dry-run", "--printshellcmds", "--cores", "1", "results/check/mine.md", "--config",
+                     "candidate=models/mine", "reference=paper:qwen2.5-vl-7b/vppo")
+    command = next(line for line in done.stdout.splitlines() if "vppo check" in line)
+    assert "vppo check models/mine --against paper:qwen2.5-vl-7b/vppo" in command
+    assert "--seed 0 --backend hf" in command and "--samples" not in command
 
 
 @pytest.mark.parametrize("preset", ["default", "paper", "released"])
