@@ -119,6 +119,13 @@ def test_the_workflow_finds_a_tensor_parallel_group_spanning_nodes_before_queuei
         validated(raw("paper"), tmp_path)
 
 
+def test_a_recipe_file_the_plan_cannot_read_is_named(tmp_path, monkeypatch):
+    (tmp_path / "odd.yaml").write_text((RECIPE_DIR / "7b.yaml").read_text() + "gpu_count: 8\n")
+    monkeypatch.setattr(plan_config, "RECIPE_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"odd.yaml: .*'gpu_count'"):
+        plan_config.recipe.__wrapped__("odd")
+
+
 # ------------------------------------------------------------------------------------------------- cells
 def test_cells_checkpoints_and_targets(plans):
     paper, released, mini = plans["paper"], plans["released"], plans["mini"]

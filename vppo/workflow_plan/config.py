@@ -26,7 +26,11 @@ def recipe(name: str) -> Recipe:
     """A training recipe's file as a :class:`Recipe`, read once per process and not validated here: validation
     imports the method registries (torch), which the driver environment that runs Snakemake lacks; `vppo train`
     validates it, and :func:`recipe_problems` checks its layout at config time."""
-    return Recipe(name=name, **yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text()))
+    path = RECIPE_DIR / f"{name}.yaml"
+    try:
+        return Recipe(name=name, **yaml.safe_load(path.read_text()))
+    except TypeError as exc:  # a key the Recipe does not have, or one missing: `vppo train` would refuse it too
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def merged(base: dict, overrides: dict) -> dict:
