@@ -26,5 +26,5 @@ include: "workflow/rules/tables.smk"
 
 rule all:
     input:
-        all_targets(),
+        PLAN.all_targets(),
     default_target: True

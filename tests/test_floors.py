@@ -2,7 +2,8 @@
 
 Floors, lowest first (the maths and shared plumbing at the ground, the command line on top):
 0 the foundation (``vppo/*.py`` but the commands), 1 ``vppo/data``, 2 ``vppo/training`` and
-``vppo/evaluation`` (siblings: neither imports the other), 3 ``vppo/reporting``, 4 the commands.
+``vppo/evaluation`` (siblings: neither imports the other), 3 ``vppo/reporting``, 4 the commands and the
+workflow's plan (``vppo/workflow_plan``, read by the Snakemake rules).
 Deferred imports inside functions count too: hiding a loop in a function body does not remove it.
 """
 
@@ -24,6 +25,7 @@ FLOORS = {
     "vppo.training": 2, "vppo.evaluation": 2,
     "vppo.reporting": 3,
     "vppo.cli": 4, "vppo.__main__": 4, "vppo.doctor": 4,
+    "vppo.workflow_plan": 4,  # the Snakemake rules' helpers: an entry point beside the command line
 }
 
 #: Stages on one floor that must not import each other (the pipeline's two branches).

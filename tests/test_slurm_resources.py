@@ -13,7 +13,8 @@ MAX_NODE_MEMORY_MB = 1_000_000  # a 1 TB node: the smallest 8-GPU node of common
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["first-attempt", "third-attempt"])
 def paper_jobs(request):
-    jobs = dry_run(*SLURM, "--config", "preset=paper", "--attempt", str(request.param))
+    jobs = dry_run(*SLURM, "--config", "preset=paper", "--attempt", str(request.param), "--printshellcmds",
+                   "--set-resources", "train:socket_ifname='ib0'")  # as a profile's set-resources names it
     return request.param, [job for job in jobs if "runtime" in job["resources"]]
 
 
@@ -49,3 +50,22 @@ def test_gpus_nodes_and_memory_follow_the_models(paper_jobs):
     for rule in ("train", "eval_benchmark", "convert"):
         assert int(resources[(rule, "qwen2.5-vl-7b")]["mem_mb"]) < int(resources[(rule, "qwen2.5-vl-32b")]["mem_mb"])
     assert int(small["mem_mb"]) < 300_000 and int(resources[("convert", "qwen2.5-vl-32b")]["mem_mb"]) > 200_000
+
+
+def test_each_training_rank_gets_its_share_of_the_cpus_and_the_profiles_network_interface(paper_jobs):
+    """OMP_NUM_THREADS was the job's 64 CPUs for each of 8 ranks (512 threads on 64 cores); now the node's CPUs are
+    divided among its ranks and colocated vLLM engines. The socket_ifname resource names the interface gloo and
+    NCCL use."""
+    _, jobs = paper_jobs
+    commands = {job["wildcards"]["model"]: job["shell"] for job in jobs if job["rule"] == "train"}
+    assert "OMP_NUM_THREADS=4 GLOO_SOCKET_IFNAME=ib0 NCCL_SOCKET_IFNAME=ib0 " in commands["qwen2.5-vl-7b"]
+    assert "OMP_NUM_THREADS=6 GLOO_SOCKET_IFNAME=ib0 NCCL_SOCKET_IFNAME=ib0 " in commands["qwen2.5-vl-32b"]
+
+
+def test_tables_figures_and_report_are_sized_as_light_jobs(paper_jobs):
+    attempt, jobs = paper_jobs
+    light = [job["resources"] for job in jobs if job["rule"] in ("table", "figures", "report")]
+    assert len(light) == 5
+    for resources in light:
+        assert int(resources["mem_mb"]) <= 8000 and int(resources["runtime"]) <= 30 * attempt
+        assert resources["cpus_per_task"] == "1"

@@ -66,7 +66,7 @@ def test_the_tas_group_may_exceed_or_split_the_micro_batch():
 
 
 def test_entropy_coef_has_one_home_the_method_preset(tmp_path):
-    """The entropy penalty is a method setting (vppo.algorithm presets); a recipe naming it is refused, so a
+    """The entropy penalty is a method setting (vppo.catalog presets); a recipe naming it is refused, so a
     recipe value can never differ silently from the preset the run records."""
     assert all("entropy_coef" not in path.read_text() for path in RECIPE_DIR.glob("*.yaml"))
     text = (RECIPE_DIR / "smoke.yaml").read_text()

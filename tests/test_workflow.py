@@ -59,7 +59,7 @@ def snakemake(*args: str, cwd: Path | None = None, check: bool = True) -> subpro
 
 
 def planned_jobs(output: str) -> list[dict]:
-    """Jobs of a dry-run: rule, wildcards and resources of each `rule NAME:` block."""
+    """Jobs of a dry-run: rule, wildcards, resources (and shell command) of each `rule NAME:` block."""
     jobs = []
     for block in re.split(r"\n(?=rule \w+:)", output):
         head = re.match(r"rule (\w+):", block)
@@ -70,6 +70,9 @@ def planned_jobs(output: str) -> list[dict]:
             line = re.search(rf"^\s+{key}: (.*)$", block, re.MULTILINE)
             if line:
                 job[key] = dict(pair.split("=", 1) for pair in line.group(1).split(", "))
+        shell = re.search(r"^Shell command: (.*)$", block, re.MULTILINE)  # with --printshellcmds
+        if shell:
+            job["shell"] = shell.group(1)
         jobs.append(job)
     return jobs
 
@@ -147,49 +150,15 @@ def test_slurm_profile_is_found_by_its_bare_name():
     assert "Using profile slurm" in done.stdout + done.stderr
 
 
-def _dry_run_default_config_with(tmp_path, old: str, new: str):
-    """A dry run of the default config with one text edit (which must apply)."""
-    text = (ROOT / "workflow" / "config" / "default.yaml").read_text()
-    assert old in text
-    bad = tmp_path / "edited.yaml"
-    bad.write_text(text.replace(old, new))
-    return snakemake("--dry-run", "--cores", "1", "--configfile", str(bad), check=False)
-
-
-def test_config_typo_stops_the_run_naming_the_key(tmp_path):
-    done = _dry_run_default_config_with(tmp_path, "  backend: hf", "  backnd: hf")
-    assert done.returncode != 0
-    assert "'backnd' was unexpected" in done.stdout + done.stderr
-
-
-def test_a_method_name_the_trainer_refuses_stops_the_run_at_config_time(tmp_path):
-    done = _dry_run_default_config_with(tmp_path, "vppo_k0.2]", "vppo_k0.0]")
-    assert done.returncode != 0
-    assert "models.tiny.methods: unknown method 'vppo_k0.0'" in done.stdout + done.stderr
-
-
-def test_unknown_preset_lists_the_valid_ones():
-    done = snakemake("--dry-run", "--cores", "1", "--config", "preset=papr", check=False)
-    assert done.returncode != 0
-    output = done.stdout + done.stderr
-    assert "config preset 'papr'" in output and "'paper'" in output
-
-
-def test_check_target_without_candidate_says_what_is_missing():
-    done = snakemake("--dry-run", "--cores", "1", "results/check/mine.md", check=False)
-    assert done.returncode != 0
-    assert "needs --config candidate=" in done.stdout + done.stderr
-
-
-def test_check_rule_runs_check_with_the_references_protocol_not_the_configs():
-    """The rule is the README's first form: no sampling, limit or backend options against a results folder (the
-    candidate takes the reference's), the config's backend only against the paper (which states none)."""
-    for reference, backend in (("results/eval/tiny/base", False), ("paper:qwen2.5-vl-7b/vppo", True)):
-        done = snakemake("--dry-run", "--printshellcmds", "--cores", "1", "results/check/mine.md", "--config",
-                         "candidate=models/mine", f"reference={reference}")
-        command = next(line for line in done.stdout.splitlines() if "vppo check" in line)
-        assert "--seed 0" in command and ("--backend hf" in command) == backend
-        assert not any(option in command for option in ("--max-new-tokens", "--limit", "--samples"))
+# Config errors (a misspelt key, a method name, an unknown preset, a check without candidate) and the check
+# rule's options are unit-tested without Snakemake in tests/test_workflow_plan.py; one dry-run shows the rule
+# wires them in.
+def test_check_rule_runs_vppo_check_with_the_plans_options():
+    done = snakemake("--dry-run", "--printshellcmds", "--cores", "1", "results/check/mine.md", "--config",
+                     "candidate=models/mine", "reference=paper:qwen2.5-vl-7b/vppo")
+    command = next(line for line in done.stdout.splitlines() if "vppo check" in line)
+    assert "vppo check models/mine --against paper:qwen2.5-vl-7b/vppo" in command
+    assert "--seed 0 --backend hf" in command and "--samples" not in command
 
 
 @pytest.mark.parametrize("preset", ["default", "paper", "released"])

@@ -5,9 +5,10 @@ tensor [B, T] (any dtype) marking real response tokens. Every function here is a
 inputs; randomness, models and optimisers live elsewhere. What each function reproduces is cited against
 docs/protocol.md (sections 1-4), which records the official code's behaviour.
 
-The method presets (grpo, dapo, vppo and the ablations) are data in the study registry (:mod:`vppo.catalog`:
-``MethodPreset``, ``METHOD_PRESETS``, ``get_method``, re-exported here); :func:`vppo_weights` turns a preset
-plus dependencies into the TGF mask and TAS factors that :func:`policy_loss` takes.
+The method presets (grpo, dapo, vppo and the ablations) live in the study registry, :mod:`vppo.catalog`
+(``MethodPreset``, ``METHOD_PRESETS``, ``get_method``); this module holds none, and re-exports those names only
+for its callers' imports. :func:`vppo_weights` turns a preset plus dependencies into the TGF mask and TAS
+factors that :func:`policy_loss` takes.
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ def policy_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# 6. Method presets: data in the study registry (vppo.catalog), read here
+# 6. Applying a method preset (the presets are data in vppo.catalog)
 # --------------------------------------------------------------------------------------------------
 
 class VPPOWeights(NamedTuple):

@@ -1,4 +1,4 @@
-"""Empirical checks of the algorithm core's claims on a toy policy (used by tests and quoted by the README).
+"""Empirical checks of the algorithm core's claims on a toy policy (used by tests and quoted by docs/protocol.md section 7).
 
 The paper states Var(g_VPPO) ~ k * E[alpha^2] * Var(g_GRPO): TGF keeps a fraction k of the tokens while
 the token-mean still divides by all valid tokens, and TAS scales each response's advantage by alpha.

@@ -1,4 +1,5 @@
-"""The paper's main, scaling and ablation tables, ours next to the paper's, as Markdown, CSV and LaTeX.
+"""The study's tables (``vppo.catalog.TABLES``: the paper's main, scaling and ablation, and the mini study's),
+ours next to the paper's where it has numbers, as Markdown, CSV and LaTeX.
 
 One long frame (:func:`build_table`) is the single source of all three formats and of the HTML report:
 one row per (method, column) with our value and standard error, the paper's value and the difference,

@@ -1,4 +1,4 @@
-"""Training recipes: YAML files in ``vppo/training/recipes/`` (smoke, 7b, 32b), validated and mapped to TRL.
+"""Training recipes: ``vppo/training/recipes/*.yaml`` (smoke, mini, cpu_zero3, 7b, 32b), validated, mapped to TRL.
 
 A recipe is the schedule and the hardware layout; the method (grpo, dapo, vppo, ablations) is a separate
 preset from :func:`vppo.catalog.get_method` and supplies clip ranges, TGF/TAS settings and filtering.
@@ -235,6 +235,7 @@ def validate(recipe: Recipe, where: str) -> Recipe:
     need(recipe.vllm_tensor_parallel_size >= 1 and recipe.world_size % recipe.vllm_tensor_parallel_size == 0,
          f"key 'vllm_tensor_parallel_size' ({recipe.vllm_tensor_parallel_size}) must divide the "
          f"{recipe.world_size} training ranks (each group of that many ranks shares one colocated vLLM engine)")
+    need(colocated_group_problem(recipe) is None, str(colocated_group_problem(recipe)))
     need(recipe.rollout_batch_prompts % recipe.update_batch_prompts == 0,
          "rollout_batch_prompts must be a multiple of update_batch_prompts")
     per_rank_update = recipe.update_batch_prompts * recipe.num_generations
@@ -269,6 +270,17 @@ def validate(recipe: Recipe, where: str) -> Recipe:
     return recipe
 
 
+def colocated_group_problem(recipe: Recipe) -> str | None:
+    """Why a colocated vLLM engine's tensor-parallel group would span nodes, or None. Torch-free: the workflow
+    checks every configured recipe with it before anything is queued."""
+    colocated = recipe.use_vllm and recipe.vllm_mode == "colocate"
+    if colocated and recipe.ranks_per_node % recipe.vllm_tensor_parallel_size:
+        return (f"key 'vllm_tensor_parallel_size' ({recipe.vllm_tensor_parallel_size}) must divide the node's "
+                f"{recipe.ranks_per_node} ranks (gpus_per_node): a colocated engine's tensor-parallel group stays "
+                "on one node")
+    return None
+
+
 def _option_registries() -> dict[str, dict]:
     from vppo.algorithm import DEPENDENCY_ESTIMATORS
     from vppo.masking import MASKING_STRATEGIES
@@ -284,7 +296,7 @@ def preset_default(key: str):
 
 
 def method_preset(method: str, recipe: Recipe):
-    """The method preset a run trains: ``vppo.algorithm.get_method(method)`` with the recipe's
+    """The method preset a run trains: ``vppo.catalog.get_method(method)`` with the recipe's
     ``dependency_estimator`` and ``masking`` where they are set (the run records the resulting preset).
 
     Both act in the masked-image pass only, so a method without it (grpo, dapo) refuses them: its record would
@@ -293,7 +305,7 @@ def method_preset(method: str, recipe: Recipe):
     """
     import dataclasses
 
-    from vppo.algorithm import get_method
+    from vppo.catalog import get_method
 
     preset = get_method(method)
     chosen = {key: getattr(recipe, key) for key in METHOD_OPTION_KEYS if getattr(recipe, key) is not None}
@@ -337,7 +349,7 @@ def recipe_from_mapping(name: str, data: dict[str, Any], where: str) -> Recipe:
 
 
 def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None, max_steps: int | None = None) -> Recipe:
-    """A recipe by name (``smoke``, ``7b``, ``32b``) or YAML path, with ``overrides`` (and ``--max-steps``,
+    """A recipe by name (a stem of ``vppo/training/recipes/*.yaml``: ``smoke``, ``mini``, ``7b``, ...) or YAML path, with ``overrides`` (and ``--max-steps``,
     when given) applied and validated."""
     if max_steps is not None:
         overrides = {**(overrides or {}), "max_steps": max_steps}

@@ -5,7 +5,7 @@
 rule convert:
     input:
         trained="results/train/{model}/{method}",
-        base=base_model_dir,
+        base=PLAN.base_model_dir,
     output:
         directory("results/checkpoints/{model}/{method}"),
     params:
@@ -17,8 +17,8 @@ rule convert:
         "logs/benchmarks/convert/{model}/{method}.tsv"
     conda:
         GPU_ENV
-    threads: lambda wildcards: convert_spec(wildcards).get("cpus", 1)
+    threads: lambda wildcards: PLAN.convert_spec(wildcards).get("cpus", 1)
     resources:
-        **job_resources(convert_spec, "CPU", stage="convert"),
+        **job_resources(PLAN, PLAN.convert_spec, "CPU", stage="convert"),
     shell:
         "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo convert {input.trained:q}/final --out {output:q} --base {input.base:q} --base-id {params.base_id:q} > {log:q} 2>&1"

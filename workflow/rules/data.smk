@@ -2,6 +2,9 @@
 # (localrules): compute nodes often have no internet.
 
 
+from vppo.workflow_plan.data import eval_data_options, train_data_options
+
+
 localrules:
     prepare_train_data,
     prepare_eval_data,
@@ -14,7 +17,7 @@ rule prepare_train_data:
         directory(TRAIN_DATA),
     params:
         source=config["data"]["train"]["source"],
-        options=cli_pairs("--option", config["data"]["train"].get("options")),
+        options=train_data_options(PLAN),
     log:
         f"logs/data/{PRESET}/train.log",
     benchmark:
@@ -31,7 +34,7 @@ rule prepare_eval_data:
         directory(EVAL_DATA),
     params:
         source=config["data"]["eval"]["source"],
-        options=eval_data_options(),
+        options=eval_data_options(PLAN),
     log:
         f"logs/data/{PRESET}/eval.log",
     benchmark:

@@ -4,11 +4,14 @@
 # rerunning the check never reruns finished cells.
 
 
+from vppo.workflow_plan.data import preflight_options
+
+
 rule preflight:
     output:
         PREFLIGHT,
     params:
-        options=preflight_options(),
+        options=preflight_options(PLAN),
     log:
         "logs/preflight/doctor.log",
     benchmark:
@@ -19,7 +22,7 @@ rule preflight:
     resources:
         **slurm_placement("GPU"),
         nodes=1,
-        gpu=1 if any_gpu_job() else None,
+        gpu=1 if PLAN.any_gpu_job() else None,
         cpus_per_task=1,
         mem_mb=4000,
         runtime=10,

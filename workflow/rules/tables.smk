@@ -1,10 +1,12 @@
 # Stage 5: the paper's tables next to our cells, the figures, one report page, and regression checks.
-# CPU-only, in the driver environment (pandas, matplotlib); `vppo check` evaluates, so it runs on a GPU.
+# CPU-only, in the driver environment (pandas, matplotlib), sized as light jobs (light_resources); `vppo check`
+# evaluates, so it runs on a GPU. Helpers: vppo/workflow_plan/tables.py.
+from vppo.workflow_plan import tables as tables_plan
 
 
 rule table:
     input:
-        table_inputs,
+        lambda wildcards: tables_plan.table_inputs(PLAN, wildcards),
         reference=ancient("results/reference"),
     output:
         md="results/tables/{table}.md",
@@ -23,7 +25,7 @@ rule table:
         DRIVER_ENV
     threads: 1
     resources:
-        **job_resources(cpu_spec, "CPU"),
+        **job_resources(PLAN, PLAN.light_spec, "CPU"),
     shell:
         "workflow/scripts/vppo tables --table {wildcards.table:q} --model {params.spec[model]:q} "
         "--paper-model {params.spec[paper_model]:q} --methods {params.methods:q} --benchmarks {params.benchmarks:q} "
@@ -33,16 +35,16 @@ rule table:
 
 rule figures:
     input:
-        training=training_runs(),
-        analysis=analysis_targets(),
-        cells=[eval_json(*cell) for cell in eval_cells()],
+        training=PLAN.training_runs(),
+        analysis=PLAN.analysis_targets(),
+        cells=[eval_json(*cell) for cell in PLAN.eval_cells()],
     output:
         directory("results/figures"),
     params:
         label=config["label"],
         models=",".join(MODELS),
-        paper_models=paper_model_pairs(),
-        roots=figure_roots(),
+        paper_models=tables_plan.paper_model_pairs(PLAN),
+        roots=tables_plan.figure_roots(PLAN),
     log:
         "logs/figures.log",
     benchmark:
@@ -51,7 +53,7 @@ rule figures:
         DRIVER_ENV
     threads: 1
     resources:
-        **job_resources(cpu_spec, "CPU"),
+        **job_resources(PLAN, PLAN.light_spec, "CPU"),
     shell:
         "workflow/scripts/vppo figures {params.roots} --eval-root results/eval "
         "--reference-dir results/reference --models {params.models:q} "
@@ -60,15 +62,15 @@ rule figures:
 
 rule report:
     input:
-        tables=table_files(),
+        tables=PLAN.table_files(),
         figures="results/figures",
-        study=study_targets(),
+        study=PLAN.study_targets(),
     output:
         "results/report.html",
     params:
         label=config["label"],
-        study="--study results/study" if study_targets() else "",
-        gpus=gpus_per_job(),
+        study="--study results/study" if PLAN.study_targets() else "",
+        gpus=tables_plan.gpus_per_job(PLAN),
     log:
         "logs/report.log",
     benchmark:
@@ -77,7 +79,7 @@ rule report:
         DRIVER_ENV
     threads: 1
     resources:
-        **job_resources(cpu_spec, "CPU"),
+        **job_resources(PLAN, PLAN.light_spec, "CPU"),
     shell:
         "workflow/scripts/vppo report --tables results/tables --figures {input.figures:q} --eval-root results/eval "
         "--cost-root logs/benchmarks --gpus-per-job {params.gpus:q} --label {params.label:q} {params.study} --out {output:q} "
@@ -94,20 +96,20 @@ rule check:
     output:
         "results/check/{name}.md",
     params:
-        candidate=lambda wildcards: required_config("candidate", wildcards),
-        reference=lambda wildcards: required_config("reference", wildcards),
+        candidate=lambda wildcards: tables_plan.required_config(PLAN, "candidate", wildcards),
+        reference=lambda wildcards: tables_plan.required_config(PLAN, "reference", wildcards),
         benchmarks=",".join(BENCHMARKS),
         eval_out="results/check/{name}/eval",
-        options=check_options,
+        options=tables_plan.check_options(PLAN),
     log:
         "logs/check/{name}.log",
     benchmark:
         "logs/benchmarks/check/{name}.tsv"
     conda:
         GPU_ENV
-    threads: lambda wildcards: check_spec(wildcards).get("cpus", 1)
+    threads: lambda wildcards: PLAN.check_spec(wildcards).get("cpus", 1)
     resources:
-        **job_resources(check_spec),
+        **job_resources(PLAN, PLAN.check_spec),
     shell:
         "OMP_NUM_THREADS={resources.cpus_per_task} workflow/scripts/vppo check {params.candidate:q} --against {params.reference:q} --data {input.data:q} "
         "--benchmarks {params.benchmarks:q} --eval-out {params.eval_out:q} {params.options} "
@@ -116,11 +118,9 @@ rule check:
 
 rule study:
     input:
-        cells=lambda wildcards: [eval_json(model, method, bench) for model in config["study"]["models"]
-                                 for method in config["study"]["methods"] for bench in BENCHMARKS]
-        + [eval_json(*config["study"]["start"].split("/", 1), bench) for bench in BENCHMARKS],
-        training=lambda wildcards: study_training_runs(),
-        analysis=analysis_targets(),
+        cells=lambda wildcards: tables_plan.study_cells(PLAN),
+        training=lambda wildcards: tables_plan.study_training_runs(PLAN),
+        analysis=PLAN.analysis_targets(),
     output:
         md="results/study/study.md",
         csv="results/study/study.csv",
@@ -134,7 +134,7 @@ rule study:
         start=lambda wildcards: config["study"]["start"],
         benchmarks=",".join(BENCHMARKS),
         label=config["label"],
-        analysis=study_analysis_options(),
+        analysis=tables_plan.study_analysis_options(PLAN),
     log:
         "logs/study.log",
     benchmark:
@@ -143,7 +143,7 @@ rule study:
         DRIVER_ENV
     threads: 1
     resources:
-        **job_resources(cpu_spec, "CPU"),
+        **job_resources(PLAN, PLAN.light_spec, "CPU"),
     shell:
         "workflow/scripts/vppo study --models {params.models:q} --methods {params.methods:q} "
         "--baseline {params.baseline:q} --start {params.start:q} --benchmarks {params.benchmarks:q} "
