@@ -18,7 +18,7 @@ from vppo.workflow_plan import config as plan_config
 from vppo.workflow_plan import eval as eval_plan
 from vppo.workflow_plan import tables as tables_plan
 from vppo.workflow_plan import train as train_plan
-from vppo.workflow_plan.data import cli_pairs, preflight_options
+from vppo.workflow_plan.data import PLAN_CONFIG, cli_pairs, plan_config_text, plan_options, preflight_options
 from vppo.workflow_plan.plan import LIGHT_RESOURCES, Plan
 from vppo.workflow_plan.resources import (grown_runtime, host_memory_mb, job_resources, memory_mb, slurm_placement,
                                           threads_per_process)
@@ -211,6 +211,22 @@ def test_evaluation_options_follow_the_protocol(plans):
     assert "--tensor-parallel-size" not in eval_plan.eval_options(default, cell("tiny", "vppo"))
     assert "--variants patch:k3" in eval_plan.variant_options(plans["mini"], cell("mini_s0", "dapo"))
     assert preflight_options(paper).startswith("--gpus 1 --vllm") and preflight_options(default).startswith("--gpus 0 ")
+
+
+def test_the_preflight_plans_the_disk_of_the_effective_configuration(plans, tmp_path, capsys):
+    """The preflight's `vppo plan` reads the configuration the workflow runs (preset, --config values, schema
+    defaults), so the disk it checks is this plan's; `cluster.runs_at_once` bounds the peak."""
+    from vppo.reporting import plan as disk_plan
+
+    paper = plans["paper"]
+    assert plan_options(paper) == f"--config {PLAN_CONFIG} --root ."
+    assert plan_options(Plan({**paper.config, "cluster": {**paper.cluster, "runs_at_once": 4}})).endswith(
+        " --runs-at-once 4")
+    written = tmp_path / "plan_config.yaml"
+    written.write_text(plan_config_text(paper))
+    planned = disk_plan.plan_from_config(disk_plan.read_config(written))
+    assert planned == disk_plan.plan_from_config(paper.config)
+    assert 7_000 < planned.peak_gb < 8_500 and 11_000 < planned.gpu_hours < 12_500  # docs/cluster.md's figures
 
 
 def test_check_runs_with_the_references_protocol_not_the_configs(plans):

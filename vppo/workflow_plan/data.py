@@ -22,6 +22,23 @@ def eval_data_options(plan) -> str:
     return cli_pairs("--option", options)
 
 
+#: The configuration the preflight's `vppo plan` reads (written by the preflight job itself, beside its report).
+PLAN_CONFIG = "results/preflight/plan_config.yaml"
+
+
+def plan_config_text(plan) -> str:
+    """The workflow's effective configuration (preset, --config values and schema defaults) as `vppo plan` reads it."""
+    import yaml
+
+    return yaml.safe_dump(plan.config, sort_keys=False)
+
+
+def plan_options(plan) -> str:
+    """`vppo plan` options: the workflow's root and the most training runs the cluster runs together."""
+    at_once = plan.cluster.get("runs_at_once")
+    return f"--config {PLAN_CONFIG} --root .{f' --runs-at-once {at_once}' if at_once else ''}"
+
+
 def preflight_options(plan) -> str:
     """`vppo doctor` options: a GPU and vLLM when any job needs them, and the configured free disk under work/."""
     gpus = 1 if plan.any_gpu_job() else 0

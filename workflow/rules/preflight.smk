@@ -1,17 +1,22 @@
-# Stage 0: `vppo doctor` on a node like the GPU jobs' (same partition, one GPU), before any of them is queued:
-# Python, NVIDIA driver, torch + CUDA, vLLM and free disk, in seconds. A failure names what is missing and
+# Stage 0, on a node like the GPU jobs' (same partition, one GPU), before any of them is queued: `vppo plan`
+# prints the GPU-hours and disk of the configured plan and stops when the free disk is short of its peak
+# (docs/cluster.md "Disk and GPU-hours"); then `vppo doctor` checks Python, NVIDIA driver, torch + CUDA, vLLM and
+# free disk, in seconds. A failure names what is missing and
 # stops the run here instead of after a day in the queue. Its output is an `ancient` input of every GPU rule:
 # rerunning the check never reruns finished cells.
 
 
-from vppo.workflow_plan.data import preflight_options
+from vppo.workflow_plan.data import PLAN_CONFIG, plan_config_text, plan_options, preflight_options
 
 
 rule preflight:
     output:
-        PREFLIGHT,
+        report=PREFLIGHT,
+        plan_config=PLAN_CONFIG,
     params:
         options=preflight_options(PLAN),
+        plan=plan_options(PLAN),
+        plan_config=plan_config_text(PLAN),
     log:
         "logs/preflight/doctor.log",
     benchmark:
@@ -27,4 +32,6 @@ rule preflight:
         mem_mb=4000,
         runtime=10,
     shell:
-        "mkdir -p work && workflow/scripts/vppo doctor {params.options} --out {output} > {log} 2>&1"
+        "mkdir -p work && printf '%s' {params.plan_config:q} > {output.plan_config:q} && "
+        "workflow/scripts/vppo plan {params.plan} > {log} 2>&1 && "
+        "workflow/scripts/vppo doctor {params.options} --out {output.report} >> {log} 2>&1"
