@@ -3,7 +3,8 @@
 SOURCE is ``tiny`` (the offline random-init test model, built by :mod:`vppo.data.tiny_models`), ``tiny-warm``
 (the same model after its warm start: it answers ``<think> .. </think> \\boxed{X}`` at about chance accuracy,
 so smoke runs see non-zero rewards), ``tiny-vllm`` (the warm-started model at the width vLLM's CPU build accepts,
-head_dim 64, with a hub checkpoint's processor files), ``mini`` (the mini study's model, partly taught the grid
+head_dim 64, with a hub checkpoint's processor files), ``tiny-qwen3vl``, ``tiny-qwen3vl-warm`` and
+``tiny-qwen3vl-vllm`` (the same three builds of the Qwen3-VL architecture), ``mini`` (the mini study's model, partly taught the grid
 task: :mod:`vppo.data.mini_model`), an existing local directory (copied), or a Hugging Face hub id
 (downloaded; needs network, so it runs on the submit host).
 The result is checked with :func:`vppo.modeling.verify_checkpoint_dir` so a partial download fails here,
@@ -19,8 +20,10 @@ from pathlib import Path
 from vppo.errors import InputError, OutputExistsError
 from vppo.fileio import publish_dir
 
-#: Offline sources built here rather than fetched: source -> (tiny_models shape, warm start).
-TINY_SOURCES = {"tiny": ("tiny", False), "tiny-warm": ("tiny", True), "tiny-vllm": ("vllm", True)}
+#: Offline sources built here rather than fetched: source -> (tiny_models shape, warm start, model family).
+TINY_SOURCES = {"tiny": ("tiny", False, "qwen2.5-vl"), "tiny-warm": ("tiny", True, "qwen2.5-vl"),
+                "tiny-vllm": ("vllm", True, "qwen2.5-vl"), "tiny-qwen3vl": ("tiny", False, "qwen3-vl"),
+                "tiny-qwen3vl-warm": ("tiny", True, "qwen3-vl"), "tiny-qwen3vl-vllm": ("vllm", True, "qwen3-vl")}
 
 
 def fetch_model(source: str, out: str | Path, revision: str | None = None, seed: int = 0) -> Path:
@@ -31,8 +34,9 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         if source in TINY_SOURCES:
             from vppo.data.tiny_models import WARM_START_STEPS, build_tiny_qwen
 
-            shape, warm = TINY_SOURCES[source]
-            build_tiny_qwen(tmp, seed=seed, shape=shape, warm_start_steps=WARM_START_STEPS if warm else 0)
+            shape, warm, family = TINY_SOURCES[source]
+            build_tiny_qwen(tmp, seed=seed, shape=shape, warm_start_steps=WARM_START_STEPS if warm else 0,
+                            family=family)
         elif source == "mini":
             from vppo.data.mini_model import build_mini_model
 
@@ -58,8 +62,8 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="tiny | tiny-warm | tiny-vllm | mini | a local checkpoint directory | a hub id "
-                                       "(e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
+    parser.add_argument("source", help=f"{' | '.join(TINY_SOURCES)} | mini | a local checkpoint directory | a hub id "
+                                       "(e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
     parser.add_argument("out", type=Path, help="directory to create")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny models")
