@@ -53,6 +53,19 @@ def test_fetch_tiny_qwen3vl_builds_a_loadable_qwen3vl_checkpoint(qwen3vl_dir):
     assert set(vision_token_ids(model.config, tokenizer)) == named
 
 
+def test_fetch_family_builds_the_generic_tiny_sources_and_refuses_another_familys_checkpoint(qwen3vl_dir, tmp_path):
+    """What the workflow's ``model_family`` passes: ``vppo fetch-model tiny --family qwen3-vl`` builds a Qwen3-VL;
+    a Qwen3-VL checkpoint fetched as a Qwen2.5-VL one fails and leaves nothing behind."""
+    from vppo.errors import InputError
+
+    assert family_of_dir(fetch_model("tiny", tmp_path / "tiny", family="qwen3-vl")) is QWEN3_VL
+    with pytest.raises(InputError, match="a Qwen3-VL checkpoint, but the model family asked for is qwen2.5-vl"):
+        fetch_model(str(qwen3vl_dir), tmp_path / "copy", family="qwen2.5-vl")
+    assert not (tmp_path / "copy").exists()
+    assert main(["fetch-model", "tiny", str(tmp_path / "bad"), "--family", "llava"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_merged_token_is_a_32_px_square_of_the_input(qwen3vl_dir):
     """A 96x64 image is 3x2 merged tokens at Qwen3-VL's resize factor (4x2 plus rounding at Qwen2.5-VL's 28)."""
     from vppo.rollout import encode_prompts

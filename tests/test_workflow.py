@@ -104,6 +104,15 @@ def test_default_dry_run_trains_converts_and_evaluates_every_method():
     assert counts["analyze_dependency"] == len(config["analysis"]["methods"])
 
 
+def test_model_family_reaches_every_model_fetch():
+    """`--config model_family=qwen3-vl` runs the default DAG on the tiny Qwen3-VL: the base model is built as one."""
+    done = snakemake("--dry-run", "--cores", "all", "--printshellcmds", "--config", "model_family=qwen3-vl")
+    fetches = [line for line in (done.stdout + done.stderr).splitlines() if "vppo fetch-model" in line]
+    assert fetches and all("--family qwen3-vl" in line for line in fetches)
+    refused = snakemake("--dry-run", "--cores", "all", "--config", "model_family=llava", check=False)
+    assert refused.returncode != 0 and "'llava' is not one of ['qwen2.5-vl', 'qwen3-vl']" in refused.stdout + refused.stderr
+
+
 def test_paper_dry_run_under_the_slurm_profile_resolves_every_job_with_resources():
     config = config_of("paper")
     jobs = dry_run(*SLURM, "--config", "preset=paper")
