@@ -134,6 +134,22 @@ def test_paper_dry_run_under_the_slurm_profile_resolves_every_job_with_resources
     assert evals == {("qwen2.5-vl-7b", "1"), ("qwen2.5-vl-32b", "4")}
 
 
+def test_qwen3vl_paper_dry_run_under_the_slurm_profile_sizes_jobs_from_the_8b_model():
+    config = config_of("paper_qwen3vl")
+    done = snakemake("--dry-run", "--cores", "all", "--printshellcmds", *SLURM, "--config", "preset=paper_qwen3vl")
+    jobs = planned_jobs(done.stdout + done.stderr)
+    counts = rule_counts(jobs)
+    spec = config["models"]["qwen3-vl-8b"]
+    trained = len([m for m in spec["methods"] if m != "base"])
+    assert counts["train"] == counts["convert"] == trained and counts["table"] == 2
+    assert counts["eval_benchmark"] == len(spec["methods"]) * len(config["benchmarks"])
+    assert "vppo fetch-model Qwen/Qwen3-VL-8B-Instruct resources/models/qwen3-vl-8b/base --family qwen3-vl" in done.stdout
+    train = next(job["resources"] for job in jobs if job["rule"] == "train")
+    assert (train["nodes"], train["gres"], train["mem_mb"]) == ("1", "gpu:8", "204800")  # 8 x 2 B x 8.8e9 + 64 GB
+    evals = {(job["resources"]["gpu"], job["resources"]["mem_mb"]) for job in jobs if job["rule"] == "eval_benchmark"}
+    assert evals == {("1", "49600")}
+
+
 def test_released_dry_run_evaluates_published_checkpoints_without_training():
     counts = rule_counts(dry_run(*SLURM, "--config", "preset=released"))
     assert counts["train"] == 0 and counts["convert"] == 0 and counts["prepare_train_data"] == 0
@@ -201,7 +217,7 @@ def test_check_rule_runs_check_with_the_references_protocol_not_the_configs():
         assert not any(option in command for option in ("--max-new-tokens", "--limit", "--samples"))
 
 
-@pytest.mark.parametrize("preset", ["default", "paper", "released"])
+@pytest.mark.parametrize("preset", ["default", "paper", "paper_qwen3vl", "released"])
 def test_every_table_names_configured_methods(preset):
     config = config_of(preset)
     for name, table in config["tables"].items():

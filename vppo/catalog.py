@@ -102,6 +102,7 @@ def column_key(header: str) -> str | None:
 MODEL_PAPER_NAMES: dict[str, str] = {
     "qwen2.5-vl-7b": "Qwen2.5-VL-7B",
     "qwen2.5-vl-32b": "Qwen2.5-VL-32B",
+    "qwen3-vl-8b": "Qwen3-VL-8B (beyond the paper)",
     "tiny": "tiny (offline smoke model)",
     "mini_s0": "mini (1M-parameter Qwen2.5-VL, grid task), seed 0",
 }
