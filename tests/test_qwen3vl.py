@@ -103,6 +103,14 @@ def steered_grade(response: str, answer: str):
     return Grade(accuracy=float(zlib.crc32(response.encode()) % 2), format=0.0, extracted=None)
 
 
+def test_the_analysis_masks_and_records_the_familys_square(qwen3vl_dir, tiny_model_dir):
+    from vppo.reporting.analysis import _masking_params
+
+    assert _masking_params(load_processor(qwen3vl_dir), "patch") == {"patch_size": 16, "p": 0.5}
+    assert _masking_params(load_processor(tiny_model_dir), "patch") == {"patch_size": 14, "p": 0.5}
+    assert _masking_params(load_processor(qwen3vl_dir), "grey") == {"value": 128}
+
+
 @pytest.fixture(scope="module")
 def trained(qwen3vl_dir, tmp_path_factory):
     """Training (vppo, 2 steps, smoke recipe, the grade steered) then ``vppo convert`` on the tiny Qwen3-VL."""
