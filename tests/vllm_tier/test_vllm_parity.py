@@ -20,8 +20,11 @@ from vppo.rollout import chat_prompt
 
 #: Float32 on both sides, same pixels: what remains is summation order in attention and matmuls.
 TOLERANCE = 1e-3
-#: Same, with transformers fed the PIL processor's pixels (one grey level of resampling rounding apart).
-PIL_TOLERANCE = 3e-2
+#: Same, with transformers fed the PIL processor's pixels (at most one grey level of resampling rounding apart,
+#: checked): how far that moves the log-probs is the model's sensitivity. The tiny Qwen3-VL (learned position
+#: embeddings, DeepStack features into the first decoder layer) moves up to 0.10 where the tiny Qwen2.5-VL moves
+#: under 0.01 for the same images (measured with vLLM 0.31's transformers 5.17).
+PIL_TOLERANCE = {"qwen2.5-vl": 3e-2, "qwen3-vl": 0.15}
 #: (width, height) against the tiny processor's bounds [4, 16] merged tokens (x 28^2 px for Qwen2.5-VL, x 32^2 for
 #: Qwen3-VL): below, inside, above, elongated.
 IMAGE_SIZES = [(20, 24), (70, 56), (300, 200), (40, 150), (500, 90)]
@@ -40,6 +43,14 @@ def _cases(processor):
         prompt = chat_prompt(processor, f"<image>How many red squares are in the image? (case {i})", 1)
         cases.append((prompt, RESPONSES[i % len(RESPONSES)], _image(size, i)))
     return cases
+
+
+def _grey_level_gap(processor, other, image) -> float:
+    """Largest difference between two image processors' pixels for ``image``, in grey levels (0-255 scale)."""
+    a, b = (p.image_processor(images=[image], return_tensors="pt")["pixel_values"] for p in (processor, other))
+    std = torch.tensor(processor.image_processor.image_std)
+    per_channel = (a - b).abs().reshape(a.shape[0], len(std), -1)  # rows: channel, then temporal x patch pixels
+    return float((per_channel * std[None, :, None] * 255).max())
 
 
 def _hf_scores(model, processor, prompt: str, response: str, image, positions_3d: bool = True):
@@ -109,9 +120,10 @@ def test_vllm_prompt_logprobs_equal_the_transformers_forward_pass(family_model, 
         # every position: the image tokens and the text after them depend on vision features and mrope positions
         diff = (vllm_logp - hf_logp).abs().max().item()
         assert diff < TOLERANCE, f"image {image.size}: max |dlogp| {diff:.2e}"
+        assert _grey_level_gap(processor, pil_processor, image) <= 1.0 + 1e-3  # resampling rounding only
         _, pil_logp = _hf_scores(model, pil_processor, prompt, response, image)
         pil_diff = (vllm_logp - pil_logp).abs().max().item()
-        assert pil_diff < PIL_TOLERANCE, f"image {image.size}: PIL path max |dlogp| {pil_diff:.2e}"
+        assert pil_diff < PIL_TOLERANCE[family.key], f"image {image.size}: PIL path max |dlogp| {pil_diff:.2e}"
         # The comparison can fail: 1-D positions (mrope ignored) move the response's log-probs past both bounds.
         # (Qwen3-VL's transformers code refuses such an input outright instead.)
         try:
@@ -119,4 +131,4 @@ def test_vllm_prompt_logprobs_equal_the_transformers_forward_pass(family_model, 
         except ValueError as exc:
             assert family.model_type == "qwen3_vl" and "mm_token_type_ids" in str(exc)
         else:
-            assert (wrong[-n_response:] - hf_logp[-n_response:]).abs().max().item() > 2 * PIL_TOLERANCE
+            assert (wrong[-n_response:] - hf_logp[-n_response:]).abs().max().item() > 2 * PIL_TOLERANCE[family.key]
