@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vppo"
 #: Module (dotted, longest prefix wins) -> floor. A module that matches none fails the test: place it first.
 FLOORS = {
     "vppo": 0, "vppo.algorithm": 0, "vppo.algorithm_checks": 0, "vppo.catalog": 0, "vppo.errors": 0,
-    "vppo.eval_images": 0, "vppo.fileio": 0, "vppo.masking": 0, "vppo.modeling": 0, "vppo.reward": 0,
+    "vppo.eval_images": 0, "vppo.fileio": 0, "vppo.masking": 0, "vppo.model_families": 0, "vppo.modeling": 0, "vppo.reward": 0,
     "vppo.progress": 0, "vppo.reference": 0, "vppo.rollout": 0, "vppo.config_coercion": 0,
     "vppo.data": 1,
     "vppo.training": 2, "vppo.evaluation": 2,

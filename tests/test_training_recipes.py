@@ -13,7 +13,7 @@ from vppo.training.recipes import RECIPE_DIR, RecipeError, grpo_config_kwargs, l
 
 
 @pytest.mark.parametrize("name, world, micro, accumulation, steps_per_generation",
-                         [("7b", 8, 8, 16, 48), ("32b", 32, 4, 8, 24)])
+                         [("7b", 8, 8, 16, 48), ("32b", 32, 4, 8, 24), ("qwen3vl_8b", 8, 8, 16, 48)])
 def test_paper_recipes_map_to_the_published_schedule(name, world, micro, accumulation, steps_per_generation,
                                                      tmp_path):
     # sleep mode "auto" is decided when a run starts (tests/test_recipes_vllm.py)

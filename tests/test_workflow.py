@@ -107,6 +107,15 @@ def test_default_dry_run_trains_converts_and_evaluates_every_method():
     assert counts["analyze_dependency"] == len(config["analysis"]["methods"])
 
 
+def test_model_family_reaches_every_model_fetch():
+    """`--config model_family=qwen3-vl` runs the default DAG on the tiny Qwen3-VL: the base model is built as one."""
+    done = snakemake("--dry-run", "--cores", "all", "--printshellcmds", "--config", "model_family=qwen3-vl")
+    fetches = [line for line in (done.stdout + done.stderr).splitlines() if "vppo fetch-model" in line]
+    assert fetches and all("--family qwen3-vl" in line for line in fetches)
+    refused = snakemake("--dry-run", "--cores", "all", "--config", "model_family=llava", check=False)
+    assert refused.returncode != 0 and "'llava' is not one of ['qwen2.5-vl', 'qwen3-vl']" in refused.stdout + refused.stderr
+
+
 def test_paper_dry_run_under_the_slurm_profile_resolves_every_job_with_resources():
     config = config_of("paper")
     jobs = dry_run(*SLURM, "--config", "preset=paper")
@@ -126,6 +135,22 @@ def test_paper_dry_run_under_the_slurm_profile_resolves_every_job_with_resources
     assert big["tasks_per_gpu"] == "0" and big["cpus_per_task"] == "64"  # never capped by --cores all
     evals = {(job["wildcards"]["model"], job["resources"]["gpu"]) for job in jobs if job["rule"] == "eval_benchmark"}
     assert evals == {("qwen2.5-vl-7b", "1"), ("qwen2.5-vl-32b", "4")}
+
+
+def test_qwen3vl_paper_dry_run_under_the_slurm_profile_sizes_jobs_from_the_8b_model():
+    config = config_of("paper_qwen3vl")
+    done = snakemake("--dry-run", "--cores", "all", "--printshellcmds", *SLURM, "--config", "preset=paper_qwen3vl")
+    jobs = planned_jobs(done.stdout + done.stderr)
+    counts = rule_counts(jobs)
+    spec = config["models"]["qwen3-vl-8b"]
+    trained = len([m for m in spec["methods"] if m != "base"])
+    assert counts["train"] == counts["convert"] == trained and counts["table"] == 2
+    assert counts["eval_benchmark"] == len(spec["methods"]) * len(config["benchmarks"])
+    assert "vppo fetch-model Qwen/Qwen3-VL-8B-Instruct resources/models/qwen3-vl-8b/base --family qwen3-vl" in done.stdout
+    train = next(job["resources"] for job in jobs if job["rule"] == "train")
+    assert (train["nodes"], train["gres"], train["mem_mb"]) == ("1", "gpu:8", "204800")  # 8 x 2 B x 8.8e9 + 64 GB
+    evals = {(job["resources"]["gpu"], job["resources"]["mem_mb"]) for job in jobs if job["rule"] == "eval_benchmark"}
+    assert evals == {("1", "49600")}
 
 
 def test_released_dry_run_evaluates_published_checkpoints_without_training():
@@ -161,7 +186,7 @@ def test_check_rule_runs_vppo_check_with_the_plans_options():
     assert "--seed 0 --backend hf" in command and "--samples" not in command
 
 
-@pytest.mark.parametrize("preset", ["default", "paper", "released"])
+@pytest.mark.parametrize("preset", ["default", "paper", "paper_qwen3vl", "released"])
 def test_every_table_names_configured_methods(preset):
     config = config_of(preset)
     for name, table in config["tables"].items():

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from vppo.errors import OptionError
+from vppo.model_families import FAMILIES
 
 
 # ------------------------------------------------------------------------------------------ benchmarks
@@ -102,6 +103,7 @@ def column_key(header: str) -> str | None:
 MODEL_PAPER_NAMES: dict[str, str] = {
     "qwen2.5-vl-7b": "Qwen2.5-VL-7B",
     "qwen2.5-vl-32b": "Qwen2.5-VL-32B",
+    "qwen3-vl-8b": "Qwen3-VL-8B (beyond the paper)",
     "tiny": "tiny (offline smoke model)",
     "mini_s0": "mini (1M-parameter Qwen2.5-VL, grid task), seed 0",
 }
@@ -279,7 +281,7 @@ TABLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")  # a file-name stem and a Snake
 
 def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> dict:
     """``workflow/schemas/config.schema.yaml`` with its enums filled from this registry: benchmark keys, table
-    names, paper models, the method grammar, and the given preset names (workflow/config/*.yaml stems) and
+    names, paper models, the method grammar, the model families, and the given preset names (workflow/config/*.yaml stems) and
     recipe names (vppo/training/recipes/*.yaml stems), the dependency passes of ``analysis.variants``. The schema
     file itself names none of them."""
     filled = copy.deepcopy(schema)
@@ -289,6 +291,7 @@ def fill_config_schema(schema: dict, presets: list[str], recipes: list[str]) -> 
     defs["table"]["properties"]["paper_model"]["enum"] = [*PAPER_MODELS, NO_PAPER_MODEL]
     props["tables"]["propertyNames"] = {"enum": list(TABLES)}
     props["preset"]["enum"] = sorted(presets)
+    props["model_family"]["enum"] = list(FAMILIES)
     props["models"]["additionalProperties"]["properties"]["recipe"]["enum"] = sorted(recipes)
     props["analysis"]["properties"]["variants"]["items"]["enum"] = dependency_variants()
     return filled

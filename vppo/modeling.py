@@ -1,9 +1,10 @@
-"""Loading Qwen2.5-VL policies and processors the same way on CPU machines, GPUs and the cluster.
+"""Loading the policies and processors of every model family (:mod:`vppo.model_families`: Qwen2.5-VL, Qwen3-VL)
+the same way on CPU machines, GPUs and the cluster.
 
-transformers 5 builds ``Qwen2_5_VLProcessor`` with a video processor that needs torchvision, which has no
-working CPU build on our machines. We only ever feed images, so :class:`ImageOnlyQwen2_5_VLProcessor`
-drops the video half; everything else (image token expansion, chat template, ``mm_token_type_ids``) is
-the upstream class's behaviour.
+transformers 5 builds ``Qwen2_5_VLProcessor`` (and ``Qwen3VLProcessor``) with a video processor that needs
+torchvision, which has no working CPU build on our machines. We only ever feed images, so
+:class:`ImageOnlyQwen2_5_VLProcessor` and :class:`ImageOnlyQwen3VLProcessor` drop the video half; everything else
+(image token expansion, chat template, ``mm_token_type_ids``) is the upstream class's behaviour.
 """
 
 from __future__ import annotations
@@ -14,31 +15,27 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vppo.errors import InputError
+from vppo.model_families import (DEFAULT_FAMILY, FAMILIES, FAMILY_BY_PROCESSOR, ModelFamily, family_of_dir,
+                                  family_of_model_type)
 
 #: Files a loadable checkpoint directory must contain (weights are checked separately: sharded or not).
 REQUIRED_CHECKPOINT_FILES = ("config.json", "tokenizer_config.json")
 #: The image processor's settings, under the name transformers 5 saves (first) or the hub checkpoints' name.
 PROCESSOR_CONFIG_FILES = ("processor_config.json", "preprocessor_config.json")
-#: ``model_type`` in config.json of the one model family this package trains and evaluates
-MODEL_TYPE = "qwen2_5_vl"
-
-
-#: Config fields naming Qwen2.5-VL's vision special tokens (image/video placeholders and the vision span marks)
-VISION_TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-#: a vision token the config does not name
-VISION_PAD_TOKEN = "<|vision_pad|>"
+#: ``model_type`` values in config.json of the model families this package trains and evaluates
+MODEL_TYPES = tuple(f.model_type for f in FAMILIES.values())
 
 
 class CheckpointError(InputError, FileNotFoundError):
-    """A checkpoint directory is missing, partial or not a Qwen2.5-VL checkpoint."""
+    """A checkpoint directory is missing, partial or not a checkpoint of a supported model family."""
 
 
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without the video processor (so no torchvision is needed)."""
+class _ImageOnly:
+    """Mixin: the upstream processor without its video processor; saved under the upstream class name."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
@@ -46,14 +43,39 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     def save_pretrained(self, save_directory, **kwargs):
         out = super().save_pretrained(save_directory, **kwargs)
         # Saved under the upstream class name so AutoProcessor (vLLM, lmms-eval) reloads it on GPU machines.
+        upstream = next(base.__name__ for base in type(self).__mro__ if base.__module__.startswith("transformers."))
         for name in ("processor_config.json", "preprocessor_config.json"):
             path = Path(save_directory) / name
             if path.exists():
                 data = json.loads(path.read_text())
                 if data.get("processor_class") == type(self).__name__:
-                    data["processor_class"] = "Qwen2_5_VLProcessor"
+                    data["processor_class"] = upstream
                     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return out
+
+
+class ImageOnlyQwen2_5_VLProcessor(_ImageOnly, Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without the video processor (so no torchvision is needed)."""
+
+
+class ImageOnlyQwen3VLProcessor(_ImageOnly, Qwen3VLProcessor):
+    """``Qwen3VLProcessor`` without the video processor (so no torchvision is needed)."""
+
+
+#: Upstream processor class name (``ModelFamily.processor_class``) -> its image-only version.
+IMAGE_ONLY_PROCESSORS = {"Qwen2_5_VLProcessor": ImageOnlyQwen2_5_VLProcessor,
+                         "Qwen3VLProcessor": ImageOnlyQwen3VLProcessor}
+
+
+def image_only_processor(family: ModelFamily, image_processor, tokenizer, chat_template=None):
+    """The family's image-only processor around ``image_processor`` and ``tokenizer``."""
+    return IMAGE_ONLY_PROCESSORS[family.processor_class](image_processor, tokenizer, chat_template=chat_template)
+
+
+def processor_family(processor) -> ModelFamily:
+    """The family of a processor (image-only or upstream class); Qwen2.5-VL for an unknown one."""
+    return next((FAMILY_BY_PROCESSOR[cls.__name__] for cls in type(processor).__mro__
+                 if cls.__name__ in FAMILY_BY_PROCESSOR), DEFAULT_FAMILY)
 
 
 def hf_weights_missing(path: str | Path) -> list[str] | None:
@@ -90,17 +112,20 @@ def verify_checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
-def check_model_family(path: str | Path) -> None:
-    """CheckpointError unless ``path/config.json`` describes a Qwen2.5-VL model (another family's checkpoint
-    fails deep inside transformers otherwise)."""
+def check_model_family(path: str | Path) -> ModelFamily:
+    """The family of ``path/config.json``; CheckpointError unless it is one of :mod:`vppo.model_families`
+    (another family's checkpoint fails deep inside transformers otherwise)."""
     config = Path(path) / "config.json"
     try:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {config}: unreadable ({exc})") from None
-    if model_type != MODEL_TYPE:
-        raise CheckpointError(f"checkpoint {config}: field 'model_type' is {model_type!r}, not {MODEL_TYPE!r} "
-                              "(this package trains and evaluates Qwen2.5-VL checkpoints only)")
+    family = family_of_model_type(model_type)
+    if family is None:
+        raise CheckpointError(f"checkpoint {config}: field 'model_type' is {model_type!r}, not one of "
+                              f"{', '.join(map(repr, MODEL_TYPES))} (this package trains and evaluates "
+                              f"{', '.join(f.label for f in FAMILIES.values())} checkpoints only)")
+    return family
 
 
 def _check_readable(path: Path) -> None:
@@ -157,7 +182,7 @@ def checkpoint_sha256(checkpoint: str | Path, cache: str | Path | None = None) -
 
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
-    """Image-only Qwen2.5-VL processor from a checkpoint directory; pixel bounds override the saved ones."""
+    """The family's image-only processor from a checkpoint directory; pixel bounds override the saved ones."""
     return processor_from_dir(verify_checkpoint_dir(path), min_pixels, max_pixels)
 
 
@@ -174,23 +199,25 @@ def processor_from_dir(path: str | Path, min_pixels: int | None = None, max_pixe
         size["longest_edge"] = max_pixels or size["longest_edge"]
         image_processor.size = size
     chat_template = getattr(tokenizer, "chat_template", None)
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+    return image_only_processor(family_of_dir(path), image_processor, tokenizer, chat_template=chat_template)
 
 
 def vision_token_ids(config, tokenizer=None) -> list[int]:
-    """Ids of the vision special tokens of a Qwen2.5-VL ``config`` (+ ``<|vision_pad|>`` from ``tokenizer``).
+    """Ids of the vision special tokens of a ``config`` of any family (+ the family's tokens the config does not
+    name, such as ``<|vision_pad|>``, from ``tokenizer``).
 
     A response must never contain one: a sampled image or video placeholder makes the next forward pass
     expect vision features that do not exist, and the span marks have no meaning in text.
     """
-    ids = {getattr(config, name, None) for name in VISION_TOKEN_FIELDS}
-    if tokenizer is not None and VISION_PAD_TOKEN in tokenizer.get_vocab():
-        ids.add(tokenizer.convert_tokens_to_ids(VISION_PAD_TOKEN))
+    family = family_of_model_type(getattr(config, "model_type", None)) or DEFAULT_FAMILY
+    ids = {getattr(config, name, None) for name in family.vision_token_fields}
+    vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+    ids.update(tokenizer.convert_tokens_to_ids(token) for token in family.extra_vision_tokens if token in vocab)
     return sorted(int(i) for i in ids if i is not None)
 
 
 def load_policy(path: str | Path, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"):
-    """The Qwen2.5-VL causal model (vision tower included) from a checkpoint directory."""
+    """The family's causal model (vision tower included) from a checkpoint directory."""
     path = verify_checkpoint_dir(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     return model.to(device)

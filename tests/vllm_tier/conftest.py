@@ -43,6 +43,27 @@ def vllm_model_dir(tmp_path_factory):
     return fetch_model("tiny-vllm", tmp_path_factory.mktemp("tiny-vllm") / "model")
 
 
+@pytest.fixture(scope="session")
+def vllm_qwen3vl_dir(tmp_path_factory):
+    """``vppo fetch-model tiny-qwen3vl-vllm``: the same build of the second model family, Qwen3-VL."""
+    from vppo.data.models import fetch_model
+
+    return fetch_model("tiny-qwen3vl-vllm", tmp_path_factory.mktemp("tiny-qwen3vl-vllm") / "model")
+
+
+#: model family -> the fixture of its vLLM-width tiny model
+FAMILY_MODEL_FIXTURES = {"qwen2.5-vl": "vllm_model_dir", "qwen3-vl": "vllm_qwen3vl_dir"}
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_MODEL_FIXTURES))
+def family_model(request):
+    """(model family, its vLLM-width tiny model): a test that takes it runs once per family of
+    ``vppo.model_families`` (parity and colocate training; the other modules run the first family only)."""
+    from vppo.model_families import FAMILIES
+
+    return FAMILIES[request.param], request.getfixturevalue(FAMILY_MODEL_FIXTURES[request.param])
+
+
 @pytest.fixture(scope="module", autouse=True)
 def engines_released_between_modules():
     """Every engine a module made is shut down before the next module starts its own.

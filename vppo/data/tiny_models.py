@@ -1,4 +1,4 @@
-"""Build a tiny, random-init Qwen2.5-VL checkpoint offline (real architecture, real processor, ChatML).
+"""Build a tiny, random-init Qwen2.5-VL (or Qwen3-VL) checkpoint offline (real architecture, real processor, ChatML).
 
 The directory it writes loads with :func:`vppo.modeling.load_policy` / :func:`vppo.modeling.load_processor`
 and with ``AutoModelForImageTextToText``; every stage of the harness (training, conversion, evaluation,
@@ -13,7 +13,10 @@ from the answers plausible for the question's kind. It is not taught to be right
 1.0 its accuracy is about chance, so groups of samples get mixed rewards and the whole RL path runs on
 non-zero advantages.
 
-CLI: ``vppo make-tiny-model OUT_DIR [--seed 0] [--warm-start-steps N]``.
+Every model family of :mod:`vppo.model_families` has a tiny build: ``family="qwen3-vl"`` takes its config from
+:mod:`vppo.data.tiny_qwen3vl`; tokenizer, chat template, warm start and tiny token budget are shared.
+
+CLI: ``vppo make-tiny-model OUT_DIR [--seed 0] [--warm-start-steps N] [--family qwen3-vl]``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from vppo.modeling import ImageOnlyQwen2_5_VLProcessor
+from vppo.model_families import FAMILIES, QWEN2_5_VL, ModelFamily
+from vppo.modeling import ImageOnlyQwen2_5_VLProcessor, image_only_processor
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -59,9 +63,10 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
-#: Image bounds of the tiny processor: at most 16 merged vision tokens per image keeps CPU runs fast.
-TINY_MIN_PIXELS = 28 * 28 * 4
-TINY_MAX_PIXELS = 28 * 28 * 16
+#: Image bounds of the tiny processor, in merged vision tokens: at most 16 per image keeps CPU runs fast.
+TINY_MIN_TOKENS, TINY_MAX_TOKENS = 4, 16
+TINY_MIN_PIXELS = QWEN2_5_VL.resize_factor ** 2 * TINY_MIN_TOKENS
+TINY_MAX_PIXELS = QWEN2_5_VL.resize_factor ** 2 * TINY_MAX_TOKENS
 
 
 def _training_corpus(seed: int, n_lines: int = 3000) -> list[str]:
@@ -169,13 +174,27 @@ def build_generation_config(tokenizer) -> GenerationConfig:
     )
 
 
-def build_processor(tokenizer, min_pixels: int = TINY_MIN_PIXELS,
-                    max_pixels: int = TINY_MAX_PIXELS) -> ImageOnlyQwen2_5_VLProcessor:
+def build_processor(tokenizer, min_pixels: int | None = None, max_pixels: int | None = None,
+                    family: ModelFamily = QWEN2_5_VL) -> ImageOnlyQwen2_5_VLProcessor:
+    """The family's image-only processor; pixel bounds default to the tiny token budget at its resize factor."""
+    area = family.resize_factor ** 2
+    normalisation = {} if family is QWEN2_5_VL else {"image_mean": list(family.image_mean),
+                                                     "image_std": list(family.image_std)}
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-        patch_size=14, temporal_patch_size=2, merge_size=2,
+        size={"shortest_edge": min_pixels or area * TINY_MIN_TOKENS, "longest_edge": max_pixels or area * TINY_MAX_TOKENS},
+        patch_size=family.patch_size, temporal_patch_size=family.temporal_patch_size, merge_size=family.merge_size,
+        **normalisation,
     )
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+    return image_only_processor(family, image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def family_builders(family: ModelFamily):
+    """(config builder, model class) of a family's tiny build; both take the same width keywords."""
+    if family is QWEN2_5_VL:
+        return build_config, Qwen2_5_VLForConditionalGeneration
+    from vppo.data.tiny_qwen3vl import TINY_BUILDERS
+
+    return TINY_BUILDERS[family.key]
 
 
 #: Widths of the tiny builds. ``tiny``: the CPU test model (head_dim 16, the fastest). ``vllm``: the narrowest
@@ -184,8 +203,8 @@ TINY_SHAPES = {"tiny": {"hidden_size": 64, "num_heads": 4}, "vllm": {"hidden_siz
 
 
 def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int | None = None, num_layers: int = 2,
-                    warm_start_steps: int = 0, shape: str = "tiny") -> Path:
-    """Write a complete tiny Qwen2.5-VL checkpoint (weights, config, tokenizer, processor) to ``out_dir``.
+                    warm_start_steps: int = 0, shape: str = "tiny", family: str = QWEN2_5_VL.key) -> Path:
+    """Write a complete tiny checkpoint of ``family`` (weights, config, tokenizer, processor) to ``out_dir``.
 
     ``shape`` picks the width from :data:`TINY_SHAPES` (``hidden_size`` overrides it); ``warm_start_steps > 0``
     fits the random-init model to the answer format first (:func:`warm_start`). The ``vllm`` shape also gets
@@ -196,27 +215,31 @@ def build_tiny_qwen(out_dir: str | Path, seed: int = 0, hidden_size: int | None 
     width = dict(TINY_SHAPES[shape])
     hidden_size = width.pop("hidden_size") if hidden_size is None else hidden_size
     width.pop("hidden_size", None)
+    model_family = FAMILIES[family]
+    config_builder, model_class = family_builders(model_family)
     tokenizer = build_tokenizer(seed)
-    config = build_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers, **width)
+    config = config_builder(tokenizer, hidden_size=hidden_size, num_layers=num_layers, **width)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config = build_generation_config(tokenizer)
-    processor = build_processor(tokenizer)
+    processor = build_processor(tokenizer, family=model_family)
     info = {"builder": "vppo.data.tiny_models", "seed": seed, "hidden_size": hidden_size, "num_layers": num_layers}
     if shape != "tiny":
         info["shape"] = shape
+    if model_family is not QWEN2_5_VL:
+        info["family"] = model_family.key
     if warm_start_steps > 0:
         info["warm_start"] = warm_start(model, processor, seed=seed, steps=warm_start_steps)
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if shape == "vllm":
-        write_hub_processor_files(out_dir, processor)
+        write_hub_processor_files(out_dir, processor, model_family)
     (out_dir / "vppo_tiny.json").write_text(json.dumps(info) + "\n")
     return out_dir
 
 
-def write_hub_processor_files(out_dir: Path, processor) -> None:
+def write_hub_processor_files(out_dir: Path, processor, family: ModelFamily = QWEN2_5_VL) -> None:
     """The processor files of a hub Qwen2.5-VL checkpoint, in their layout, beside transformers 5's own.
 
     A hub checkpoint has a flat ``preprocessor_config.json`` (``min_pixels``/``max_pixels``), a
@@ -228,12 +251,12 @@ def write_hub_processor_files(out_dir: Path, processor) -> None:
     common = {"patch_size": ip.patch_size, "temporal_patch_size": ip.temporal_patch_size, "merge_size": ip.merge_size,
               "image_mean": list(ip.image_mean), "image_std": list(ip.image_std), "do_convert_rgb": True,
               "do_normalize": True, "do_rescale": True, "do_resize": True, "rescale_factor": ip.rescale_factor,
-              "resample": int(ip.resample), "processor_class": "Qwen2_5_VLProcessor"}
+              "resample": int(ip.resample), "processor_class": family.processor_class}
     bounds = {"min_pixels": ip.size["shortest_edge"], "max_pixels": ip.size["longest_edge"],
               "size": {"shortest_edge": ip.size["shortest_edge"], "longest_edge": ip.size["longest_edge"]}}
     files = {
         "preprocessor_config.json": {**common, **bounds, "image_processor_type": "Qwen2VLImageProcessor"},
-        "video_preprocessor_config.json": {**common, **bounds, "video_processor_type": "Qwen2VLVideoProcessor",
+        "video_preprocessor_config.json": {**common, **bounds, "video_processor_type": family.video_processor_class,
                                            "do_sample_frames": False, "fps": 2.0},
         "chat_template.json": {"chat_template": processor.chat_template},
     }
@@ -373,12 +396,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="width: tiny (head_dim 16, fastest) or vllm (head_dim 64, what vLLM's CPU build accepts)")
     parser.add_argument("--hidden-size", type=int, default=None, help="override the shape's width")
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--family", choices=list(FAMILIES), default=QWEN2_5_VL.key, help="model family")
     parser.add_argument("--warm-start-steps", type=int, default=0,
                         help=f"fit the answer format after random init (0: none; {WARM_START_STEPS}: `fetch-model tiny-warm`)")
 
 
 def run(args: argparse.Namespace) -> int:
     path = build_tiny_qwen(args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                           warm_start_steps=args.warm_start_steps, shape=args.shape)
-    print(f"tiny Qwen2.5-VL written to {path}")
+                           warm_start_steps=args.warm_start_steps, shape=args.shape, family=args.family)
+    print(f"tiny {FAMILIES[args.family].label} written to {path}")
     return 0

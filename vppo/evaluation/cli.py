@@ -40,7 +40,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="HF checkpoint directory (Qwen2.5-VL)")
+    parser.add_argument("checkpoint", type=Path, help="HF checkpoint directory (Qwen2.5-VL or Qwen3-VL)")
     parser.add_argument("--out", type=Path, required=True, help="results directory: <benchmark>.json + .samples.jsonl")
     add_eval_options(parser)
 

@@ -16,9 +16,10 @@ import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
-from vppo.eval_images import PROCESSOR_BOUNDS, PixelBounds
+from vppo.eval_images import PixelBounds
 from vppo.evaluation.protocol import PROTOCOL_SAMPLING
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
+from vppo.model_families import family_of_dir
 from vppo.modeling import load_policy, load_processor
 from vppo.progress import progress
 from vppo.rollout import encode_prompts, split_generation
@@ -40,7 +41,10 @@ class VPPOHFModel(lmms):
         self.default_max_new_tokens = int(max_new_tokens)
         self.seed = int(seed)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.processor = load_processor(self.pretrained, PROCESSOR_BOUNDS.min_pixels, PROCESSOR_BOUNDS.max_pixels)
+        #: the checkpoint's model family: its processor bounds are the protocol's (vppo.model_families)
+        self.model_family = family_of_dir(self.pretrained)
+        protocol = self.model_family.processor_bounds
+        self.processor = load_processor(self.pretrained, protocol.min_pixels, protocol.max_pixels)
         size = self.processor.image_processor.size
         #: the bounds the processor really holds (recorded in every result, checked against the protocol)
         self.image_bounds = PixelBounds(int(size["shortest_edge"]), int(size["longest_edge"]))

@@ -78,10 +78,17 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
     if isinstance(result.get("backend"), str) and result["backend"] not in BACKENDS:
         problems.append(f"field 'backend': {result['backend']!r} is not one of {sorted(BACKENDS)}")
     from vppo.eval_images import protocol_image_bounds
+    from vppo.model_families import DEFAULT_FAMILY, FAMILIES
 
-    if isinstance(result.get("image_bounds"), dict) and result["image_bounds"] != protocol_image_bounds():
-        problems.append(f"field 'image_bounds': {result['image_bounds']} is not the protocol's "
-                        f"{protocol_image_bounds()} (a number made with other image sizes is not comparable)")
+    # results written before model families were recorded are Qwen2.5-VL's
+    family = FAMILIES.get(result.get("model_family", DEFAULT_FAMILY.key))
+    if family is None:
+        problems.append(f"field 'model_family': {result['model_family']!r} is not one of {sorted(FAMILIES)}")
+    elif isinstance(result.get("image_bounds"), dict) and result["image_bounds"] != protocol_image_bounds(
+            family.processor_bounds):
+        expected = protocol_image_bounds(family.processor_bounds)
+        problems.append(f"field 'image_bounds': {result['image_bounds']} is not the {family.label} protocol's "
+                        f"{expected} (a number made with other image sizes is not comparable)")
     if problems:
         raise ResultError(f"{source}: " + "; ".join(problems))
     return result

@@ -24,7 +24,8 @@ from vppo.catalog import Benchmark
 from vppo.data.eval_data import EvalDataError, data_checksum, read_manifest
 from vppo.evaluation import tasklib
 from vppo.evaluation.protocol import PROTOCOL_SAMPLING, ScoredQuestion, Sampling, avg_at_k, avg_at_k_stderr
-from vppo.eval_images import PROCESSOR_BOUNDS, protocol_image_bounds
+from vppo.eval_images import protocol_image_bounds
+from vppo.model_families import DEFAULT_FAMILY
 from vppo.evaluation.registry import BACKENDS
 from vppo import package_versions
 from vppo.evaluation.outputs import CHECKPOINT_HASH_CACHE, OutputClaim, claim_output
@@ -119,10 +120,11 @@ def protocol_violations(task, sampling: Sampling) -> list[str]:
 
 def model_violations(lm) -> list[str]:
     """Every way the loaded model adapter differs from the protocol: today its image processor's pixel bounds
-    (``lm.image_bounds``, which each backend sets from the protocol whatever the checkpoint says)."""
-    bounds = getattr(lm, "image_bounds", None)
-    if bounds != PROCESSOR_BOUNDS:
-        return [f"model {type(lm).__name__}: image processor bounds {bounds}, protocol {PROCESSOR_BOUNDS}"]
+    (``lm.image_bounds``, which each backend sets from the protocol of the checkpoint's model family
+    (``lm.model_family``) whatever the checkpoint says)."""
+    bounds, protocol = getattr(lm, "image_bounds", None), getattr(lm, "model_family", DEFAULT_FAMILY).processor_bounds
+    if bounds != protocol:
+        return [f"model {type(lm).__name__}: image processor bounds {bounds}, protocol {protocol}"]
     return []
 
 
@@ -143,7 +145,7 @@ def scored_questions(logged_samples: list[dict], k: int, task: str) -> list[tupl
 
 def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: dict, *, checkpoint_hash: str,
                  data_hash: str, bad_rows: list, image_bounds, wall_time_s: float,
-                 extra: dict) -> tuple[dict, list[dict]]:
+                 extra: dict, model_family: str = DEFAULT_FAMILY.key) -> tuple[dict, list[dict]]:
     correct = [q.correct for _, q in questions]
     accuracy = 100.0 * avg_at_k(correct)
     stderr = 100.0 * avg_at_k_stderr(correct)
@@ -160,6 +162,7 @@ def build_result(req: EvalRequest, bench: Benchmark, questions, lmms_results: di
         "checkpoint": str(req.checkpoint.resolve()), "checkpoint_sha256": checkpoint_hash,
         "data": {"path": str(req.data.resolve()), "sha256": data_hash}, "wall_time_s": round(wall_time_s, 3),
         "samples_file": f"{bench.key}.samples.jsonl", "image_bounds": protocol_image_bounds(image_bounds),
+        "model_family": model_family,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "lmms_eval": {"task_version": lmms_results["versions"].get(bench.task), "metric": lmms_value,
                       "stderr_clt": metrics.get(f"{tasklib.METRIC}_stderr_clt,{FILTER_NAME}"), "filter": FILTER_NAME},
@@ -303,7 +306,8 @@ def _run_eval(req: EvalRequest, claim: OutputClaim, log) -> dict[str, dict]:
         bad = tasklib.bad_rows(req.data, bench.key)
         result, lines = build_result(
             req, bench, questions, lmms_results, checkpoint_hash=checkpoint_hash, data_hash=data_hashes[bench.key],
-            bad_rows=bad, image_bounds=lm.image_bounds, wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3),
+            bad_rows=bad, image_bounds=lm.image_bounds, model_family=getattr(lm, "model_family", DEFAULT_FAMILY).key,
+            wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3),
                    "tensor_parallel_size": int(getattr(lm, "tensor_parallel_size", 1))})
         write_jsonl_atomic(req.out / result["samples_file"], lines)
         write_json_atomic(req.out / f"{bench.key}.json", result)  # last: its presence means complete

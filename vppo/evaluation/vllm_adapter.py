@@ -24,8 +24,8 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
 from vppo.evaluation.protocol import PROTOCOL_ENGINE_LIMITS, PROTOCOL_SAMPLING, Sampling
-from vppo.eval_images import PROCESSOR_BOUNDS
 from vppo.evaluation.requests import GenerationJob, build_job, fan_out, group_repeats, truncate_at_stop
+from vppo.model_families import family_of_dir
 from vppo.modeling import load_processor, verify_checkpoint_dir
 from vppo.rollout import chat_prompt
 
@@ -84,9 +84,11 @@ class VPPOVLLMModel(lmms):
         self.batch_size_per_gpu = int(batch_size)  # questions per engine call (each with its n samples)
         engine_kwargs.pop("max_batch_size", None)
         engine_kwargs.pop("device", None)
-        self.processor = load_processor(self.pretrained, PROCESSOR_BOUNDS.min_pixels, PROCESSOR_BOUNDS.max_pixels)
+        #: the checkpoint's model family: its processor bounds are the protocol's (vppo.model_families)
+        self.model_family = family_of_dir(self.pretrained)
         #: vLLM's processor gets the protocol's pixel bounds, never the checkpoint's saved ones
-        self.image_bounds = PROCESSOR_BOUNDS
+        self.image_bounds = self.model_family.processor_bounds
+        self.processor = load_processor(self.pretrained, self.image_bounds.min_pixels, self.image_bounds.max_pixels)
         if engine is None:
             import torch
 

@@ -196,9 +196,10 @@ def _response_batch(model, prompt: dict, sampled: SampledResponses):
 def masked_prompt(processor, sampled: SampledResponses, strategy: str, rng: np.random.Generator) -> dict:
     """The trainer's masked pass: same prompt ids, only the pixels of the masked images change."""
     from vppo.masking import mask_image
-    from vppo.modeling import masked_pixel_values
+    from vppo.modeling import masked_pixel_values, processor_family
 
-    masked = [mask_image(p, strategy, rng=rng) for p in sampled.pictures]
+    params = processor_family(processor).masking_params(strategy)  # the model's patch size, as in training
+    masked = [mask_image(p, strategy, rng=rng, **params) for p in sampled.pictures]
     return {**sampled.prompt, "pixel_values": masked_pixel_values(processor.image_processor, [masked],
                                                                   sampled.prompt["image_grid_thw"])}
 
@@ -236,6 +237,13 @@ def _data_provenance(data_dir: Path, keys: list[str]) -> dict:
 
     source = "verified against manifest" if read_manifest(data_dir) else "computed (no manifest)"
     return {"path": str(data_dir), "sha256": {k: data_checksum(data_dir, k) for k in keys}, "sha256_source": source}
+
+
+def _masking_params(processor, strategy: str) -> dict:
+    """The keyword arguments the masking strategy ran with: its defaults and the model family's (the square)."""
+    from vppo.modeling import processor_family
+
+    return {**_strategy_defaults(strategy), **processor_family(processor).masking_params(strategy)}
 
 
 def _strategy_defaults(strategy: str) -> dict:
@@ -319,4 +327,4 @@ def analyze(args: argparse.Namespace) -> dict:
     summary["by_role"], summary["by_benchmark"] = breakdown(per_trajectory, roles), breakdown(per_trajectory, benches)
     return {"schema": ANALYSIS_SCHEMA_ID, **provenance(args, inputs, start), "estimator": args.estimator, **summary,
             "trajectories": trajectories,
-            "masking": {"strategy": args.mask_strategy, "params": _strategy_defaults(args.mask_strategy)}}
+            "masking": {"strategy": args.mask_strategy, "params": _masking_params(processor, args.mask_strategy)}}

@@ -151,7 +151,7 @@ def analyze_variants(args) -> dict:
     import torch
 
     from vppo.catalog import get_method
-    from vppo.reporting.analysis import _strategy_defaults, load_inputs, provenance
+    from vppo.reporting.analysis import _masking_params, load_inputs, provenance
 
     start = time.time()
     variants = parse_variants(args.variants)
@@ -164,7 +164,7 @@ def analyze_variants(args) -> dict:
     results = {}
     for masking, estimator in variants:
         name = variant_name((masking, estimator))
-        results[name] = {"masking": {"strategy": masking, "params": _strategy_defaults(masking)},
+        results[name] = {"masking": {"strategy": masking, "params": _masking_params(processor, masking)},
                          "estimator": estimator, **describe_variant(scores[name], benches),
                          "vs_reference": compare_to_reference(reference, scores[name], keep_ratio)}
     return {"schema": VARIANTS_SCHEMA_ID, **provenance(args, inputs, start), "reference": variant_name(REFERENCE_VARIANT),

@@ -254,7 +254,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     """Check the inputs, load processor and data (prompts over max_prompt_length dropped), build the trainer
     (``preset``: the request's method resolved against ``recipe``, by default resolved here)."""
     from vppo.data.train_data import load_train_dataset
-    from vppo.modeling import load_processor
+    from vppo.modeling import load_processor, processor_family
     from vppo.training.checkpoints import last_complete_checkpoint
     from vppo.training.images import with_training_images
     from transformers.trainer_callback import ProgressCallback
@@ -303,6 +303,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         model=model, args=args, train_dataset=dataset, processing_class=processor, preset=preset,
         tas_group_responses=recipe.tas_group_responses, rollout_layout=recipe.rollout_layout or DEFAULT_ROLLOUT_LAYOUT,
         max_sampling_rounds=recipe.dynamic_sampling_max_rounds, reward=reward,
+        masking_params=processor_family(processor).masking_params(preset.masking),  # the model's patch square
         callbacks=[JsonlLogCallback(work_dir / LOG_FILE, resumed_step),
                    *progress_callbacks(work_dir, request.tracking_name, resumed_step, args), *(callbacks or [])])
     if not args.disable_tqdm:

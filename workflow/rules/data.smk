@@ -51,6 +51,7 @@ rule fetch_base_model:
         directory("resources/models/{model}/base"),
     params:
         source=lambda wildcards: MODELS[wildcards.model]["base"],
+        family=config["model_family"],
     log:
         "logs/models/{model}/base.log",
     benchmark:
@@ -59,7 +60,7 @@ rule fetch_base_model:
         GPU_ENV
     threads: 1
     shell:
-        "workflow/scripts/vppo fetch-model {params.source:q} {output:q} > {log:q} 2>&1"
+        "workflow/scripts/vppo fetch-model {params.source:q} {output:q} --family {params.family:q} > {log:q} 2>&1"
 
 
 rule fetch_released_model:
@@ -67,6 +68,7 @@ rule fetch_released_model:
         directory("resources/models/{model}/released_{method}"),
     params:
         source=lambda wildcards: MODELS[wildcards.model]["released"][wildcards.method],
+        family=config["model_family"],
     log:
         "logs/models/{model}/released_{method}.log",
     benchmark:
@@ -75,4 +77,4 @@ rule fetch_released_model:
         GPU_ENV
     threads: 1
     shell:
-        "workflow/scripts/vppo fetch-model {params.source:q} {output:q} > {log:q} 2>&1"
+        "workflow/scripts/vppo fetch-model {params.source:q} {output:q} --family {params.family:q} > {log:q} 2>&1"
