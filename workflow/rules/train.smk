@@ -3,6 +3,9 @@
 # Resumable state lives in work/train/{model}/{method} (NOT a declared output: Snakemake deletes declared
 # outputs before a job starts and after it fails). A retried or resubmitted job resumes from the last
 # checkpoint there; the declared output is written only when training has finished.
+# Failure policy (docs/cluster.md): the trainer saves and exits 75 before the Slurm time limit, holds a lock in the
+# work folder against a second writer, and records a failure that a retry would repeat (bad input, out of memory)
+# so that Snakemake's retries of it exit at once.
 
 
 rule train:
@@ -21,6 +24,8 @@ rule train:
         seed=model_seed,
         options=train_options(),
         prune=prune_command,
+        # Save and stop (exit 75) while the job's time left still covers a rollout and the save; the retry resumes.
+        save_margin=round(60 * config["train"]["save_margin_minutes"]),
     log:
         "logs/train/{model}/{method}.log",
     benchmark:
@@ -43,5 +48,6 @@ rule train:
     shell:
         "mkdir -p {params.work:q} && OMP_NUM_THREADS={resources.cpus_per_task} {params.launch} --model {input.model:q} --data {input.data:q} "
         "--recipe {params.recipe:q} --method {wildcards.method:q} --work-dir {params.work:q} --out {output:q} "
-        "--seed {params.seed:q} --run-name {wildcards.model:q}/{wildcards.method:q}/seed{params.seed:q} {params.options} "
+        "--seed {params.seed:q} --run-name {wildcards.model:q}/{wildcards.method:q}/seed{params.seed:q} "
+        "--save-margin {params.save_margin} {params.options} "
         "> {log:q} 2>&1 && {params.prune} >> {log:q} 2>&1"
