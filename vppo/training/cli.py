@@ -46,8 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Hold the work folder (unless the launcher does), refuse a repeated known failure, train; the exit status
     tells a retry whether it can help (vppo.training.exits)."""
+    from vppo.fileio import require_writable
     from vppo.training import exits, work_lock
 
+    require_writable(args.out, "--out")  # before the lock creates WORK_DIR: a place that cannot take it fails now
+    require_writable(args.work_dir, "--work-dir")
     try:
         with work_lock.holding(args.work_dir) as token:
             fingerprint = exits.fingerprint(args)

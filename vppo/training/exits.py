@@ -68,9 +68,12 @@ def fingerprint(args) -> str:
 def record(work_dir: str | Path, kind: str, message: str, print_key: str | None) -> None:
     """Write how this attempt ended; ``print_key`` is the inputs' fingerprint (None for a retryable end)."""
     code, retry = OUTCOMES[kind]
-    write_json_atomic(Path(work_dir) / EXIT_FILE, {
-        "kind": kind, "exit_status": code, "retry": retry, "message": message, "fingerprint": print_key,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    try:
+        write_json_atomic(Path(work_dir) / EXIT_FILE, {
+            "kind": kind, "exit_status": code, "retry": retry, "message": message, "fingerprint": print_key,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    except OSError:
+        pass  # a read-only or full work folder: the failure was reported; its retry will meet it again
 
 
 def read(work_dir: str | Path) -> dict | None:

@@ -9,8 +9,8 @@ asks for the same stop.
 
 The stop happens only where a checkpoint resumes exactly: at the end of a rollout's last update (a save inside a
 rollout could not resume exactly, vppo.training.recipes). At each such boundary rank 0 stops when the time left
-would not cover another rollout (the longest one seen in this attempt) plus ``margin_s`` for the save itself; all
-ranks agree through one all-reduce (a DeepSpeed save is collective). The trainer then saves ``checkpoint-N``,
+would not cover another rollout (the longest one seen in this attempt) plus ``margin_s`` for the save itself (at most
+half the job's time limit, so that a short job still trains for half its time); all ranks agree through one all-reduce (a DeepSpeed save is collective). The trainer then saves ``checkpoint-N``,
 ``vppo train`` exits with :data:`vppo.training.exits.EXIT_RESUMABLE` and the retry resumes from it.
 """
 
@@ -41,16 +41,18 @@ def parse_time_left(text: str) -> float | None:
     return float(((days * 24 + hours) * 60 + int(match["m"])) * 60 + int(match["s"]))
 
 
-def slurm_time_left(environ: dict | None = None) -> float | None:
-    """Seconds until this Slurm job's time limit, None outside a job or where squeue does not say."""
+def slurm_time_left(environ: dict | None = None) -> tuple[float | None, float | None]:
+    """(seconds until this Slurm job's time limit, the whole limit in seconds); Nones outside a job or where
+    squeue does not say."""
     job = (os.environ if environ is None else environ).get("SLURM_JOB_ID")
     if not job or not shutil.which("squeue"):
-        return None
+        return None, None
     try:
-        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L|%l"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_time_left(done.stdout) if done.returncode == 0 else None
+        return None, None
+    left, _, limit = done.stdout.strip().partition("|") if done.returncode == 0 else ("", "", "")
+    return parse_time_left(left), parse_time_left(limit)
 
 
 @contextmanager
@@ -76,20 +78,21 @@ def stop_on_sigusr1():
 class SaveBeforeTimeLimit(TrainerCallback):
     """Saves and stops training at the last rollout boundary the time limit allows (see the module doc).
 
-    ``any_process(flag) -> bool`` is the trainer's all-reduce; ``time_left() -> seconds | None`` asks Slurm.
+    ``any_process(flag) -> bool`` is the trainer's all-reduce; ``time_left() -> (seconds left, limit)`` asks Slurm.
     """
 
     def __init__(self, any_process, is_main: bool, updates_per_rollout: int, margin_s: float | None,
                  time_left=slurm_time_left, clock=time.monotonic):
         self.any_process, self.is_main, self.updates = any_process, is_main, updates_per_rollout
         self.margin_s, self.time_left, self.clock = margin_s, time_left, clock
+        self.limit = None
         self.deadline = self.last_boundary = None
         self.longest_rollout = 0.0
         self.stopped_at: int | None = None
         self.reason = ""
 
     def _refresh_deadline(self) -> None:
-        left = self.time_left() if self.margin_s is not None else None
+        left, self.limit = self.time_left() if self.margin_s is not None else (None, None)
         self.deadline = None if left is None else self.clock() + left
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -97,13 +100,12 @@ class SaveBeforeTimeLimit(TrainerCallback):
         if self.is_main:
             self._refresh_deadline()
             if self.deadline is not None:
-                left = self.deadline - self.last_boundary
+                if self.limit and self.margin_s > self.limit / 2:
+                    logger.warning("the save margin (%.0f s) is over half the job's time limit (%.0f s): using "
+                                   "%.0f s", self.margin_s, self.limit, self.limit / 2)
+                    self.margin_s = self.limit / 2
                 logger.warning("Slurm time limit in %.0f s: saving and stopping at the last rollout boundary that "
-                               "leaves %.0f s for the save", left, self.margin_s)
-                if left < self.margin_s:
-                    logger.warning("the job's time left (%.0f s) is below the save margin (%.0f s): every attempt "
-                                   "will stop after one rollout; raise the runtime or lower the margin",
-                                   left, self.margin_s)
+                               "leaves %.0f s for the save", self.deadline - self.last_boundary, self.margin_s)
 
     def _out_of_time(self, now: float) -> bool:
         if not self.is_main or self.deadline is None or self.deadline - now >= self.margin_s + self.longest_rollout:

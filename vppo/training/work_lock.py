@@ -131,8 +131,14 @@ def acquire(work_dir: str | Path, environ: dict | None = None) -> str:
                 path.unlink(missing_ok=True)
             time.sleep(0.1)
             continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump(mine, handle, sort_keys=True)
+        except OSError as exc:
+            raise InputError(f"--work-dir {work_dir}: cannot write its lock {path} ({exc.strerror})") from None
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(mine, handle, sort_keys=True)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise InputError(f"--work-dir {work_dir}: cannot write its lock {path} ({exc.strerror})") from None
         return token
     raise WorkDirBusy(f"{work_dir}: could not take {path} (another process keeps taking it)")
 
