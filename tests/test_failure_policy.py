@@ -69,7 +69,7 @@ def test_stops_at_the_last_rollout_boundary_that_leaves_the_margin():
     assert _boundaries(follower, clock, steps) == 3 and follower.reason == "another rank asked"
     assert _boundaries(SaveBeforeTimeLimit(agree, True, 1, None, time_left, clock=lambda: clock[0]), clock,
                        steps) is None
-    # a margin over half the job's limit is cut to half: a short job still trains for half its time
+    # a margin as long as the job's whole limit is cut to half of it: a short job still trains
     left["s"], clock[0] = 1000.0, 0.0
     short = SaveBeforeTimeLimit(agree, True, 1, 5000.0, time_left, clock=lambda: clock[0])
     assert _boundaries(short, clock, [(n, 100.0 * n) for n in range(1, 10)]) == 5 and short.margin_s == 500

@@ -162,14 +162,15 @@ def test_one_node_gpu_training_job_runs_through_the_launcher(slurm, launcher_che
 
 
 def test_a_training_job_saves_before_its_time_limit_and_the_retry_resumes_from_there(slurm, launcher_checkout):
-    """A 3-minute job with a 90 s save margin (train.save_margin_minutes): the trainer, through the launcher, asks
-    Slurm for the time left, saves at the rollout boundary where another rollout would eat into the margin and the
-    job exits 75 instead of being killed at the limit; Snakemake's retry (6 minutes) resumes from that checkpoint.
-    There is no periodic checkpoint (save_steps 1000), so without the save the retry started from scratch."""
+    """A 3-minute job with a 165 s save margin (train.save_margin_minutes): the trainer, through the launcher, asks
+    Slurm for the time left, saves at the rollout boundary where another rollout would eat into the margin (here
+    the first: the job's start-up alone takes more than 15 s) and the job exits 75 instead of being killed at the
+    limit; Snakemake's retry (6 minutes) resumes from that checkpoint. There is no periodic checkpoint (save_steps
+    1000), so without the save the retry started from scratch."""
     repo, config = launcher_checkout
     config = yaml.safe_load(yaml.safe_dump(config))
     config["models"]["tiny"]["train_resources"]["runtime"] = 3
-    config["train"].update(max_steps=12, retries=1, save_margin_minutes=1.5, set={"save_steps": 1000})
+    config["train"].update(max_steps=12, retries=1, save_margin_minutes=2.75, set={"save_steps": 1000})
     (repo / "time_limit.yaml").write_text(yaml.safe_dump(config))
     done = run_profile(repo, slurm, "--configfile", "time_limit.yaml", "--", "results/train/tiny/dapo", timeout=900)
     first, second = sorted(_train_jobs(repo, "dapo"), key=int)

@@ -9,8 +9,8 @@ asks for the same stop.
 
 The stop happens only where a checkpoint resumes exactly: at the end of a rollout's last update (a save inside a
 rollout could not resume exactly, vppo.training.recipes). At each such boundary rank 0 stops when the time left
-would not cover another rollout (the longest one seen in this attempt) plus ``margin_s`` for the save itself (at most
-half the job's time limit, so that a short job still trains for half its time); all ranks agree through one all-reduce (a DeepSpeed save is collective). The trainer then saves ``checkpoint-N``,
+would not cover another rollout (the longest one seen in this attempt) plus ``margin_s`` for the save itself (a margin
+as long as the job's whole time limit is cut to half of it: a short job still trains); all ranks agree through one all-reduce (a DeepSpeed save is collective). The trainer then saves ``checkpoint-N``,
 ``vppo train`` exits with :data:`vppo.training.exits.EXIT_RESUMABLE` and the retry resumes from it.
 """
 
@@ -100,8 +100,8 @@ class SaveBeforeTimeLimit(TrainerCallback):
         if self.is_main:
             self._refresh_deadline()
             if self.deadline is not None:
-                if self.limit and self.margin_s > self.limit / 2:
-                    logger.warning("the save margin (%.0f s) is over half the job's time limit (%.0f s): using "
+                if self.limit and self.margin_s >= self.limit:
+                    logger.warning("the save margin (%.0f s) is not shorter than the job's time limit (%.0f s): using "
                                    "%.0f s", self.margin_s, self.limit, self.limit / 2)
                     self.margin_s = self.limit / 2
                 logger.warning("Slurm time limit in %.0f s: saving and stopping at the last rollout boundary that "
