@@ -33,7 +33,10 @@ rule train:
     conda:
         GPU_ENV
     threads: lambda wildcards: train_spec(wildcards).get("cpus", 1)
-    retries: config["train"]["retries"]
+    # Retries belong to the head Snakemake, which submits a new job. Inside a cluster job a rule's retries directive
+    # overrides the `--retries 0` the job is started with, and the job's own Snakemake would rerun a stopped
+    # training in the same allocation, in the minutes the save margin keeps for the save (seen on the local Slurm).
+    retries: 0 if workflow.remote_exec else config["train"]["retries"]
     resources:
         **slurm_placement("GPU"),
         nodes=lambda wildcards: train_spec(wildcards).get("nodes", 1),
