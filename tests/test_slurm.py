@@ -175,8 +175,9 @@ def test_a_training_job_saves_before_its_time_limit_and_the_retry_resumes_from_t
     done = run_profile(repo, slurm, "--configfile", "time_limit.yaml", "--", "results/train/tiny/dapo", timeout=900)
     first, second = sorted(_train_jobs(repo, "dapo"), key=int)
     stopped = scontrol_job(first, slurm)
-    assert (stopped["JobState"], stopped["ExitCode"], stopped["TimeLimit"]) == ("FAILED", "75:0", "00:03:00"), (
-        done.stderr[-5000:])  # with the first attempt's log (show-failed-logs)
+    # the job ended by itself before its limit (its Snakemake exits 1; the rule's shell, the launcher, 75)
+    assert (stopped["JobState"], stopped["TimeLimit"]) == ("FAILED", "00:03:00"), done.stderr[-5000:]
+    assert "returned non-zero exit status 75" in done.stderr
     assert scontrol_job(second, slurm)["JobState"] == "COMPLETED"
     summary = yaml.safe_load((repo / "results" / "train" / "tiny" / "dapo" / "train_summary.json").read_text())
     resumed = Path(summary["resumed_from"]).name
