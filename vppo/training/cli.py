@@ -2,9 +2,10 @@
 
     vppo train --model MODEL_DIR --data TRAIN_DATA_DIR --recipe smoke|7b|32b|PATH.yaml --method NAME \\
                --work-dir WORK_DIR --out OUT_DIR [--seed 0] [--max-steps N] [--run-name NAME]
-               [--set KEY=VALUE ...]
+               [--set KEY=VALUE ...] [--save-margin SECONDS]
 
-On several GPUs or nodes, run it through ``workflow/scripts/launch_train.sh`` (accelerate launch); alone it
+Exit status 0 (published), 2 (bad input, or the work folder is in use), 3 (out of memory), 75 (saved before the
+Slurm time limit or on SIGUSR1: run again to resume); see vppo.training.exits. On several GPUs or nodes, run it through ``workflow/scripts/launch_train.sh`` (accelerate launch); alone it
 trains in one process (the CPU smoke run, or one GPU).
 """
 
@@ -35,23 +36,69 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "--set dependency_estimator=kl / --set masking=grey choose the dependency pass of a "
                              "method that leaves it at its default (k3, patch); vppo_exact_kl, vppo_grey, ... carry "
                              "their own, and a contradicting --set is an error")
+    parser.add_argument("--save-margin", type=float, default=None, metavar="SECONDS",
+                        help="inside a Slurm job: save and stop (exit 75, resumable) at the last rollout boundary "
+                             "whose next rollout would leave less than SECONDS before the time limit (default: "
+                             "run until killed). SIGUSR1 to any rank always saves and stops at the next boundary")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Bad input (recipe, method, data, checkpoint, work dir, resume; a rollout batch dynamic sampling cannot fill)
-    raises an :class:`vppo.errors.InputError`, reported by :func:`vppo.cli.main` (one line, exit 2)."""
+    """Hold the work folder (unless the launcher does), refuse a repeated known failure, train; the exit status
+    tells a retry whether it can help (vppo.training.exits). Bad input (recipe, method, data, checkpoint, work dir,
+    resume; a rollout batch dynamic sampling cannot fill; the work folder held by another writer) raises an
+    :class:`vppo.errors.InputError`, reported by :func:`vppo.cli.main` (one line, exit 2); a repeatable one is
+    recorded first, so that a retry with the same inputs stops at once."""
+    from vppo.fileio import require_writable
+    from vppo.training import exits, work_lock
+
+    require_writable(args.out, "--out")  # before the lock creates WORK_DIR: a place that cannot take it fails now
+    require_writable(args.work_dir, "--work-dir")
+    with work_lock.holding(args.work_dir) as token:
+        fingerprint = exits.fingerprint(args)
+        known = exits.refuse_known_failure(args, fingerprint, "vppo train")
+        if known is not None:
+            return known
+        if token is not None:
+            exits.clear(args.work_dir)
+        return _train(args, fingerprint)
+
+
+def _failed(args, kind: str, message: str, fingerprint: str | None) -> int:
+    from vppo.training import exits
+
+    print(f"vppo train: {message}", file=sys.stderr)
+    exits.record(args.work_dir, kind, message, fingerprint)
+    return exits.OUTCOMES[kind][0]
+
+
+def _train(args: argparse.Namespace, fingerprint: str) -> int:
+    from vppo.errors import InputError
+    from vppo.training import exits
+    from vppo.training.exits import is_out_of_memory, out_of_memory_advice
     from vppo.training.recipes import load_recipe, method_preset, parse_overrides
 
-    # The recipe and method, read and resolved once, here: a bad key or name fails before the heavy imports.
-    overrides = parse_overrides(args.overrides)
-    recipe = load_recipe(args.recipe, overrides, args.max_steps)
-    preset = method_preset(args.method, recipe)
+    try:
+        # The recipe and method, read and resolved once, here: a bad key or name fails before the heavy imports.
+        overrides = parse_overrides(args.overrides)
+        recipe = load_recipe(args.recipe, overrides, args.max_steps)
+        preset = method_preset(args.method, recipe)
 
-    from vppo.training.runner import TrainRequest, run_training
+        from vppo.training.runner import StoppedBeforeLimit, TrainRequest, run_training
 
-    request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
-                           work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
-                           overrides=overrides, run_name=args.run_name)
-    out = run_training(request, recipe=recipe, preset=preset)
+        request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
+                               work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
+                               overrides=overrides, run_name=args.run_name, save_margin_s=args.save_margin)
+        out = run_training(request, recipe=recipe, preset=preset)
+    except InputError as exc:  # recorded (a retry of the same inputs would fail the same way), then reported
+        exits.record(args.work_dir, "bad_input", " ".join(str(exc).split()), fingerprint)
+        raise
+    except StoppedBeforeLimit as exc:  # its checkpoint is complete: the next attempt resumes from it
+        return _failed(args, "saved_before_limit", str(exc), None)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return _failed(args, "out_of_memory", f"out of memory ({first_line[:200]}): {out_of_memory_advice(recipe)}",
+                       fingerprint)
     print(f"vppo train: finished, results in {out}")
     return 0

@@ -129,15 +129,19 @@ def accelerate_command(recipe: Recipe, config_dir: Path, train_args: list[str], 
     return cmd + ["-m", "vppo", "train", *train_args]
 
 
+def parse_train_args(train_args: list[str]) -> argparse.Namespace:
+    from vppo.training.cli import configure
+
+    parser = argparse.ArgumentParser(prog="launch_train.sh -- ", add_help=False)
+    configure(parser)
+    return parser.parse_args(train_args)
+
+
 def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, config_dir: Path = DEFAULT_CONFIG_DIR,
                 port: int = 29500) -> Plan:
     """The commands that run ``vppo train <train_args>`` on the allocation described by ``environ``."""
-    from vppo.training.cli import configure
-
     environ = dict(os.environ if environ is None else environ)
-    parser = argparse.ArgumentParser(prog="launch_train.sh -- ", add_help=False)
-    configure(parser)
-    parsed = parser.parse_args(train_args)
+    parsed = parse_train_args(train_args)
     recipe = load_recipe(parsed.recipe, parse_overrides(parsed.overrides), parsed.max_steps)
     server = recipe.use_vllm and recipe.vllm_mode == "server"
     nodes_needed = recipe.num_nodes + (1 if server else 0)
@@ -184,8 +188,8 @@ def plan_launch(train_args: list[str], environ: dict[str, str] | None = None, co
     return plan
 
 
-def execute(plan: Plan) -> int:
-    env = {**os.environ, **plan.env}
+def execute(plan: Plan, extra_env: dict[str, str] | None = None) -> int:
+    env = {**os.environ, **plan.env, **(extra_env or {})}
     servers = [subprocess.Popen(cmd, env=env) for cmd in plan.background]
     try:
         for cmd in plan.commands:
@@ -228,7 +232,33 @@ def main(argv: list[str] | None = None) -> int:
         print(plan.render())
         return 0
     print(plan.render(), file=sys.stderr, flush=True)  # the job's log shows what ran, rendezvous address included
-    return execute(plan)
+    return run_holding_work_dir(plan, parse_train_args(argv[split + 1:]))
+
+
+def run_holding_work_dir(plan: Plan, train: argparse.Namespace) -> int:
+    """Run ``plan`` holding the work folder's lock for every rank, unless this inputs' last attempt failed in a way
+    a retry repeats; the exit status is the attempt's outcome as vppo.training.exits classifies it (torchrun turns
+    every failed rank into 1: the ranks record what happened in the work folder)."""
+    from vppo.training import exits, work_lock
+
+    try:
+        token = work_lock.acquire(train.work_dir)
+    except work_lock.WorkDirBusy as exc:
+        print(f"launch_train.sh: {exc}", file=sys.stderr)
+        return 2
+    try:
+        known = exits.refuse_known_failure(train, exits.fingerprint(train), "launch_train.sh")
+        if known is not None:
+            return known
+        exits.clear(train.work_dir)
+        code = execute(plan, {work_lock.TOKEN_ENV: token})
+        outcome = exits.read(train.work_dir)
+        if code and outcome:
+            print(f"launch_train.sh: {outcome['message']}", file=sys.stderr)
+            return int(outcome["exit_status"])
+        return code
+    finally:
+        work_lock.release(train.work_dir, token)
 
 
 if __name__ == "__main__":

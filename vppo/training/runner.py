@@ -40,6 +40,14 @@ class TrainError(InputError, RuntimeError):
     """A training run cannot start or finish; the message names the path or field."""
 
 
+class StoppedBeforeLimit(RuntimeError):
+    """Training saved ``checkpoint`` and stopped early (Slurm time limit near, or SIGUSR1): run again to resume."""
+
+    def __init__(self, step: int, checkpoint: Path, reason: str):
+        super().__init__(f"stopped at step {step} ({reason}) after saving {checkpoint}; run again to resume from it")
+        self.step, self.checkpoint = step, checkpoint
+
+
 @dataclass
 class TrainRequest:
     """The arguments of ``vppo train`` (see :mod:`vppo.training.cli`)."""
@@ -54,6 +62,8 @@ class TrainRequest:
     max_steps: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     run_name: str | None = None  # the trackers' name of the run; default <model folder>/<method>/seed<seed>
+    # save and stop when the Slurm job's time left would not cover another rollout plus this (None: never)
+    save_margin_s: float | None = None
 
     @property
     def tracking_name(self) -> str:
@@ -176,9 +186,11 @@ def run_training(request: TrainRequest, callbacks: list | None = None, reward=No
     request's recipe and method already loaded and resolved (``vppo train`` checks them before the heavy imports),
     so that they are read once; by default they are loaded from the request here.
     """
+    from vppo.training.time_limit import stop_on_sigusr1
+
     recipe = resolve_sleep_mode(recipe or load_recipe(request.recipe, request.overrides, request.max_steps),
                                 request.model)
-    with cpu_threads(recipe):
+    with cpu_threads(recipe), stop_on_sigusr1():
         return _run_training(request, recipe, callbacks, reward, preset)
 
 
@@ -247,6 +259,7 @@ class PreparedRun:
     data_info: dict
     resume: Path | None
     tracking: dict
+    stop: Any  # vppo.training.time_limit.SaveBeforeTimeLimit
 
 
 def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks: list | None = None,
@@ -260,6 +273,7 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
     from transformers.trainer_callback import ProgressCallback
 
     from vppo.training.metrics import CompactProgressCallback, JsonlLogCallback
+    from vppo.training.time_limit import SaveBeforeTimeLimit
     from vppo.training.balance import DEFAULT_ROLLOUT_LAYOUT
     from vppo.training.trainer import VPPOTrainer
 
@@ -310,7 +324,11 @@ def build_trainer(request: TrainRequest, recipe: Recipe, reward=None, callbacks:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())
     tracking = attach_trackers(trainer, work_dir, request.tracking_name, resumed_step)
-    return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume, tracking=tracking)
+    stop = SaveBeforeTimeLimit(trainer._any_process, args.process_index == 0, recipe.updates_per_rollout,
+                               request.save_margin_s)
+    trainer.add_callback(stop)
+    return PreparedRun(trainer=trainer, preset=preset, data_info=data_info, resume=resume, tracking=tracking,
+                       stop=stop)
 
 
 #: What a TRL checkpoint holds beyond what ``Trainer.save_model`` writes: the state only a resume needs.
@@ -356,6 +374,10 @@ def _run_training(request: TrainRequest, recipe: Recipe, callbacks, reward, pres
         if resume:
             logger.warning("resuming from %s", resume)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if run.stop.stopped_at is not None:
+            trainer.accelerator.wait_for_everyone()  # every rank's part of the checkpoint is written
+            raise StoppedBeforeLimit(run.stop.stopped_at, work_dir / f"checkpoint-{run.stop.stopped_at}",
+                                     run.stop.reason)
         trainer.save_model(str(staging / FINAL_DIR))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:

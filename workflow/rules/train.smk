@@ -4,6 +4,9 @@
 # outputs before a job starts and after it fails). A retried or resubmitted job resumes from the last
 # checkpoint there; the declared output is written only when training has finished. Helpers:
 # vppo/workflow_plan/train.py.
+# Failure policy (docs/cluster.md): the trainer saves and exits 75 before the Slurm time limit, holds a lock in the
+# work folder against a second writer, and records a failure that a retry would repeat (bad input, out of memory)
+# so that Snakemake's retries of it exit at once.
 from vppo.workflow_plan import train as train_plan
 
 
@@ -26,6 +29,8 @@ rule train:
         # (docs/cluster.md).
         environment=lambda wildcards, resources: train_plan.environment(PLAN, wildcards,
                                                                         resources.get("socket_ifname")),
+        # Save and stop (exit 75) while the job's time left still covers a rollout and the save; the retry resumes.
+        save_margin=round(60 * config["train"]["save_margin_minutes"]),
     log:
         "logs/train/{model}/{method}.log",
     benchmark:
@@ -33,7 +38,10 @@ rule train:
     conda:
         GPU_ENV
     threads: lambda wildcards: PLAN.train_spec(wildcards).get("cpus", 1)
-    retries: config["train"]["retries"]
+    # Retries belong to the head Snakemake, which submits a new job. Inside a cluster job a rule's retries directive
+    # overrides the `--retries 0` the job is started with, and the job's own Snakemake would rerun a stopped
+    # training in the same allocation, in the minutes the save margin keeps for the save (seen on the local Slurm).
+    retries: 0 if workflow.remote_exec else config["train"]["retries"]
     resources:
         **slurm_placement("GPU"),
         nodes=lambda wildcards: PLAN.train_spec(wildcards).get("nodes", 1),
@@ -48,5 +56,6 @@ rule train:
     shell:
         "mkdir -p {params.work:q} && {params.environment} {params.launch} --model {input.model:q} --data {input.data:q} "
         "--recipe {params.recipe:q} --method {wildcards.method:q} --work-dir {params.work:q} --out {output:q} "
-        "--seed {params.seed:q} --run-name {wildcards.model:q}/{wildcards.method:q}/seed{params.seed:q} {params.options} "
+        "--seed {params.seed:q} --run-name {wildcards.model:q}/{wildcards.method:q}/seed{params.seed:q} "
+        "--save-margin {params.save_margin} {params.options} "
         "> {log:q} 2>&1 && {params.prune} >> {log:q} 2>&1"
