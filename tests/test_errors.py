@@ -12,8 +12,10 @@ import vppo
 from vppo.cli import main
 from vppo.errors import EXIT_BAD_INPUT, InputError
 
-#: exceptions of the package that are not bad input: a bug check keeps its traceback. Name each one and why.
+#: exceptions of the package that are not bad input (a bug check keeps its traceback; a stop is control flow).
+#: Name each one and why.
 NOT_INPUT = {
+    "vppo.training.runner.StoppedBeforeLimit": "a resumable stop before the time limit: vppo train exits 75",
     "vppo.training.vllm_colocate.RolloutPromptMismatch": "vLLM and the trainer tokenised a prompt differently: a bug",
 }
 

@@ -208,7 +208,7 @@ def test_out_of_memory_stops_with_what_to_change(tmp_path, capsys, monkeypatch):
 
     calls = []
 
-    def allocate_too_much(request):
+    def allocate_too_much(request, **_):
         calls.append(request)
         torch.empty(1 << 62, dtype=torch.uint8)  # the allocator's own error
 
@@ -224,7 +224,7 @@ def test_out_of_memory_stops_with_what_to_change(tmp_path, capsys, monkeypatch):
     assert "not retried: out of memory" in capsys.readouterr().err
     # A resumable stop or a kill (no record: a node failure, a preemption) never blocks the next attempt.
     exits.record(tmp_path / "work", "saved_before_limit", "stopped at step 2", None)
-    monkeypatch.setattr(runner, "run_training", lambda request: calls.append(request) or request.out)
+    monkeypatch.setattr(runner, "run_training", lambda request, **_: calls.append(request) or request.out)
     assert vppo_main(args) == 0 and len(calls) == 2
     assert exits.read(tmp_path / "work") is None
 
@@ -248,8 +248,8 @@ def test_sigusr1_saves_a_checkpoint_and_the_rerun_resumes_from_it(tiny_model_dir
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     build = runner.build_trainer
-    monkeypatch.setattr(runner, "build_trainer", lambda request, recipe, reward=None, callbacks=None: build(
-        request, recipe, reward, [*(callbacks or []), SignalAtStep()]))
+    monkeypatch.setattr(runner, "build_trainer", lambda request, recipe, reward=None, callbacks=None, preset=None:
+                        build(request, recipe, reward, [*(callbacks or []), SignalAtStep()], preset))
     data = prepare_train_data("synthetic", tmp_path / "data", n_rows=16)
     work = tmp_path / "work"
     # no periodic checkpoint (save_steps 1000): any checkpoint is the signal's

@@ -12,6 +12,7 @@ trains in one process (the CPU smoke run, or one GPU).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vppo.catalog import method_descriptions, method_grammar
@@ -77,21 +78,27 @@ def _train(args: argparse.Namespace, fingerprint: str) -> int:
     from vppo.training.exits import is_out_of_memory, out_of_memory_advice
     from vppo.training.recipes import load_recipe, method_preset, parse_overrides
 
+    def repeatable(exc: InputError) -> InputError:  # a retry of the same inputs would fail the same way
+        exits.record(args.work_dir, "bad_input", " ".join(str(exc).split()), fingerprint)
+        return exc
+
     try:
         # The recipe and method, read and resolved once, here: a bad key or name fails before the heavy imports.
         overrides = parse_overrides(args.overrides)
         recipe = load_recipe(args.recipe, overrides, args.max_steps)
         preset = method_preset(args.method, recipe)
+    except InputError as exc:  # recorded, then reported by vppo.cli
+        raise repeatable(exc)
 
-        from vppo.training.runner import StoppedBeforeLimit, TrainRequest, run_training
+    from vppo.training.runner import StoppedBeforeLimit, TrainRequest, run_training
 
-        request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
-                               work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
-                               overrides=overrides, run_name=args.run_name, save_margin_s=args.save_margin)
+    request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
+                           work_dir=args.work_dir, out=args.out, seed=args.seed, max_steps=args.max_steps,
+                           overrides=overrides, run_name=args.run_name, save_margin_s=args.save_margin)
+    try:
         out = run_training(request, recipe=recipe, preset=preset)
-    except InputError as exc:  # recorded (a retry of the same inputs would fail the same way), then reported
-        exits.record(args.work_dir, "bad_input", " ".join(str(exc).split()), fingerprint)
-        raise
+    except InputError as exc:
+        raise repeatable(exc)
     except StoppedBeforeLimit as exc:  # its checkpoint is complete: the next attempt resumes from it
         return _failed(args, "saved_before_limit", str(exc), None)
     except Exception as exc:
