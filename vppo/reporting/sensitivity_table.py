@@ -146,7 +146,7 @@ def comparison_rows(cells: list[dict]) -> list[dict]:
     """Every comparison whose two cells exist: per checkpoint for evaluation choices, per seed and over seeds for
     training choices."""
     by_key = {(c["model"], c["method"], c["variant"]["name"]): c for c in cells}
-    checkpoints = sorted({(c["model"], c["method"]) for c in cells if "@" not in c["method"]})
+    checkpoints = sorted({(c["model"], c["method"]) for c in cells})
     rows = []
     for comparison in EVAL_COMPARISONS:
         for model, method in checkpoints:
@@ -165,10 +165,10 @@ def comparison_rows(cells: list[dict]) -> list[dict]:
                 rows.append(_row(comparison.choice, base, alt, result, "questions", model.removeprefix("mini_s")))
         if len(pairs) > 1:
             over = seed_comparison([result for _, _, result in pairs])
-            base = dict(pairs[0][0], model="mean over seeds", accuracy=sum(p[0]["accuracy"] for p in pairs) / len(pairs),
-                        stderr=mean_and_se([p[0]["accuracy"] for p in pairs])[1])
-            alt = dict(pairs[0][1], accuracy=sum(p[1]["accuracy"] for p in pairs) / len(pairs),
-                       stderr=mean_and_se([p[1]["accuracy"] for p in pairs])[1])
+            # each side's mean over seeds (on the questions each seed's pair shares) and its se over seeds
+            sides = {side: mean_and_se([result[f"{side}_avg"] for _, _, result in pairs]) for side in ("baseline", "alternative")}
+            base = dict(pairs[0][0], model="mean over seeds", accuracy=sides["baseline"][0], stderr=sides["baseline"][1])
+            alt = dict(pairs[0][1], accuracy=sides["alternative"][0], stderr=sides["alternative"][1])
             row = _row(comparison.choice, base, alt, over, f"seeds (question-level se {over['se_questions']:.2f})",
                        ",".join(p[0]["model"].removeprefix("mini_s") for p in pairs))
             row["checkpoint_sha256"] = "one per seed and side"
@@ -207,7 +207,7 @@ def to_markdown(rows: list[dict], cells: list[dict]) -> str:
     lines = ["| choice | model / method | seeds | baseline avg@k | alternative avg@k | Δ points ± se | 95% interval | p | over |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p = "" if math.isnan(r["p_two_sided"]) else f"{r['p_two_sided']:.3g}"
+        p = "" if math.isnan(r["p_two_sided"]) else "< 1e-4" if r["p_two_sided"] < 1e-4 else f"{r['p_two_sided']:.2g}"
         lines.append(f"| {r['choice']} | {r['model']} / {r['method']} | {r['seeds']} | {_pm(r['baseline_avg'], r['baseline_se'])} "
                      f"({r['baseline']}) | {_pm(r['alternative_avg'], r['alternative_se'])} ({r['alternative']}) | "
                      f"{_pm(r['diff'], r['se_diff'])} | [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}] | {p} | {r['interval_over']} |")
@@ -219,6 +219,10 @@ def to_markdown(rows: list[dict], cells: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The figure's x range (points): a difference beyond it is drawn as an arrow at the edge, its value written.
+FIGURE_RANGE = 20.0
+
+
 def figure(rows: list[dict], path: Path) -> None:
     """Forest plot: each comparison's difference with its 95% interval (points)."""
     import matplotlib
@@ -226,17 +230,25 @@ def figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 0.42 * len(rows) + 1.4), layout="constrained")
+    training = {c.choice for c in TRAINING_COMPARISONS}
+    fig = Figure(figsize=(9, 0.45 * len(rows) + 1.4), layout="constrained")
     ax = fig.subplots()
-    labels = [f"{r['choice']}\n{r['model']} / {r['method']}" + (f" (seed {r['seeds']})" if r['interval_over'] == "questions"
-              and "@" in r["method"] else "") for r in rows]
+    labels = [f"{r['choice']}\n{r['model']} / {r['method']}" + (f" (seed {r['seeds']})" if r["choice"] in training
+              and r["interval_over"] == "questions" else "") for r in rows]
     for y, r in enumerate(rows):
         colour = "tab:red" if r["interval_over"].startswith("seeds") else "tab:blue"
-        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["ci95_low"]], [r["ci95_high"] - r["diff"]]], fmt="o",
-                    color=colour, capsize=3)
+        if abs(r["diff"]) > FIGURE_RANGE:
+            edge = math.copysign(FIGURE_RANGE * 0.97, r["diff"])
+            ax.annotate(f"{r['diff']:.1f} [{r['ci95_low']:.1f}, {r['ci95_high']:.1f}]", (edge, y),
+                        xytext=(edge * 0.6, y - 0.22), va="bottom", ha="center", fontsize=7, color=colour,
+                        arrowprops={"arrowstyle": "->", "color": colour})
+            continue
+        low, high = max(r["ci95_low"], -FIGURE_RANGE), min(r["ci95_high"], FIGURE_RANGE)
+        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - low], [high - r["diff"]]], fmt="o", color=colour, capsize=3)
     ax.axvline(0, color="0.4", lw=0.8)
+    ax.set_xlim(-FIGURE_RANGE, FIGURE_RANGE)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.7)
     ax.set_xlabel("alternative minus baseline, avg@k points (95% interval; red: over seeds)")
     ax.grid(axis="x", alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
