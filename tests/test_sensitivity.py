@@ -71,7 +71,7 @@ def test_rows_pair_cells_of_one_checkpoint_and_layout_runs_seed_by_seed(tmp_path
     for row in rows:
         by_choice.setdefault(row["choice"].split(":")[0], []).append(row)
     assert by_choice["top-k"][0]["diff"] == pytest.approx(100 / 3)
-    assert by_choice["image mode (palette, training bounds)"][0]["interval_over"].startswith("identical")
+    assert by_choice["image mode (palette pictures)"][0]["interval_over"].startswith("identical")
     layout = by_choice["TAS layout (training)"]
     assert [r["seeds"] for r in layout] == ["0", "1", "2", "0,1,2"]
     assert layout[-1]["diff"] == pytest.approx((100 / 3 + 50 / 3 + 0) / 3)

@@ -41,7 +41,7 @@ EVAL_COMPARISONS = (
     Comparison("top-k: none vs 50", "protocol", "top_k_none"),
     Comparison("precision: bf16 vs float32", "protocol", "bf16"),
     Comparison("image placement: after vs before the question", "protocol", "image_after_question"),
-    Comparison("image mode (palette, training bounds): RGB first vs own mode", "palette_own_mode", "palette_rgb_first"),
+    Comparison("image mode (palette pictures): RGB first vs own mode", "palette_own_mode", "palette_rgb_first"),
 )
 #: Training choices: cells of ``--layout-run`` checkpoints (model mini_s<seed>, method vppo@<layout>), protocol variant.
 TRAINING_COMPARISONS = (
