@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                           "measured gradient variance of VPPO's weightings against GRPO's on a checkpoint's rollouts"),
     "tables": ("vppo.reporting.tables", "build one of the registry's tables (vppo.catalog.TABLES) next to the paper's numbers"),
     "study": ("vppo.reporting.study", "seed study table: mean over seeds, paired differences with 95% intervals"),
+    "sensitivity": ("vppo.reporting.sensitivity",
+                    "protocol sensitivity: how much each evaluation or training choice moves avg@k, with intervals"),
     "figures": ("vppo.reporting.figures", "training curves, token-dependency and per-benchmark figures (PNG)"),
     "report": ("vppo.reporting.report", "one self-contained HTML page: tables, figures, provenance, cost"),
     "status": ("vppo.reporting.status", "where a reproduction stands: each cell done, running, failed or waiting"),
