@@ -14,7 +14,7 @@ from the answers plausible for the question's kind. It is not taught to be right
 non-zero advantages.
 
 Every model family of :mod:`vppo.model_families` has a tiny build: ``family="qwen3-vl"`` takes its config from
-:mod:`vppo.data.tiny_qwen3vl`; tokenizer, chat template, warm start and tiny token budget are shared.
+:mod:`vppo.data.tiny_architectures`; tokenizer, chat template, warm start and tiny token budget are shared.
 
 CLI: ``vppo make-tiny-model OUT_DIR [--seed 0] [--warm-start-steps N] [--family qwen3-vl]``.
 """
@@ -29,21 +29,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vppo.data.tiny_architectures import CONFIG_BUILDERS, SPECIAL_TOKENS
+from vppo.data.tiny_architectures import build_qwen25vl_config as build_config  # noqa: F401 (the mini model, bench)
 from vppo.model_families import FAMILIES, QWEN2_5_VL, ModelFamily
 from vppo.modeling import ImageOnlyQwen2_5_VLProcessor, image_only_processor
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 # Qwen2.5-VL's ChatML: a default system turn, images as <|vision_start|><|image_pad|><|vision_end|> in place.
@@ -112,52 +105,6 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512, corpus: list[str] | No
     return fast
 
 
-def build_config(tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2, *,
-                 num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
-                 vocab_size: int | None = None, vision_hidden: int = 32, vision_mlp: int = 64, vision_heads: int = 2,
-                 rope_theta: float = 10000.0, max_position_embeddings: int = 4096,
-                 window_size: int = 56) -> Qwen2_5_VLConfig:
-    """The real Qwen2.5-VL architecture at any width (defaults: the tiny test model; the bench widens it)."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    head_dim = hidden_size // num_heads
-    half = head_dim // 2  # mrope sections (temporal, height, width) must sum to head_dim / 2
-    mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
-    text_config = dict(
-        vocab_size=vocab_size or len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    vision_config = dict(
-        depth=vision_depth,
-        hidden_size=vision_hidden,
-        intermediate_size=vision_mlp,
-        num_heads=vision_heads,
-        out_hidden_size=hidden_size,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=window_size,
-        fullatt_block_indexes=[vision_depth - 1],
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
-
-
 def build_generation_config(tokenizer) -> GenerationConfig:
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     # A random-init model samples special tokens; a sampled <|image_pad|> breaks the next forward pass.
@@ -190,11 +137,7 @@ def build_processor(tokenizer, min_pixels: int | None = None, max_pixels: int | 
 
 def family_builders(family: ModelFamily):
     """(config builder, model class) of a family's tiny build; both take the same width keywords."""
-    if family is QWEN2_5_VL:
-        return build_config, Qwen2_5_VLForConditionalGeneration
-    from vppo.data.tiny_qwen3vl import TINY_BUILDERS
-
-    return TINY_BUILDERS[family.key]
+    return CONFIG_BUILDERS[family.key]
 
 
 #: Widths of the tiny builds. ``tiny``: the CPU test model (head_dim 16, the fastest). ``vllm``: the narrowest
