@@ -181,22 +181,28 @@ def _train_args(tmp_path, model, data, *extra):
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *extra]
 
 
-def test_a_bad_config_is_recorded_and_its_retry_exits_at_once(tmp_path, capsys):
+def test_bad_input_is_recorded_and_its_retry_exits_at_once(tmp_path, capsys):
+    """Bad input met once training starts (here an empty checkpoint folder) is recorded with the inputs'
+    fingerprint; a bad recipe key is refused before anything is written (its check takes seconds, not a load)."""
     model, data = tmp_path / "model", tmp_path / "data"
     model.mkdir()
     data.mkdir()
-    bad = _train_args(tmp_path, model, data, "--set", "micro_batch_responses=3")
-    assert vppo_main(bad) == 2
+    assert vppo_main(_train_args(tmp_path, model, data, "--set", "micro_batch_responses=3")) == 2
     first = capsys.readouterr().err.strip()
     assert "micro_batch_responses" in first and len(first.splitlines()) == 1
+    assert not (tmp_path / "work").exists()
+    bad = _train_args(tmp_path, model, data)
+    assert vppo_main(bad) == 2
+    first = capsys.readouterr().err.strip()
+    assert str(model) in first and len(first.splitlines()) == 1
     outcome = exits.read(tmp_path / "work")
     assert outcome["kind"] == "bad_input" and outcome["retry"] is False
     assert vppo_main(bad) == 2  # the retry: the recorded line, nothing loaded
     again = capsys.readouterr().err.strip()
-    assert again.startswith("vppo train: not retried: ") and "micro_batch_responses" in again
+    assert again.startswith("vppo train: not retried: ") and str(model) in again
     assert str(tmp_path / "work" / exits.EXIT_FILE) in again and len(again.splitlines()) == 1
     # a changed config is a new attempt (here still a bad one, reported as itself)
-    assert vppo_main(_train_args(tmp_path, model, data, "--set", "micro_batch_responses=5")) == 2
+    assert vppo_main(_train_args(tmp_path, model, data, "--set", "learning_rate=2e-6")) == 2
     assert "not retried" not in capsys.readouterr().err
     assert not (tmp_path / "work" / work_lock.LOCK_FILE).exists()
 

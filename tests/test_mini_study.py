@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -49,8 +50,10 @@ def test_study_table_pairs_seeds(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def _two_step_config(repo) -> dict:
+def _two_step_config(repo, base: Path | None = None) -> dict:
     config = yaml.safe_load((repo / "workflow" / "config" / "mini.yaml").read_text())
+    if base is not None:  # a local checkpoint folder instead of building the warm start (fetch-model copies it)
+        config["models"]["mini_s0"]["base"] = str(base)
     config["train"]["max_steps"] = 2
     config["data"]["train"]["options"]["n_rows"] = 16
     config["data"]["eval"]["options"]["n_rows"] = 2
@@ -109,13 +112,15 @@ def test_a_study_without_analysis_plans_no_dependency_figure(tmp_path):
     assert not any("analysis" in p or "dependency_findings" in p for p in study["input"] + study["output"])
 
 
-@pytest.mark.slow  # the whole preset through Snakemake (~260 s on 2 cores)
-def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path):
-    """The whole preset, shrunk (2 steps, 2 seeds, 1 method, 2 questions): every stage runs and the study table,
-    the mini table and the report come out; each seed trained with its own seed."""
+@pytest.mark.slow  # the whole preset through Snakemake (~100 s on 2 cores, + the mini_dir fixture's 80 s)
+def test_two_steps_of_the_mini_preset_run_end_to_end(tmp_path, mini_dir):
+    """The whole preset, shrunk (2 steps, 2 seeds, 1 method, 2 questions; the warm start is the session's shorter
+    one, copied by the fetch rule, rather than built again: `vppo fetch-model mini` is the same builder, run by
+    test_mini_task.py): every stage runs and the study table, the mini table and the report come out; each seed
+    trained with its own seed."""
     repo = copy_checkout(tmp_path / "repo")
     config = tmp_path / "mini2.yaml"
-    config.write_text(yaml.safe_dump(_two_step_config(repo)))
+    config.write_text(yaml.safe_dump(_two_step_config(repo, base=mini_dir)))
     done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config)],
                           cwd=repo, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

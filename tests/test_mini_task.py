@@ -89,15 +89,7 @@ def test_prepare_data_mini_source(tmp_path):
     assert bad.returncode == 2 and "colour_at" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-@pytest.fixture(scope="module")
-def mini_dir(tmp_path_factory):
-    from vppo.data.mini_model import build_mini_model
-
-    # 100 steps: the format is learnt (mixed rewards, so online filtering keeps groups), the task barely.
-    return build_mini_model(tmp_path_factory.mktemp("mini") / "model", seed=0, warm_start_steps=100)
-
-
-@pytest.mark.slow  # the mini_dir fixture builds and warm-starts the mini model (~80 s)
+@pytest.mark.slow  # the mini_dir fixture (tests/conftest.py) builds and warm-starts the mini model (~80 s)
 def test_mini_model_builds_offline_with_task_words_as_single_tokens(mini_dir):
     from vppo.modeling import load_policy, load_processor, verify_checkpoint_dir
 
@@ -114,7 +106,7 @@ def test_mini_model_builds_offline_with_task_words_as_single_tokens(mini_dir):
     assert set(KINDS) == {"majority", "filled", "control"}
 
 
-@pytest.mark.slow  # the mini_dir fixture builds and warm-starts the mini model (~80 s)
+@pytest.mark.slow  # the mini_dir fixture (tests/conftest.py) builds and warm-starts the mini model (~80 s)
 def test_two_steps_of_the_mini_recipe(mini_dir, tmp_path):
     """The study's recipe runs vppo (masked pass, TGF, TAS) on the mini model and data for 2 steps."""
     data = tmp_path / "data"
@@ -131,7 +123,7 @@ def test_two_steps_of_the_mini_recipe(mini_dir, tmp_path):
     assert all(0.0 < s["kept_token_fraction"] < 1.0 for s in logged)  # TGF kept a share of the tokens
 
 
-@pytest.mark.slow  # the mini_dir fixture builds and warm-starts the mini model (~80 s)
+@pytest.mark.slow  # the mini_dir fixture (tests/conftest.py) builds and warm-starts the mini model (~80 s)
 def test_eval_source_mini_writes_the_study_sets_in_the_real_layout(mini_dir, tmp_path):
     data = tmp_path / "eval"
     subprocess.run([sys.executable, "-m", "vppo", "prepare-data", "eval", "--source", "mini", "--out", str(data),

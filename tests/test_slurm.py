@@ -136,8 +136,7 @@ def test_multi_node_launch_fans_out_one_task_per_node(slurm, tmp_path):
 
 @pytest.fixture(scope="module")
 def launcher_checkout(slurm, tmp_path_factory):
-    """A checkout copy whose tiny model trains through the accelerate launcher (launcher.yaml), shared by the
-    training-job tests below so that the base model and data are made once."""
+    """A checkout copy whose tiny model trains through the accelerate launcher (launcher.yaml)."""
     repo = copy_checkout(tmp_path_factory.mktemp("launcher") / "checkout")
     config = yaml.safe_load((repo / "workflow" / "config" / "default.yaml").read_text())
     config["models"]["tiny"]["launcher"] = "multinode"
@@ -145,43 +144,39 @@ def launcher_checkout(slurm, tmp_path_factory):
     return repo, config
 
 
-def test_one_node_gpu_training_job_runs_through_the_launcher(slurm, launcher_checkout):
-    """The 7B job's shape (one node, 8 GPUs, the accelerate launcher) on the smoke recipe: the executor runs the
-    rule inside its own `srun -n1` step, where a second srun for the node's GPUs would wait until the time limit.
-    The time limit is 3 minutes here, so the old launcher failed this test in about 4 minutes."""
-    repo, config = launcher_checkout
-    run_profile(repo, slurm, "--configfile", "launcher.yaml", "--set-resources", "train:gres=gpu:8",
-                "train:runtime=3", "--", "results/train/tiny/grpo", timeout=600)
-    (job,) = _train_jobs(repo, "grpo")
-    info = scontrol_job(job, slurm)
-    assert (info["JobState"], info["NumNodes"], info["JOB_GRES"]) == ("COMPLETED", "1", "gpu:8")
-    job_log = next((repo / ".snakemake" / "slurm_logs" / "rule_train").rglob(f"{job}.log")).read_text()
-    assert "workflow/scripts/launch_train.sh --" in job_log and "step creation temporarily disabled" not in job_log
-    summary = yaml.safe_load((repo / "results" / "train" / "tiny" / "grpo" / "train_summary.json").read_text())
-    assert summary["steps"] == config["train"]["max_steps"] and summary["world_size"] == 1
+def test_one_node_gpu_training_job_saves_before_its_time_limit_and_the_retry_resumes(slurm, launcher_checkout):
+    """The 7B job's shape (one node, 8 GPUs, the accelerate launcher) on the smoke recipe, with a 6-minute time limit
+    and a 5.75-minute save margin (train.save_margin_minutes).
 
-
-def test_a_training_job_saves_before_its_time_limit_and_the_retry_resumes_from_there(slurm, launcher_checkout):
-    """A 3-minute job with a 165 s save margin (train.save_margin_minutes): the trainer, through the launcher, asks
-    Slurm for the time left, saves at the rollout boundary where another rollout would eat into the margin (here
-    the first: the job's start-up alone takes more than 15 s) and the job exits 75 instead of being killed at the
-    limit; Snakemake's retry (6 minutes) resumes from that checkpoint. There is no periodic checkpoint (save_steps
-    1000), so without the save the retry started from scratch."""
+    The launcher: the executor runs the rule inside its own `srun -n1` step, where a second srun for the node's GPUs
+    would wait until the time limit (the old launcher's job was killed at its limit: TIMEOUT, not FAILED below).
+    The time limit: the trainer, through the launcher, asks Slurm for the time left, saves at the first rollout
+    boundary where another rollout would eat into the margin (the first: the job's start-up alone takes more than
+    15 s) and the job exits 75 instead of being killed at the limit; Snakemake's retry (12 minutes) resumes from
+    that checkpoint. There is no periodic checkpoint (save_steps 1000), so without the save the retry started from
+    scratch. The limits are generous so that a loaded machine's start-up never reaches them."""
     repo, config = launcher_checkout
     config = yaml.safe_load(yaml.safe_dump(config))
-    config["models"]["tiny"]["train_resources"]["runtime"] = 3
-    config["train"].update(max_steps=12, retries=1, save_margin_minutes=2.75, set={"save_steps": 1000})
+    config["models"]["tiny"]["train_resources"]["runtime"] = 6
+    config["train"].update(max_steps=4, retries=1, save_margin_minutes=5.75, set={"save_steps": 1000})
     (repo / "time_limit.yaml").write_text(yaml.safe_dump(config))
-    done = run_profile(repo, slurm, "--configfile", "time_limit.yaml", "--", "results/train/tiny/dapo", timeout=900)
-    first, second = sorted(_train_jobs(repo, "dapo"), key=int)
-    stopped = scontrol_job(first, slurm)
+    done = run_profile(repo, slurm, "--configfile", "time_limit.yaml", "--set-resources", "train:gres=gpu:8", "--",
+                       "results/train/tiny/grpo", timeout=1200)
+    jobs = sorted(_train_jobs(repo, "grpo"), key=int)
+    assert len(jobs) == 2, f"expected a stopped job and its retry, got {jobs}:\n{done.stderr[-4000:]}\n{_job_logs(repo)}"
+    first, second = jobs
+    stopped, retried = scontrol_job(first, slurm), scontrol_job(second, slurm)
     # the job ended by itself before its limit (its Snakemake exits 1; the rule's shell, the launcher, 75)
-    assert (stopped["JobState"], stopped["TimeLimit"]) == ("FAILED", "00:03:00"), done.stderr[-5000:]
+    assert (stopped["JobState"], stopped["TimeLimit"]) == ("FAILED", "00:06:00"), done.stderr[-5000:]
     assert "returned non-zero exit status 75" in done.stderr
-    assert scontrol_job(second, slurm)["JobState"] == "COMPLETED"
-    summary = yaml.safe_load((repo / "results" / "train" / "tiny" / "dapo" / "train_summary.json").read_text())
+    assert (retried["JobState"], retried["NumNodes"], retried["JOB_GRES"]) == ("COMPLETED", "1", "gpu:8")
+    for job in jobs:
+        job_log = next((repo / ".snakemake" / "slurm_logs" / "rule_train").rglob(f"{job}.log")).read_text()
+        assert "workflow/scripts/launch_train.sh --" in job_log and "step creation temporarily disabled" not in job_log
+    summary = yaml.safe_load((repo / "results" / "train" / "tiny" / "grpo" / "train_summary.json").read_text())
     resumed = Path(summary["resumed_from"]).name
-    assert resumed.startswith("checkpoint-") and 1 <= int(resumed.split("-")[1]) < 12 and summary["steps"] == 12
+    assert resumed.startswith("checkpoint-") and 1 <= int(resumed.split("-")[1]) < 4
+    assert summary["steps"] == 4 and summary["world_size"] == 1
 
 
 def _train_jobs(repo: Path, method: str) -> list[str]:

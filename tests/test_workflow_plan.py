@@ -108,6 +108,8 @@ def test_a_colocated_tensor_parallel_group_must_fit_on_one_node():
     with pytest.raises(RecipeError, match=r"'vllm_tensor_parallel_size' \(4\) must divide the node's 2 ranks"):
         load_recipe("32b", {"num_nodes": 8, "gpus_per_node": 2})
     load_recipe("32b", {"num_nodes": 8, "gpus_per_node": 2, "vllm_mode": "server"})  # no colocated engine
+    # a CPU layout may span nodes: the vLLM tier's two-node run has a TP-2 engine across two one-rank nodes
+    assert load_recipe("cpu_zero3", {"num_nodes": 2, "cpu_ranks_per_node": 1}).vllm_tensor_parallel_size == 2
 
 
 def test_the_workflow_finds_a_tensor_parallel_group_spanning_nodes_before_queueing(tmp_path, monkeypatch):

@@ -52,8 +52,8 @@ def main() -> int:
 
         build = runner.build_trainer
 
-        def with_exit(request, recipe, reward=None, callbacks=None):
-            return build(request, recipe, reward, [*(callbacks or []), ExitAfterSave()])
+        def with_exit(request, recipe, reward=None, callbacks=None, preset=None):
+            return build(request, recipe, reward, [*(callbacks or []), ExitAfterSave()], preset)
 
         runner.build_trainer = with_exit
     return vppo_main(["train", *sys.argv[split + 1:]])

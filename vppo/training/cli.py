@@ -44,14 +44,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Hold the work folder (unless the launcher does), refuse a repeated known failure, train; the exit status
-    tells a retry whether it can help (vppo.training.exits). Bad input (recipe, method, data, checkpoint, work dir,
-    resume; a rollout batch dynamic sampling cannot fill; the work folder held by another writer) raises an
-    :class:`vppo.errors.InputError`, reported by :func:`vppo.cli.main` (one line, exit 2); a repeatable one is
-    recorded first, so that a retry with the same inputs stops at once."""
+    """Check the recipe and method, hold the work folder (unless the launcher does), refuse a repeated known
+    failure, train; the exit status tells a retry whether it can help (vppo.training.exits). Bad input raises an
+    :class:`vppo.errors.InputError`, reported by :func:`vppo.cli.main` (one line, exit 2): a bad recipe key or
+    method before anything is written (a retry repeats a check of seconds), bad data, checkpoint, work dir or
+    resume, or a rollout batch dynamic sampling cannot fill, recorded first, so that a retry with the same inputs
+    stops before loading anything; the work folder held by another writer, never recorded."""
     from vppo.fileio import require_writable
     from vppo.training import exits, work_lock
+    from vppo.training.recipes import load_recipe, method_preset, parse_overrides
 
+    # The recipe and method, read and resolved once, here: a bad key or name fails before the heavy imports.
+    overrides = parse_overrides(args.overrides)
+    recipe = load_recipe(args.recipe, overrides, args.max_steps)
+    preset = method_preset(args.method, recipe)
     require_writable(args.out, "--out")  # before the lock creates WORK_DIR: a place that cannot take it fails now
     require_writable(args.work_dir, "--work-dir")
     with work_lock.holding(args.work_dir) as token:
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             return known
         if token is not None:
             exits.clear(args.work_dir)
-        return _train(args, fingerprint)
+        return _train(args, fingerprint, overrides, recipe, preset)
 
 
 def _failed(args, kind: str, message: str, fingerprint: str | None) -> int:
@@ -72,24 +78,10 @@ def _failed(args, kind: str, message: str, fingerprint: str | None) -> int:
     return exits.OUTCOMES[kind][0]
 
 
-def _train(args: argparse.Namespace, fingerprint: str) -> int:
+def _train(args: argparse.Namespace, fingerprint: str, overrides: dict, recipe, preset) -> int:
     from vppo.errors import InputError
     from vppo.training import exits
     from vppo.training.exits import is_out_of_memory, out_of_memory_advice
-    from vppo.training.recipes import load_recipe, method_preset, parse_overrides
-
-    def repeatable(exc: InputError) -> InputError:  # a retry of the same inputs would fail the same way
-        exits.record(args.work_dir, "bad_input", " ".join(str(exc).split()), fingerprint)
-        return exc
-
-    try:
-        # The recipe and method, read and resolved once, here: a bad key or name fails before the heavy imports.
-        overrides = parse_overrides(args.overrides)
-        recipe = load_recipe(args.recipe, overrides, args.max_steps)
-        preset = method_preset(args.method, recipe)
-    except InputError as exc:  # recorded, then reported by vppo.cli
-        raise repeatable(exc)
-
     from vppo.training.runner import StoppedBeforeLimit, TrainRequest, run_training
 
     request = TrainRequest(model=args.model, data=args.data, recipe=args.recipe, method=args.method,
@@ -97,8 +89,9 @@ def _train(args: argparse.Namespace, fingerprint: str) -> int:
                            overrides=overrides, run_name=args.run_name, save_margin_s=args.save_margin)
     try:
         out = run_training(request, recipe=recipe, preset=preset)
-    except InputError as exc:
-        raise repeatable(exc)
+    except InputError as exc:  # a retry of the same inputs would fail the same way: recorded, then reported
+        exits.record(args.work_dir, "bad_input", " ".join(str(exc).split()), fingerprint)
+        raise
     except StoppedBeforeLimit as exc:  # its checkpoint is complete: the next attempt resumes from it
         return _failed(args, "saved_before_limit", str(exc), None)
     except Exception as exc:

@@ -271,9 +271,11 @@ def validate(recipe: Recipe, where: str) -> Recipe:
 
 
 def colocated_group_problem(recipe: Recipe) -> str | None:
-    """Why a colocated vLLM engine's tensor-parallel group would span nodes, or None. Torch-free: the workflow
-    checks every configured recipe with it before anything is queued."""
-    colocated = recipe.use_vllm and recipe.vllm_mode == "colocate"
+    """Why a colocated vLLM engine's tensor-parallel group would span GPU nodes, or None. Torch-free: the workflow
+    checks every configured recipe with it before anything is queued. GPU layouts only: there a group's
+    all-reduces, two per layer and token, would cross the network instead of NVLink; a CPU layout (gloo, the
+    test layouts) may span nodes, and the two-node test runs a TP-2 engine across two one-rank nodes on purpose."""
+    colocated = recipe.use_vllm and recipe.vllm_mode == "colocate" and recipe.gpus_per_node > 0
     if colocated and recipe.ranks_per_node % recipe.vllm_tensor_parallel_size:
         return (f"key 'vllm_tensor_parallel_size' ({recipe.vllm_tensor_parallel_size}) must divide the node's "
                 f"{recipe.ranks_per_node} ranks (gpus_per_node): a colocated engine's tensor-parallel group stays "
