@@ -61,3 +61,18 @@ def test_vllm_samples_are_the_warm_models_answers(both_backends):
     responses = [r for s in samples for r in s["responses"]]
     assert len(set(responses)) > 1  # k samples, not one answer copied
     assert sum("\\boxed{" in r for r in responses) > len(responses) // 2
+
+
+def test_vllm_eval_on_cpu_survives_a_batch_over_the_token_budget(vllm_model_dir, tmp_path):
+    """8 questions x 8 seeded samples, prompts of 60-900 tokens: one engine call asks for more than the CPU step
+    budget (4096 tokens). With vLLM's default chunked prefill a prompt was split at the budget and the engine
+    stopped with "CPU Generator does not use offset" (it rewinds a seeded request's generator, CUDA only): the
+    adapter turns chunked prefill off on CPU (``platform_engine_kwargs``)."""
+    data = prepare_eval_data("fixtures", tmp_path / "data", n_rows=8, benchmarks="mathverse")
+    out = tmp_path / "eval" / "tiny" / "base"
+    rc = main(["eval", str(vllm_model_dir), "--data", str(data), "--benchmarks", "mathverse", "--out", str(out),
+               "--backend", "vllm", "--max-new-tokens", "4", "--model-label", "tiny", "--method-label", "base"])
+    assert rc == 0
+    result = read_result(out / "mathverse.json")
+    assert (result["backend"], result["n_questions"], result["n_samples"]) == ("vllm", 8, 64)
+    assert all(len(s["responses"]) == 8 for s in read_samples(out / result["samples_file"]))

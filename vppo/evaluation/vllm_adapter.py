@@ -68,6 +68,21 @@ def sampling_params_kwargs(sampling: Sampling, seed: int) -> dict:
             "skip_special_tokens": True}
 
 
+def platform_engine_kwargs(on_cpu: bool) -> dict:
+    """Engine settings a platform needs beyond the protocol's: on CPU, no prompt is ever split across steps.
+
+    With chunked prefill (vLLM's default) a step whose token budget (``max_num_batched_tokens``, 4096 on CPU) runs
+    out mid-prompt prefills that prompt partly; the token sampled for it is discarded and its seeded generator
+    rewound with ``Generator.set_offset``, which only CUDA generators have. Every request here is seeded
+    (:func:`request_seed`), so on vLLM 0.31's CPU build any call whose prompts exceed the budget stopped with
+    "CPU Generator does not use offset". Without chunked prefill the scheduler takes a prompt whole or leaves it
+    for the next step (and raises the budget to at least ``max_model_len``, so every prompt fits). GPUs keep
+    vLLM's defaults: their generators rewind, and chunked prefill is their throughput setting. (vLLM warns that
+    the model "does not officially support disabling chunked prefill"; the vLLM tier's evaluations run with it.)
+    """
+    return {"enable_chunked_prefill": False} if on_cpu else {}
+
+
 class VPPOVLLMModel(lmms):
     is_simple = False
 
@@ -98,8 +113,11 @@ class VPPOVLLMModel(lmms):
                 raise ImportError("the vllm backend needs vLLM, a cluster-only dependency (pip install 'vppo[cluster]'); "
                                   "on CPU machines use --backend hf") from exc
 
+            from vllm.platforms import current_platform
+
             if tensor_parallel_size in (None, "", "auto", 0):
                 tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
+            engine_kwargs = {**platform_engine_kwargs(current_platform.is_cpu()), **engine_kwargs}
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
                          gpu_memory_utilization=float(gpu_memory_utilization),
                          max_model_len=engine_context_length(self.pretrained, max_model_len),

@@ -211,10 +211,7 @@ def generate_vllm(model: Model, variant: Variant, jobs: list, seed: int, batch_s
     """Each job's k responses from the vLLM adapter: one n=k request per question, per-question seeds."""
     import os
 
-    # Shared CPU machines (as tests/vllm_tier): a small KV cache, no pinned cores. On vLLM 0.31's CPU build the
-    # mini checkpoint's seeded n=8 requests fail ("CPU Generator does not use offset": the engine rewinds a
-    # discarded token's generator with a CUDA-only call), with 16 to 128 questions per call, prefix caching on or
-    # off, engine in or out of process: docs/sensitivity/README.md.
+    # Shared CPU machines (as tests/vllm_tier): a small KV cache, no pinned cores.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     from vppo.evaluation.vllm_adapter import VPPOVLLMModel
