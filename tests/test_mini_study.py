@@ -89,6 +89,28 @@ def test_the_preset_plans_three_seeds_from_one_base(tmp_path):
     assert {"results/study/training_curves.png", "results/study/dependency_findings.png"} <= set(study["output"])
 
 
+def test_the_qwen3vl_preset_plans_its_family_three_seeds_and_its_own_checkpoint(tmp_path):
+    """Preset mini_qwen3vl: the mini-qwen3vl warm start, DAPO and VPPO x 3 seeds, and both data sources told the
+    family (their pictures' cells follow it); preset mini's data commands name no family (unchanged)."""
+    repo = copy_checkout(tmp_path / "repo")
+    jobs = {}
+    for preset in ("mini_qwen3vl", "mini"):
+        done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "2", "--config",
+                               f"preset={preset}"], cwd=repo, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        jobs[preset] = planned_jobs(done.stdout + done.stderr)
+    counts = rule_counts(jobs["mini_qwen3vl"])
+    assert counts["train"] == 6 and counts["eval_benchmarks"] == 7 and counts["study"] == 1
+    assert sorted((j["wildcards"]["model"], j["wildcards"]["method"]) for j in jobs["mini_qwen3vl"] if j["rule"] == "train") \
+        == [(f"q3mini_s{seed}", method) for seed in range(3) for method in ("dapo", "vppo")]
+    shells = {preset: {j["rule"]: j["shell"] for j in found if j["rule"] in ("fetch_base_model", "prepare_train_data",
+                                                                              "prepare_eval_data")}
+              for preset, found in jobs.items()}
+    assert "fetch-model mini-qwen3vl resources/models/q3mini_s0/base --family qwen3-vl" in shells["mini_qwen3vl"]["fetch_base_model"]
+    assert all("--option family=qwen3-vl" in shells["mini_qwen3vl"][r] for r in ("prepare_train_data", "prepare_eval_data"))
+    assert not any("family=" in shells["mini"][r] for r in ("prepare_train_data", "prepare_eval_data"))
+
+
 def _study_job(output: str) -> dict:
     """Input and output paths of the dry-run's study job."""
     block = output.split("\nrule study:", 1)[1].split("\nrule ", 1)[0]

@@ -18,13 +18,14 @@ import pytest
 from vppo.data import mini_task
 from vppo.data.mini_task import COLOURS, FACTS, GRID, KINDS, SIZE, mini_example, reference_response, token_roles
 from vppo.data.train_data import read_layout
+from vppo.model_families import FAMILIES
 
 
 def _cells_from_pixels(image) -> list[str]:
     """The nine cell values read back from the picture's cell centres (what a perfect eye would see)."""
     pixels = np.array(image)
     by_rgb = {rgb: name for name, rgb in COLOURS.items()}
-    cell = SIZE // GRID
+    cell = image.size[0] // GRID
     return [by_rgb[tuple(int(v) for v in pixels[(i // GRID) * cell + cell // 2, (i % GRID) * cell + cell // 2])]
             for i in range(GRID * GRID)]
 
@@ -46,6 +47,31 @@ def test_answers_follow_from_the_picture(split):
         else:  # control: the answer is in the words, whatever the picture
             thing = example["problem"].split("What colour is ")[1].rstrip("?")
             assert example["answer"] == FACTS[thing]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_cells_are_whole_merged_tokens_that_no_processor_resamples(family):
+    """Qwen2.5-VL keeps its 28 px one-token cells (the committed study's pictures); Qwen3-VL, whose evaluation
+    protocol never sees less than 256x256 px, gets 96 px cells of 3x3 of its 32 px tokens. Either way the picture
+    is a whole number of merged tokens per cell, passes the evaluation's resize unchanged, and carries the answer."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vppo.eval_images import prepare_image
+
+    cell = mini_task.cell_size(family)
+    assert cell == {"qwen2.5-vl": 28, "qwen3-vl": 96}[family.key] and cell % family.resize_factor == 0
+    example = mini_example("heldout", 5, cell=cell)
+    side = GRID * cell
+    assert example["image"].size == (side, side) and prepare_image(example["image"]).size == (side, side)
+    bounds = family.processor_bounds  # the evaluation protocol's: the processor keeps the picture's size
+    processor = Qwen2VLImageProcessorPil(size={"shortest_edge": bounds.min_pixels, "longest_edge": bounds.max_pixels},
+                                         patch_size=family.patch_size, merge_size=family.merge_size,
+                                         temporal_patch_size=family.temporal_patch_size)
+    patches = side // family.patch_size
+    assert processor(images=[example["image"]], return_tensors="pt")["image_grid_thw"].tolist() == [[1, patches, patches]]
+    assert _cells_from_pixels(example["image"]) == example["cells"]
+    same = mini_example("heldout", 5)  # the cell size changes the scale only
+    assert (same["cells"], same["answer"], same["problem"]) == (example["cells"], example["answer"], example["problem"])
 
 
 def test_pure_function_of_split_and_index():
@@ -87,6 +113,54 @@ def test_prepare_data_mini_source(tmp_path):
     bad = subprocess.run([*cmd[:8], str(tmp_path / "bad"), "--option", "kinds=majority,colour_at"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "colour_at" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_prepare_data_mini_pictures_follow_the_family(tmp_path, capsys):
+    """--option family: the training and evaluation sets draw the family's cells and name the family."""
+    from PIL import Image
+
+    from vppo.cli import main
+
+    train = tmp_path / "train"
+    assert main(["prepare-data", "train", "--source", "mini", "--out", str(train), "--option", "n_rows=2",
+                 "--option", "family=qwen3-vl"]) == 0
+    manifest = json.loads((train / "manifest.json").read_text())
+    assert manifest["source"] == "mini(split=train,kinds=majority,filled,control,n_rows=2,family=qwen3-vl)"
+    image = Image.open(train / read_layout(train)[0]["images"][0])
+    assert image.size == (288, 288) and _cells_from_pixels(image) == mini_example("train", 0, KINDS)["cells"]
+    evaluation = tmp_path / "eval"
+    assert main(["prepare-data", "eval", "--source", "mini", "--out", str(evaluation), "--option", "n_rows=1",
+                 "--option", "benchmarks=mini_heldout", "--option", "family=qwen3-vl"]) == 0
+    assert json.loads((evaluation / "manifest.json").read_text())["family"] == "qwen3-vl"
+    pictures = [p for p in evaluation.rglob("*.png") if "_mini" not in p.parts]
+    assert pictures and {Image.open(p).size for p in pictures} == {(288, 288)}
+    capsys.readouterr()
+    for stage, more in (("train", []), ("eval", ["--option", "benchmarks=mini_heldout"])):
+        assert main(["prepare-data", stage, "--source", "mini", "--out", str(tmp_path / f"bad_{stage}"),
+                     "--option", "family=llava", *more]) == 2
+        err = capsys.readouterr().err
+        assert "llava" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / f"bad_{stage}").exists()
+
+
+def test_the_qwen3vl_mini_model_is_the_same_model_in_that_architecture(tmp_path):
+    """`mini-qwen3vl`'s build (2 warm-start steps here): a Qwen3-VL at the mini widths whose processor keeps the
+    family's protocol bounds, so its 288 px pictures are 9x9 merged tokens in training as in evaluation."""
+    from vppo.data.mini_model import MINI_SHAPE, build_mini_model
+    from vppo.model_families import QWEN3_VL
+    from vppo.modeling import load_processor, verify_checkpoint_dir
+
+    path = build_mini_model(tmp_path / "model", warm_start_steps=2, family="qwen3-vl")
+    verify_checkpoint_dir(path)
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl" and config["text_config"]["hidden_size"] == MINI_SHAPE["hidden_size"]
+    info = json.loads((path / "vppo_tiny.json").read_text())
+    assert (info["family"], info["cell_px"], info["warm_start"]["steps"]) == ("qwen3-vl", 96, 2)
+    processor = load_processor(path)
+    size = processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (QWEN3_VL.processor_bounds.min_pixels,
+                                                             QWEN3_VL.processor_bounds.max_pixels)
+    picture = mini_example("train", 0, cell=mini_task.cell_size(QWEN3_VL))["image"]
+    assert processor.image_processor(images=[picture], return_tensors="pt")["image_grid_thw"].tolist() == [[1, 18, 18]]
 
 
 @pytest.mark.slow  # the mini_dir fixture (tests/conftest.py) builds and warm-starts the mini model (~80 s)

@@ -312,7 +312,7 @@ def _download_hub(out: Path, repo: str, revision: str | None) -> tuple[Path, str
 
 #: The options of ``vppo prepare-data eval`` and their types (``name_map_<key>`` besides).
 EVAL_OPTIONS = {"n_rows": int, "seed": int, "plant_empty_answers": int, "multi_image_row": int, "repo": str, "revision": str, "benchmarks": str,
-                "expected_rows": int}
+                "expected_rows": int, "family": str}
 
 
 def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
@@ -326,7 +326,8 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     with that many images; 0, the default: none), ``repo`` (hub, chamber111/VPPO-Eval), ``revision`` (hub),
     ``benchmarks`` ("paper", the default: the paper's eight; "all"; or keys), ``name_map_<key>`` (LLaMA-Factory name of a benchmark's file),
     ``expected_rows`` (rows per benchmark for a folder or hub source that is not the real set; default: the
-    catalog's counts).
+    catalog's counts), ``family`` (mini: the model family whose merged vision token sets the grid's cell size;
+    default Qwen2.5-VL).
     """
     options = check_options(options, EVAL_OPTIONS, prefixes={"name_map_": str})
     if options.get("n_rows", 1) < 1:
@@ -365,8 +366,15 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
         if others:
             raise EvalDataError(f"eval data source 'mini': writes {', '.join(EVAL_SETS)} only, not {', '.join(others)} "
                                 "(set --option benchmarks=...)")
+        from vppo.data.mini_task import cell_size
+        from vppo.model_families import DEFAULT_FAMILY, get_family
+
+        try:
+            family = get_family(options["family"]) if "family" in options else DEFAULT_FAMILY
+        except ValueError as exc:
+            raise EvalDataError(f"--option family: {exc}") from None
         n_rows = int(options.get("n_rows", 5))
-        folder = write_llamafactory_mini(out / "_mini", n_rows, [b.key for b in benchmarks])
+        folder = write_llamafactory_mini(out / "_mini", n_rows, [b.key for b in benchmarks], cell_size(family))
         expected = {b.key: n_rows for b in benchmarks}
     elif source == "hub":
         # str(): options are YAML-typed, and an all-digit commit prefix would arrive as an int
@@ -379,7 +387,9 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
         raise EvalDataError(f"eval data source {source!r}: expected 'fixtures', 'mini', 'hub' or an existing directory")
     files = import_llamafactory(folder, out, benchmarks, name_map)
     body = verify_eval_dir(out, benchmarks, expected)
-    manifest = {"source": source, "revision": revision, "files": files,
+    # the family only where asked for: a Qwen2.5-VL manifest stays the committed study's
+    named = {"family": options["family"]} if "family" in options else {}
+    manifest = {"source": source, "revision": revision, **named, "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **body}
     write_json_atomic(out / MANIFEST, manifest)  # written last: its presence means the data is complete
     for key, info in body["benchmarks"].items():

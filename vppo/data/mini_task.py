@@ -1,8 +1,10 @@
 """The mini study's task family: questions about a 3x3 grid of coloured cells, answerable only by looking.
 
-Every picture is 84x84 pixels: nine 28x28 cells, each white (empty) or filled red, green or blue. 28 pixels
-is one merged Qwen2.5-VL vision token (14-pixel patches, 2x2 merge), so each cell is exactly one vision
-token and perception is a per-token question. Kinds (:data:`KINDS`):
+For Qwen2.5-VL every picture is 84x84 pixels: nine 28x28 cells, each white (empty) or filled red, green or blue.
+28 pixels is one merged Qwen2.5-VL vision token (14-pixel patches, 2x2 merge), so each cell is exactly one vision
+token and perception is a per-token question. Other model families get cells of whole merged tokens of their own
+(:func:`cell_size`: Qwen3-VL 96 px, 3x3 of its 32 px tokens, because its processor never sees less than 256x256
+pixels and would otherwise resample the picture). Kinds (:data:`KINDS`):
 
 - ``majority``: "Which colour fills the most cells?" -> red, green or blue (never a tie);
 - ``filled``: "How many cells are filled?" -> a number 0-9;
@@ -27,10 +29,11 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vppo.model_families import DEFAULT_FAMILY, ModelFamily
 from vppo.rollout import IMAGE_PLACEHOLDER
 
 GRID = 3
-CELL = 28  # pixels: one merged vision token
+CELL = 28  # pixels: one merged Qwen2.5-VL vision token (the default family's cell_size)
 SIZE = GRID * CELL
 #: Fill colour of each cell value; "white" is an empty cell.
 COLOURS = {"white": (255, 255, 255), "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220)}
@@ -45,14 +48,24 @@ KINDS = IMAGE_KINDS + ("control",)
 SPLIT_SEEDS = {"train": 0, "heldout": 1, "control": 2}
 
 
-def draw_grid(cells: list[str]) -> Image.Image:
-    """The 84x84 RGB picture of nine cell values (row-major)."""
-    image = Image.new("RGB", (SIZE, SIZE), COLOURS["white"])
+def cell_size(family: ModelFamily = DEFAULT_FAMILY) -> int:
+    """Side in pixels of a cell for ``family``: whole merged vision tokens (its resize factor), as few as leave the
+    picture at or above the family's evaluation minimum, so no processor resamples it (Qwen2.5-VL: one 28 px
+    token, 84 px pictures over a 56x56 minimum; Qwen3-VL: 3x3 of its 32 px tokens, 288 px over 256x256)."""
+    tokens = 1
+    while (GRID * tokens * family.resize_factor) ** 2 < family.processor_bounds.min_pixels:
+        tokens += 1
+    return tokens * family.resize_factor
+
+
+def draw_grid(cells: list[str], cell: int = CELL) -> Image.Image:
+    """The RGB picture (side ``GRID * cell``) of nine cell values (row-major)."""
+    image = Image.new("RGB", (GRID * cell, GRID * cell), COLOURS["white"])
     draw = ImageDraw.Draw(image)
     for i, value in enumerate(cells):
         if value != "white":
-            x, y = (i % GRID) * CELL, (i // GRID) * CELL
-            draw.rectangle([x + 2, y + 2, x + CELL - 3, y + CELL - 3], fill=COLOURS[value])
+            x, y = (i % GRID) * cell, (i // GRID) * cell
+            draw.rectangle([x + 2, y + 2, x + cell - 3, y + cell - 3], fill=COLOURS[value])
     return image
 
 
@@ -72,15 +85,16 @@ def _question(kind: str, cells: list[str], rng: np.random.Generator) -> tuple[st
     raise ValueError(f"vppo/data/mini_task.py: unknown kind {kind!r}; choose from {KINDS}")
 
 
-def mini_example(split: str, index: int, kinds: tuple[str, ...] = IMAGE_KINDS) -> dict:
+def mini_example(split: str, index: int, kinds: tuple[str, ...] = IMAGE_KINDS, cell: int = CELL) -> dict:
     """One question of ``split`` (a key of :data:`SPLIT_SEEDS`): id, kind, problem (with ``<image>``),
-    answer, the nine cell values and the picture. The kind cycles through ``kinds`` with the index."""
+    answer, the nine cell values and the picture (cells of ``cell`` pixels: :func:`cell_size`). The kind cycles
+    through ``kinds`` with the index; the cell size changes the picture's scale only."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
     cells = [str(c) for c in rng.choice(list(COLOURS), size=GRID * GRID)]
     kind = kinds[index % len(kinds)]
     question, answer, hint = _question(kind, cells, rng)
     return {"id": f"mini-{split}-{index:05d}", "kind": kind, "problem": f"{IMAGE_PLACEHOLDER}{question}",
-            "answer": answer, "hint": hint, "cells": cells, "image": draw_grid(cells)}
+            "answer": answer, "hint": hint, "cells": cells, "image": draw_grid(cells, cell)}
 
 
 def reference_response(example: dict) -> str:
@@ -124,14 +138,15 @@ def token_roles(response_tokens: list[str]) -> list[str]:
 EVAL_SETS = {"mini_heldout": ("heldout", IMAGE_KINDS), "mini_control": ("control", ("control",))}
 
 
-def write_llamafactory_mini(root, n_rows: int, keys: list[str]) -> "Path":
+def write_llamafactory_mini(root, n_rows: int, keys: list[str], cell: int = CELL) -> "Path":
     """The evaluation sets ``keys`` (of :data:`EVAL_SETS`) in VPPO-Eval's LLaMA-Factory layout under ``root``, so
-    ``prepare-data eval --source mini`` runs the importer the real data runs. Rows 0..n_rows-1 of each split."""
+    ``prepare-data eval --source mini`` runs the importer the real data runs. Rows 0..n_rows-1 of each split,
+    cells of ``cell`` pixels."""
     from vppo.data.eval_fixtures import write_llamafactory_rows
 
     rows = {}
     for key in keys:
         split, kinds = EVAL_SETS[key]
-        examples = (mini_example(split, i, kinds) for i in range(n_rows))
+        examples = (mini_example(split, i, kinds, cell) for i in range(n_rows))
         rows[key] = [(e["problem"].removeprefix(IMAGE_PLACEHOLDER), e["answer"], e["image"]) for e in examples]
     return write_llamafactory_rows(root, rows)

@@ -6,7 +6,8 @@ so smoke runs see non-zero rewards), ``tiny-vllm`` (the warm-started model at th
 head_dim 64, with a hub checkpoint's processor files), ``tiny-qwen3vl``, ``tiny-qwen3vl-warm`` and
 ``tiny-qwen3vl-vllm`` (the same three builds of the Qwen3-VL architecture; ``--family qwen3-vl`` makes the first
 three build it too, as the workflow's ``model_family`` does), ``mini`` (the mini study's model, partly taught the
-grid task: :mod:`vppo.data.mini_model`), an existing local directory (copied), or a Hugging Face hub id
+grid task: :mod:`vppo.data.mini_model`; ``--family`` picks its architecture too), ``mini-qwen3vl`` (the same in
+the Qwen3-VL architecture), an existing local directory (copied), or a Hugging Face hub id
 (downloaded; needs network, so it runs on the submit host). With ``--family`` a source of another family fails.
 The result is checked with :func:`vppo.modeling.verify_checkpoint_dir` so a partial download fails here,
 not hours later in a training job. The copy is written to a temporary sibling and renamed at the end.
@@ -26,6 +27,8 @@ from vppo.fileio import publish_dir
 TINY_SOURCES = {"tiny": ("tiny", False, None), "tiny-warm": ("tiny", True, None), "tiny-vllm": ("vllm", True, None),
                 "tiny-qwen3vl": ("tiny", False, "qwen3-vl"), "tiny-qwen3vl-warm": ("tiny", True, "qwen3-vl"),
                 "tiny-qwen3vl-vllm": ("vllm", True, "qwen3-vl")}
+#: The mini study's model (:mod:`vppo.data.mini_model`): source -> model family (None: as for TINY_SOURCES).
+MINI_SOURCES = {"mini": None, "mini-qwen3vl": "qwen3-vl"}
 
 
 def fetch_model(source: str, out: str | Path, revision: str | None = None, seed: int = 0,
@@ -48,10 +51,10 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
             shape, warm, built = TINY_SOURCES[source]
             build_tiny_qwen(tmp, seed=seed, shape=shape, warm_start_steps=WARM_START_STEPS if warm else 0,
                             family=built or (wanted or DEFAULT_FAMILY).key)
-        elif source == "mini":
+        elif source in MINI_SOURCES:
             from vppo.data.mini_model import build_mini_model
 
-            build_mini_model(tmp, seed=seed)
+            build_mini_model(tmp, seed=seed, family=MINI_SOURCES[source] or (wanted or DEFAULT_FAMILY).key)
         elif Path(source).is_dir():
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         elif Path(source).exists():
@@ -78,13 +81,13 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help=f"{' | '.join(TINY_SOURCES)} | mini | a local checkpoint directory | a hub id "
+    parser.add_argument("source", help=f"{' | '.join([*TINY_SOURCES, *MINI_SOURCES])} | a local checkpoint directory | a hub id "
                                        "(e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
     parser.add_argument("out", type=Path, help="directory to create")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny models")
     parser.add_argument("--family", default=None,
-                        help="model family (qwen2.5-vl | qwen3-vl): what tiny, tiny-warm and tiny-vllm build, and what "
+                        help="model family (qwen2.5-vl | qwen3-vl): what tiny, tiny-warm, tiny-vllm and mini build, and what "
                              "any other source must be (default: the source's own; tiny sources: qwen2.5-vl)")
 
 

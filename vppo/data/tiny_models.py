@@ -33,7 +33,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vppo.data.tiny_architectures import CONFIG_BUILDERS, SPECIAL_TOKENS
-from vppo.data.tiny_architectures import build_qwen25vl_config as build_config  # noqa: F401 (the mini model, bench)
+from vppo.data.tiny_architectures import build_qwen25vl_config as build_config  # noqa: F401 (the bench)
 from vppo.model_families import FAMILIES, QWEN2_5_VL, ModelFamily
 from vppo.modeling import ImageOnlyQwen2_5_VLProcessor, image_only_processor
 

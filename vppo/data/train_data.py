@@ -287,18 +287,25 @@ def _synthetic(out: Path, n_rows: int = 64, seed: int = 0) -> Path:
                         out, source=f"synthetic(seed={seed},n_rows={n_rows})")
 
 
-def _mini(out: Path, n_rows: int = 512, split: str = "train", kinds: str = "all") -> Path:
-    """The mini study's grid questions (:mod:`vppo.data.mini_task`); ``kinds``: "all" or comma-separated."""
+def _mini(out: Path, n_rows: int = 512, split: str = "train", kinds: str = "all", family: str | None = None) -> Path:
+    """The mini study's grid questions (:mod:`vppo.data.mini_task`); ``kinds``: "all" or comma-separated;
+    ``family``: the model family whose merged vision token sets the cell size (default Qwen2.5-VL's 28 px)."""
     from vppo.data import mini_task
+    from vppo.model_families import DEFAULT_FAMILY, get_family
 
     chosen = mini_task.KINDS if kinds == "all" else tuple(k.strip() for k in str(kinds).split(","))
     unknown = sorted(set(chosen) - set(mini_task.KINDS)) + ([split] if split not in mini_task.SPLIT_SEEDS else [])
     if unknown or n_rows < 1:
         raise TrainDataError(f"--option kinds/split/n_rows: {unknown or n_rows} (kinds: {', '.join(mini_task.KINDS)}; "
                              f"splits: {', '.join(mini_task.SPLIT_SEEDS)}; n_rows >= 1)")
-    examples = (mini_task.mini_example(split, i, chosen) for i in range(int(n_rows)))
+    try:
+        cell = mini_task.cell_size(get_family(family) if family else DEFAULT_FAMILY)
+    except ValueError as exc:
+        raise TrainDataError(f"--option family: {exc}") from None
+    examples = (mini_task.mini_example(split, i, chosen, cell) for i in range(int(n_rows)))
+    named = f",family={family}" if family else ""  # unnamed: the manifest of the committed Qwen2.5-VL study
     return write_layout((({k: e[k] for k in ("id", "problem", "answer")}, [e["image"]]) for e in examples), out,
-                        source=f"mini(split={split},kinds={','.join(chosen)},n_rows={n_rows})")
+                        source=f"mini(split={split},kinds={','.join(chosen)},n_rows={n_rows}{named})")
 
 
 def _hub(out: Path, repo: str = HUB_REPO, split: str = "train", n_rows: int | None = None) -> Path:

@@ -11,14 +11,30 @@ def cli_pairs(flag: str, mapping: dict | None) -> str:
     return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in (mapping or {}).items())
 
 
+#: Data sources whose pictures follow the model family (the mini task's cells are whole merged vision tokens):
+#: they get the configured ``model_family`` as their ``family`` option, unless it is the default (whose pictures
+#: they draw without it: the command lines of the committed Qwen2.5-VL study stay as they were).
+FAMILY_SOURCES = {"mini"}
+
+
+def _family_option(plan, stage: str) -> dict:
+    from vppo.model_families import DEFAULT_FAMILY
+
+    family = plan.config.get("model_family", DEFAULT_FAMILY.key)
+    follows = plan.config["data"][stage]["source"] in FAMILY_SOURCES and family != DEFAULT_FAMILY.key
+    return {"family": family} if follows else {}
+
+
 def train_data_options(plan) -> str:
-    return cli_pairs("--option", plan.config["data"]["train"].get("options"))
+    options = {**_family_option(plan, "train"), **(plan.config["data"]["train"].get("options") or {})}
+    return cli_pairs("--option", options)
 
 
 def eval_data_options(plan) -> str:
     """`vppo prepare-data eval` options: the configured ones, and the configured benchmarks (its default, "all",
     is every supported benchmark, which a source such as VPPO-Eval need not hold)."""
-    options = {"benchmarks": ",".join(plan.benchmarks), **(plan.config["data"]["eval"].get("options") or {})}
+    options = {"benchmarks": ",".join(plan.benchmarks), **_family_option(plan, "eval"),
+               **(plan.config["data"]["eval"].get("options") or {})}
     return cli_pairs("--option", options)
 
 
