@@ -107,6 +107,7 @@ def test_vllm_backend_hands_the_engine_the_protocol_bounds(tiny_model_dir, train
     image = prepare_image(_noise((224, 168)))
     models = [VPPOVLLMModel(str(path), tensor_parallel_size=1) for path in (tiny_model_dir, trained_like_checkpoint)]
     assert [e["mm_processor_kwargs"] for e in engines] == [{"min_pixels": 3136, "max_pixels": 12845056}] * 2
+    assert [e.get("enable_chunked_prefill") for e in engines] == [False] * 2  # on CPU (vllm_adapter.platform_engine_kwargs)
     assert [m.image_bounds for m in models] == [PROCESSOR_BOUNDS] * 2
     assert _image_tokens(models[0].processor, image) == _image_tokens(models[1].processor, image) == 48
 

@@ -164,7 +164,8 @@ def test_schema_enums_are_the_registrys_and_the_schema_file_names_none():
     assert schema["$defs"]["benchmark"]["enum"] == list(BENCHMARK_KEYS)
     assert schema["properties"]["tables"]["propertyNames"]["enum"] == list(TABLES)
     assert schema["$defs"]["table"]["properties"]["paper_model"]["enum"] == [*PAPER_MODELS, catalog.NO_PAPER_MODEL]
-    assert schema["properties"]["preset"]["enum"] == presets == ["default", "mini", "paper", "paper_qwen3vl", "released"]
+    assert schema["properties"]["preset"]["enum"] == presets == ["default", "mini", "mini_qwen3vl", "paper", "paper_qwen3vl",
+                                                                        "released"]
     assert "enum" not in raw["properties"]["model_family"]
     assert schema["properties"]["model_family"]["enum"] == ["qwen2.5-vl", "qwen3-vl"]
     assert schema["properties"]["models"]["additionalProperties"]["properties"]["recipe"]["enum"] == recipes

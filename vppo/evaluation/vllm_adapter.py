@@ -113,11 +113,10 @@ class VPPOVLLMModel(lmms):
                 raise ImportError("the vllm backend needs vLLM, a cluster-only dependency (pip install 'vppo[cluster]'); "
                                   "on CPU machines use --backend hf") from exc
 
-            from vllm.platforms import current_platform
-
             if tensor_parallel_size in (None, "", "auto", 0):
                 tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
-            engine_kwargs = {**platform_engine_kwargs(current_platform.is_cpu()), **engine_kwargs}
+            # vLLM's CPU build is what runs where torch sees no GPU
+            engine_kwargs = {**platform_engine_kwargs(not torch.cuda.is_available()), **engine_kwargs}
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
                          gpu_memory_utilization=float(gpu_memory_utilization),
                          max_model_len=engine_context_length(self.pretrained, max_model_len),
