@@ -146,19 +146,21 @@ def launcher_checkout(slurm, tmp_path_factory):
 
 def test_one_node_gpu_training_job_saves_before_its_time_limit_and_the_retry_resumes(slurm, launcher_checkout):
     """The 7B job's shape (one node, 8 GPUs, the accelerate launcher) on the smoke recipe, with a 6-minute time limit
-    and a 5.75-minute save margin (train.save_margin_minutes).
+    and a save margin one second short of it (train.save_margin_minutes 5.99: 359 s).
 
     The launcher: the executor runs the rule inside its own `srun -n1` step, where a second srun for the node's GPUs
     would wait until the time limit (the old launcher's job was killed at its limit: TIMEOUT, not FAILED below).
     The time limit: the trainer, through the launcher, asks Slurm for the time left, saves at the first rollout
-    boundary where another rollout would eat into the margin (the first: the job's start-up alone takes more than
-    15 s) and the job exits 75 instead of being killed at the limit; Snakemake's retry (12 minutes) resumes from
-    that checkpoint. There is no periodic checkpoint (save_steps 1000), so without the save the retry started from
-    scratch. The limits are generous so that a loaded machine's start-up never reaches them."""
+    boundary where another rollout would eat into the margin (always the first: the time from the job's start to
+    that boundary is more than the 1 s the margin leaves, on any machine; a 15 s slack was outrun by a fast CI
+    machine) and the job exits 75 instead of being killed at the limit; Snakemake's retry (12 minutes) resumes from
+    that checkpoint and finishes (the last boundary is the end of training, where no stop is asked). There is no
+    periodic checkpoint (save_steps 1000), so without the save the retry started from scratch. The limits are
+    generous so that a loaded machine's start-up never reaches them."""
     repo, config = launcher_checkout
     config = yaml.safe_load(yaml.safe_dump(config))
     config["models"]["tiny"]["train_resources"]["runtime"] = 6
-    config["train"].update(max_steps=4, retries=1, save_margin_minutes=5.75, set={"save_steps": 1000})
+    config["train"].update(max_steps=4, retries=1, save_margin_minutes=5.99, set={"save_steps": 1000})
     (repo / "time_limit.yaml").write_text(yaml.safe_dump(config))
     done = run_profile(repo, slurm, "--configfile", "time_limit.yaml", "--set-resources", "train:gres=gpu:8", "--",
                        "results/train/tiny/grpo", timeout=1200)
