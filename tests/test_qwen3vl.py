@@ -145,6 +145,16 @@ def test_two_vppo_steps_train_with_16_px_masking_squares(trained):
     assert seen and all(kwargs == {"patch_size": 16} for kwargs in seen)
 
 
+def test_the_converted_qwen3vl_checkpoints_model_card_names_its_family(trained):
+    from huggingface_hub import ModelCard
+
+    _, checkpoint, _ = trained
+    card = ModelCard.load(checkpoint / "README.md")
+    assert "qwen3-vl" in card.data.tags and "qwen2.5-vl" not in card.data.tags
+    assert "- **model family:** Qwen3-VL" in card.text
+    assert json.loads((checkpoint / "vppo_convert.json").read_text())["card"]["family"] == "qwen3-vl"
+
+
 def test_hf_eval_of_the_trained_qwen3vl_records_its_family_and_protocol_bounds(trained, tmp_path):
     from vppo.data.eval_data import prepare_eval_data
     from vppo.evaluation.results import read_result

@@ -126,7 +126,7 @@ def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(check
     meta = card.data.to_dict()
     validate_repo_id(meta["base_model"])
     assert meta["base_model"] == BASE_ID and meta["library_name"] == "transformers"
-    assert meta["pipeline_tag"] == "image-text-to-text" and "vppo" in meta["tags"]
+    assert meta["pipeline_tag"] == "image-text-to-text" and "vppo" in meta["tags"] and "qwen2.5-vl" in meta["tags"]
     record = json.loads((converted / "vppo_convert.json").read_text())
     data_sha = json.loads((checkout / "results/train/tiny/vppo/train_summary.json").read_text())["data"]["sha256"]
     commit = json.loads((checkout / "results/train/tiny/vppo/train_summary.json").read_text())["harness_commit"]
@@ -142,6 +142,13 @@ def test_converted_checkpoint_has_a_valid_model_card_that_takes_its_scores(check
     assert scores == {b: 40.0 + i for i, b in enumerate(PAPER_AVG)}
     assert f"| **Avg** (paper's eight) | {40 + 3.5:.1f} | {math.sqrt(8 * 4) / 8:.1f} |" in card.text
     assert "99.0" not in card.text
+    # A record converted before cards named the family: `vppo card` reads it from the checkpoint's config.
+    marker = converted / "vppo_convert.json"
+    record = json.loads(marker.read_text())
+    record["card"].pop("family")
+    marker.write_text(json.dumps(record))
+    assert main(["card", str(converted), "--eval-root", str(eval_root)]) == 0
+    assert "qwen2.5-vl" in ModelCard.load(converted / "README.md").data.tags
 
     empty = checkout / "empty"
     empty.mkdir()

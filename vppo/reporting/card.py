@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from vppo.errors import InputError
+from vppo.model_families import family_of_dir
 from vppo.reporting.results_io import load_eval_frame
 from vppo.training.convert import MARKER
 from vppo.training.model_card import write_card
@@ -42,7 +43,9 @@ def update_card(checkpoint: Path, eval_root: Path) -> tuple[Path, int]:
     if "card" not in record:
         raise InputError(f"{marker}: field 'card': missing (converted before model cards; convert it again)")
     results = checkpoint_results(record["checkpoint_sha256"], eval_root)
-    return write_card(checkpoint, record["card"], results), len(results)
+    facts = {**record["card"]}
+    facts["family"] = facts.get("family") or family_of_dir(checkpoint).key  # converted before cards named it
+    return write_card(checkpoint, facts, results), len(results)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

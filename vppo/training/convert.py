@@ -140,6 +140,7 @@ def convert(source: Path, out: Path, base: Path | None = None, base_id: str | No
     from transformers import GenerationConfig
 
     from vppo.modeling import CheckpointError, checkpoint_sha256, load_policy, processor_from_dir
+    from vppo.model_families import family_of_model_type
     from vppo.training.model_card import training_facts, write_card
 
     source, out = Path(source), Path(out)
@@ -180,7 +181,8 @@ def convert(source: Path, out: Path, base: Path | None = None, base_id: str | No
             "checkpoint_sha256": checkpoint_sha256(tmp), "max_logit_diff": difference,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "card": training_facts(source, base_id or (None if base is None else str(base))),
+            "card": training_facts(source, base_id or (None if base is None else str(base)),
+                                   getattr(family_of_model_type(model.config.model_type), "key", None)),
         }
         write_card(tmp, record["card"])  # the Hub's README.md; `vppo card` adds the scores once evaluated
         write_json_atomic(tmp / MARKER, record)

@@ -34,9 +34,10 @@ def _hub_id(text: str | None) -> str | None:
     return text
 
 
-def training_facts(source: Path, base_id: str | None = None) -> dict:
+def training_facts(source: Path, base_id: str | None = None, family: str | None = None) -> dict:
     """What the card says of how the weights were made: the ``train_summary.json`` beside ``source`` (a
-    ``vppo train`` OUT_DIR's ``final/``), when there is one, and the harness commit of this conversion."""
+    ``vppo train`` OUT_DIR's ``final/``), when there is one, the harness commit of this conversion and the
+    model family key (``vppo.model_families``) of the converted weights."""
     from vppo import __version__, harness_commit
 
     source = Path(source)
@@ -47,7 +48,7 @@ def training_facts(source: Path, base_id: str | None = None) -> dict:
     manifest = Path(data["path"]) / "manifest.json" if data.get("path") else None
     data_source = json.loads(manifest.read_text()).get("source") if manifest and manifest.is_file() else None
     return {
-        "base_model": _hub_id(base_id), "base": base_id, "method": summary.get("method"),
+        "base_model": _hub_id(base_id), "base": base_id, "family": family, "method": summary.get("method"),
         "recipe": (summary.get("recipe") or {}).get("name"), "seed": summary.get("seed"),
         "steps": summary.get("steps"), "data_sha256": data.get("sha256"), "data_rows": data.get("rows_used"),
         "dataset": _hub_id(data_source), "run_name": (summary.get("tracking") or {}).get("run_name"),
@@ -88,19 +89,24 @@ def render_card(facts: dict, results: list[dict] | None = None, name: str = "vpp
     """The card's text (Hub YAML metadata + Markdown)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from vppo.model_families import FAMILIES
+
     method = facts.get("method") or "unknown method"
+    family = FAMILIES.get(facts.get("family") or "")  # None: weights of an architecture the harness does not know
     eval_results = [EvalResult(task_type=PIPELINE_TAG, dataset_type=r["benchmark"], dataset_name=r["benchmark"],
                                metric_type="accuracy", metric_name=f"avg@{r['k']}",
                                metric_value=round(r["accuracy"], 2))
                     for r in results or []]
     data = ModelCardData(
         base_model=facts.get("base_model"), library_name=LIBRARY, pipeline_tag=PIPELINE_TAG,
-        tags=[t for t in ("vppo", "reinforcement-learning", "qwen2.5-vl", method) if t != "unknown method"],
+        tags=[t for t in ("vppo", "reinforcement-learning", family and family.key, method)
+              if t and t != "unknown method"],
         datasets=[facts["dataset"]] if facts.get("dataset") else None, model_name=name,
         eval_results=eval_results or None)
     made = "\n".join(f"- **{label}:** {value}" for label, value in (
         ("method", f"`{method}`"), ("recipe", f"`{facts.get('recipe')}`"), ("seed", facts.get("seed")),
         ("optimizer steps", facts.get("steps")), ("base model", f"`{facts.get('base')}`"),
+        ("model family", family.label if family else "not recorded"),
         ("training data", f"{facts.get('data_rows')} rows, sha256 `{facts.get('data_sha256')}`"),
         ("tracking run", f"`{facts.get('run_name')}`"),
         ("harness", f"vppo {facts.get('vppo')}; trained at commit `{facts.get('trained_at_commit')}`, converted at "
