@@ -128,3 +128,15 @@ def test_fixtures_source_goes_through_the_importer(tmp_path):
                                                   ["./data/images/hiyouga_geometry3k/0000.png"]]
     with pytest.raises(EvalDataError, match="name_map_nope"):
         prepare_eval_data("fixtures", tmp_path / "x", n_rows=1, name_map_nope="X")
+
+
+def test_an_option_the_source_does_not_read_is_refused_before_anything_is_written(tmp_path):
+    """family draws the mini task's pictures; on the fixtures it once changed nothing but the manifest's word."""
+    cases = [("fixtures", {"family": "qwen3-vl"}, "--option family: not read by source 'fixtures'"),
+             ("mini", {"seed": 3}, "--option seed: not read by source 'mini'"),
+             ("hub", {"n_rows": 2}, "--option n_rows: not read by source 'hub'"),
+             (str(tmp_path), {"family": "qwen3-vl"}, "--option family: not read by a folder source")]
+    for source, options, needle in cases:
+        with pytest.raises(EvalDataError, match=needle):
+            prepare_eval_data(source, tmp_path / "out", **options)
+        assert not (tmp_path / "out").exists()

@@ -315,6 +315,25 @@ EVAL_OPTIONS = {"n_rows": int, "seed": int, "plant_empty_answers": int, "multi_i
                 "expected_rows": int, "family": str}
 
 
+#: The options each source reads (a folder source: those of ``folder``); another source's option is refused, not
+#: ignored: ``family=qwen3-vl`` on the fixtures once left Qwen2.5-VL pictures under a manifest naming Qwen3-VL.
+SOURCE_OPTIONS = {
+    "fixtures": {"n_rows", "seed", "plant_empty_answers", "multi_image_row", "benchmarks"},
+    "mini": {"n_rows", "benchmarks", "family"},
+    "hub": {"repo", "revision", "benchmarks", "expected_rows", "name_map_"},
+    "folder": {"benchmarks", "expected_rows", "name_map_"},
+}
+
+
+def _check_source_options(source: str, options: dict) -> None:
+    kind = source if source in SOURCE_OPTIONS else "folder"
+    for key in options:
+        if key not in SOURCE_OPTIONS[kind] and not (key.startswith("name_map_") and "name_map_" in SOURCE_OPTIONS[kind]):
+            used = ", ".join(sorted(k + ("<key>" if k.endswith("_") else "") for k in SOURCE_OPTIONS[kind]))
+            what = f"source {source!r}" if kind == source else f"a folder source ({source})"
+            raise EvalDataError(f"--option {key}: not read by {what}; its options: {used}")
+
+
 def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     """Prepare evaluation data into ``out`` (see module docstring); returns ``out``.
 
@@ -327,9 +346,10 @@ def prepare_eval_data(source: str, out: str | Path, **options) -> Path:
     ``benchmarks`` ("paper", the default: the paper's eight; "all"; or keys), ``name_map_<key>`` (LLaMA-Factory name of a benchmark's file),
     ``expected_rows`` (rows per benchmark for a folder or hub source that is not the real set; default: the
     catalog's counts), ``family`` (mini: the model family whose merged vision token sets the grid's cell size;
-    default Qwen2.5-VL).
+    default Qwen2.5-VL). An option its source does not read (:data:`SOURCE_OPTIONS`) is an error.
     """
     options = check_options(options, EVAL_OPTIONS, prefixes={"name_map_": str})
+    _check_source_options(source, options)
     if options.get("n_rows", 1) < 1:
         raise EvalDataError(f"--option n_rows={options['n_rows']}: must be at least 1")
     with publish_dir(out) as tmp:
