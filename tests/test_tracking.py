@@ -194,6 +194,7 @@ def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(
     assert grpo["train"]["state"] == "running" and grpo["train"]["max_steps"] == 60
     assert 2 <= grpo["train"]["step"] < 60 and grpo["train"]["eta_s"] > 0 and grpo["train"]["elapsed_s"] > 0
     assert grpo["train"]["reward"] is not None and grpo["convert"]["state"] == "waiting"
+    assert grpo["train"]["holder"].startswith(f"pid {job.pid} on ")  # `vppo train` without the launcher: its lock
     assert running["dapo"]["train"]["state"] == "waiting" and running["base"]["train"] is None
     assert running["dapo"]["eval"] == {"state": "waiting", "done": 1, "total": 8}
     assert running["base"]["eval"]["state"] == "waiting"
@@ -208,6 +209,17 @@ def test_status_of_a_partly_finished_default_run_with_a_running_then_killed_job(
     assert killed["grpo"]["train"]["note"].endswith(expected)
     assert killed["_"]["counts"]["train"] == {"done": 1, "running": 0, "failed": 1, "waiting": 4}
     assert killed["_"]["gpu_hours"]["spent"] == 0.0  # the default run is CPU only
+
+    # The trainer gone quiet while the job's launcher still holds the work folder (a rank stuck in a collective, or
+    # the launcher between attempts): running, with a note, not failed. Here this test process takes the lock as
+    # a launcher would (the killed trainer's lock is stale: its pid is gone).
+    from vppo.training.work_lock import acquire, release
+
+    token = acquire(work, {})
+    stuck = status_of(checkout, capsys)["grpo"]["train"]
+    assert stuck["state"] == "running" and "stuck?" in stuck["note"] and f"pid {os.getpid()} on " in stuck["note"]
+    release(work, token)
+    assert status_of(checkout, capsys)["grpo"]["train"]["state"] == "failed"
 
     assert main(["status", "--root", str(checkout)]) == 0
     text = capsys.readouterr().out

@@ -9,6 +9,8 @@ after a crash, without Snakemake:
   ``vppo_progress.json`` (:mod:`vppo.training.tracking`): running while its process lives (same host: the
   process id; another host, e.g. a cluster node: the file was written within :data:`STALE_AFTER_S` or five
   step times), else failed at its last step, as is a job that left a log or checkpoints but no progress file;
+  a job whose progress stopped while its launcher still holds the work folder's lock (``vppo_train.lock``: a live
+  Slurm job, or a live process on this host) is running, with a note asking whether it hangs;
 - conversion: ``results/checkpoints/<model>/<method>/vppo_convert.json``; evaluation: the cells' result files;
   either is running while Snakemake marks its output incomplete (``.snakemake/incomplete``) and a Snakemake
   driver lives in the checkout (:func:`snakemake_running`), failed when its output is marked but no driver
@@ -140,6 +142,9 @@ def train_status(checkout: Checkout, model: str, method: str, total: int | None,
     step, steps = int(progress["step"]), progress.get("max_steps") or total
     status = {"step": step, "max_steps": steps, "reward": progress.get("reward"), "run_name": progress["run_name"],
               "step_s": _step_seconds(progress), "elapsed_s": now - float(progress["started"])}
+    holder, holder_alive = _lock_holder(work)
+    if holder:
+        status["holder"] = holder
     if _alive(progress, now):
         status["state"] = "running"
         if status["step_s"] and steps:
@@ -152,10 +157,31 @@ def train_status(checkout: Checkout, model: str, method: str, total: int | None,
 
         checkpoint = last_complete_checkpoint(work)
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(progress["updated"]))
+        if holder_alive:  # the job lives but its rank 0 stopped reporting: hung (a collective?) or between attempts
+            status["state"] = "running"
+            status["note"] = (f"no progress since {since}, but the job that holds its work folder still runs "
+                              f"({holder}): stuck? its log: logs/train/{model}/{method}.log")
+            return status
         status["state"] = "failed"
         status["note"] = (f"no process since {since} (pid {progress['pid']} on {progress['host']}); a rerun "
                           + (f"resumes from {checkpoint.name}" if checkpoint else "starts again (no checkpoint yet)"))
+        if holder_alive is None:
+            status["note"] += f"; its work folder's lock names {holder}, which this host cannot see"
     return status
+
+
+def _lock_holder(work: Path) -> tuple[str | None, bool | None]:
+    """Who holds the training work folder's lock (:mod:`vppo.training.work_lock`: the launcher of the job that
+    trains there) and whether it still runs (True / False / None: this host cannot tell, e.g. no ``squeue``)."""
+    from vppo.training.work_lock import LOCK_FILE, describe, holder_alive
+
+    try:
+        holder = json.loads((work / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None, False  # no lock (finished, or never started), or one half-written by a killed starter
+    if not isinstance(holder, dict) or "pid" not in holder:
+        return None, False
+    return describe(holder), holder_alive(holder, socket.gethostname(), None)
 
 
 def cell_status(checkout: Checkout, config: dict, model: str, method: str, now: float) -> dict:
