@@ -212,7 +212,7 @@ def test_generation_rounds_hold_no_pixels_of_earlier_rounds_or_rollouts(vppo_tra
     start of every generation round each earlier round's full output and each micro-batch of the previous rollout
     is freed (weak references), the rows kept for the update and the stored micro-batches are in host memory, and
     a step gets its micro-batch on the model's device."""
-    from vppo.training.trainer import ROLLOUT_STORAGE
+    from vppo.training.batch import ROLLOUT_STORAGE
 
     trainer = vppo_trainer
     spg, generate = trainer.args.steps_per_generation, trainer._generate_and_score_completions

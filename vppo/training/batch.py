@@ -4,6 +4,8 @@ Dynamic sampling keeps some prompt groups of a rollout and tops the batch up wit
 rollouts, so rollout dicts of different widths must be merged. Widths: prompt tensors [B, P] are
 left-padded, completion tensors [B, C] right-padded, ``mm_token_type_ids`` [B, P + C] is both (split at P).
 Vision tensors are handled per row through TRL's ``split_pixel_values_by_grid`` (lists of per-row tensors).
+Between the passes that read them, a stored rollout keeps its pixels in host memory (:func:`offloaded`,
+:func:`on_device`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,26 @@ PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 GLOBAL_KEYS = ("num_items_in_batch",)
 #: domain tag of the data-order permutations (keeps them apart from the other seeded streams)
 _TAG_ORDER = 0x6F726472
+
+
+#: TRL rollout keys that are model inputs besides ids and masks
+VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images")
+#: Rollout tensors kept in host memory between the passes that read them: every row's own copy of its images'
+#: pixel_values (12 MB per 1M-pixel image in bf16) would otherwise sit on the GPU through the next generation rounds
+#: next to the awake vLLM engine (docs/cluster.md, GPU memory budget). They go to the device only for a forward pass.
+OFFLOADED_KEYS = ("pixel_values",)
+ROLLOUT_STORAGE = torch.device("cpu")
+
+
+def offloaded(batch: dict) -> dict:
+    """``batch`` with its :data:`OFFLOADED_KEYS` tensors in host memory (:data:`ROLLOUT_STORAGE`)."""
+    return {k: v.to(ROLLOUT_STORAGE) if k in OFFLOADED_KEYS and isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """``batch`` with its :data:`OFFLOADED_KEYS` tensors on ``device`` (the stored batch keeps its host copies)."""
+    return {k: v.to(device) if k in OFFLOADED_KEYS and isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _completion_keys(batch: dict[str, Any]) -> list[str]:

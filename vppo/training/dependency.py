@@ -6,18 +6,19 @@ The masked copy has the original size, so the processor yields the same ``image_
 number of vision tokens: prompt ids, attention mask and ``mm_token_type_ids`` of the rollout are reused as
 they are, only ``pixel_values`` change (:func:`vppo.modeling.masked_pixel_values`, shared with the analysis).
 Randomness is a numpy Generator seeded from (seed, global step, process, row), so a resumed run masks exactly
-as an uninterrupted one.
+as an uninterrupted one. :func:`rollout_weights` turns a rollout's scores into the TGF mask and TAS alpha of each
+update.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vppo.algorithm import k3_dependency
+from vppo.algorithm import MethodPreset, consecutive_groups, k3_dependency, vppo_weights
 from vppo.masking import mask_image
 from vppo.training.exact_kl import exact_kl_pass
 
@@ -59,3 +60,21 @@ DEPENDENCY_PASSES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] =
     "k3": sampled_token_pass,
     "kl": exact_kl_pass,
 }
+
+
+def rollout_weights(preset: MethodPreset, dependency: torch.Tensor, mask: torch.Tensor, updates: list[list[int]],
+                    tas_group_responses: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The rollout's TGF mask [B, T] and TAS alpha [B] under ``preset`` (None where it leaves the loss alone),
+    each update's rows weighed together: min/max over the update, mu per run of ``tas_group_responses``
+    consecutive rows of it (:func:`vppo.algorithm.vppo_weights` per update)."""
+    token_mask = torch.ones_like(dependency) if preset.use_tgf else None
+    alpha = torch.ones(mask.shape[0], device=mask.device) if preset.use_tas else None
+    for rows in updates:
+        index = torch.tensor(rows, device=mask.device)
+        groups = consecutive_groups(len(rows), tas_group_responses, device=mask.device)
+        weights = vppo_weights(preset, dependency[index], mask[index], tas_groups=groups)
+        if token_mask is not None:
+            token_mask[index] = weights.token_mask
+        if alpha is not None:
+            alpha[index] = weights.alpha
+    return token_mask, alpha

@@ -7,7 +7,7 @@ Each of R replicates samples one rollout batch of G prompts x n responses exactl
 then, on that SAME batch, takes the flattened full-parameter policy gradient of
 
 - the baseline ``grpo`` weighting: every valid token, alpha = 1;
-- each listed method's weighting: its TGF mask and TAS alpha (:func:`vppo.training.trainer.rollout_weights`).
+- each listed method's weighting: its TGF mask and TAS alpha (:func:`vppo.training.dependency.rollout_weights`).
 
 All gradients are on-policy (old log-prob = log-prob, so no clip is active) with no entropy or KL term, and use
 :func:`vppo.algorithm.policy_loss` with its token-mean over all valid tokens. Across replicates, per method:
@@ -164,7 +164,7 @@ def replicate_gradients(trainer, batch: dict, presets: list[MethodPreset]) -> Re
 
     from vppo.algorithm import policy_loss
     from vppo.training.batch import micro_batch_rows, update_rows
-    from vppo.training.trainer import rollout_weights
+    from vppo.training.dependency import rollout_weights
 
     mask = batch["completion_mask"]
     rows = list(range(mask.shape[0]))

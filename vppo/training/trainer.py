@@ -28,7 +28,6 @@ data-parallel averaging gives the token-mean over the update mini-batch.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -39,55 +38,18 @@ from transformers.trainer_callback import ExportableState, TrainerState
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from vppo.algorithm import (MethodPreset, consecutive_groups, dynamic_sampling_keep, grpo_advantages, policy_loss,
-                            vppo_weights)
+from vppo.algorithm import MethodPreset, dynamic_sampling_keep, grpo_advantages, policy_loss
 from vppo.errors import InputError
 from vppo.modeling import masked_pixel_values
 from vppo.training.balance import DEFAULT_ROLLOUT_LAYOUT, ROLLOUT_LAYOUTS
-from vppo.training.batch import concat_rollouts, data_order, micro_batch_rows, select_rows, update_rows
-from vppo.training.dependency import DEPENDENCY_PASSES, mask_row_images
+from vppo.training.batch import (VISION_KEYS, concat_rollouts, data_order, micro_batch_rows, offloaded, on_device,
+                                 select_rows, update_rows)
+from vppo.training.dependency import DEPENDENCY_PASSES, mask_row_images, rollout_weights
 from vppo.training.metrics import REDUCERS, PhaseTimer, loss_columns, loss_metrics, reduce_metric, sync_cuda
+from vppo.training.optimizer_rules import OfficialOptimizerRules
 from vppo.training.rewards import GradingReward
 
 logger = logging.getLogger(__name__)
-
-#: TRL rollout keys that are model inputs besides ids and masks
-VISION_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images")
-#: Rollout tensors kept in host memory between the passes that read them: every row's own copy of its images'
-#: pixel_values (12 MB per 1M-pixel image in bf16) would otherwise sit on the GPU through the next generation rounds
-#: next to the awake vLLM engine (docs/cluster.md, GPU memory budget). They go to the device only for a forward pass.
-OFFLOADED_KEYS = ("pixel_values",)
-ROLLOUT_STORAGE = torch.device("cpu")
-
-
-def offloaded(batch: dict) -> dict:
-    """``batch`` with its :data:`OFFLOADED_KEYS` tensors in host memory (:data:`ROLLOUT_STORAGE`)."""
-    return {k: v.to(ROLLOUT_STORAGE) if k in OFFLOADED_KEYS and isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
-def on_device(batch: dict, device: torch.device) -> dict:
-    """``batch`` with its :data:`OFFLOADED_KEYS` tensors on ``device`` (the stored batch keeps its host copies)."""
-    return {k: v.to(device) if k in OFFLOADED_KEYS and isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def rollout_weights(preset: MethodPreset, dependency: torch.Tensor, mask: torch.Tensor, updates: list[list[int]],
-                    tas_group_responses: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The rollout's TGF mask [B, T] and TAS alpha [B] under ``preset`` (None where it leaves the loss alone),
-    each update's rows weighed together: min/max over the update, mu per run of ``tas_group_responses``
-    consecutive rows of it (:func:`vppo.algorithm.vppo_weights` per update)."""
-    token_mask = torch.ones_like(dependency) if preset.use_tgf else None
-    alpha = torch.ones(mask.shape[0], device=mask.device) if preset.use_tas else None
-    for rows in updates:
-        index = torch.tensor(rows, device=mask.device)
-        groups = consecutive_groups(len(rows), tas_group_responses, device=mask.device)
-        weights = vppo_weights(preset, dependency[index], mask[index], tas_groups=groups)
-        if token_mask is not None:
-            token_mask[index] = weights.token_mask
-        if alpha is not None:
-            alpha[index] = weights.alpha
-    return token_mask, alpha
-
 
 class SamplingCapError(InputError, RuntimeError):
     """Dynamic sampling reached its safety cap of generation rounds without filling the rollout batch (the data,
@@ -108,7 +70,7 @@ class DataCursor(TrainerCallback, ExportableState):
         return {"args": {"prompts_drawn": self.prompts_drawn}, "attributes": {}}
 
 
-class VPPOTrainer(GRPOTrainer):
+class VPPOTrainer(OfficialOptimizerRules, GRPOTrainer):
     """GRPOTrainer whose rollout and loss follow ``preset`` (grpo, dapo, vppo, ablations).
 
     preset: a :class:`vppo.catalog.MethodPreset` (its ``entropy_coef`` is the coefficient of mean(-logp) in the
@@ -162,7 +124,7 @@ class VPPOTrainer(GRPOTrainer):
         self.masked_pass_calls = 0  # how many rollouts ran the masked-image pass (tests read it)
         self._defer_old_logps = False
         self._tokens_since_log = 0.0
-        self._grad_norm_finite, self._skipped_updates = True, 0
+        self.init_update_guard()
         self._log_clock: float | None = None
         dump = os.environ.get("VPPO_DUMP_ROLLOUTS")
         self.dump_dir = Path(dump) if dump else None
@@ -398,41 +360,6 @@ class VPPOTrainer(GRPOTrainer):
         self._tokens_since_log += logged.pop("valid_tokens")
         for key, value in logged.items():
             self._metrics["train"][key].append(value)
-
-    # ------------------------------------------------------------------ optimizer
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        # The official optimizer decays every parameter; transformers would exempt biases and norm weights.
-        return [name for name, _ in model.named_parameters()]
-
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        if getattr(optimizer, "_vppo_guarded", False) or self.is_deepspeed_enabled:
-            # DeepSpeed steps inside backward, before the Trainer reads the norm, and ZeRO-3 calls this optimizer
-            # once per parameter sub-group: a guard here would act on the previous update's flag. DeepSpeed itself
-            # skips the whole update, on every rank, when the global gradient norm is not finite (ZeRO-3 in any
-            # precision, DeepSpeed >= 0.19; tests/vllm_tier/test_distributed_zero3.py), and _get_grad_norm below
-            # still counts it in `skipped_updates`.
-            return optimizer
-        step = optimizer.step
-
-        def step_if_finite(*args, **kwargs):
-            # The Trainer computed (and clipped with) the global gradient norm just before; as the official
-            # actor, an update whose norm is inf or nan is skipped (the gradients are then zeroed as usual).
-            if not self._grad_norm_finite:
-                self._skipped_updates += 1
-                logger.warning("step %d: gradient norm is not finite; optimizer step skipped", self.state.global_step)
-                return None
-            return step(*args, **kwargs)
-
-        optimizer.step, optimizer._vppo_guarded = step_if_finite, True
-        return optimizer
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._grad_norm_finite = norm is None or math.isfinite(float(norm))
-        self._metrics["train"]["skipped_updates"].append(float(not self._grad_norm_finite))
-        return norm
 
     # ------------------------------------------------------------------ resume
 
