@@ -9,7 +9,8 @@ import pytest
 
 from vppo.algorithm import get_method
 from vppo.training.memory import Architecture, rollout_pixels_gb, sleep_mode_for, training_peak_gb
-from vppo.training.recipes import RecipeError, grpo_config_kwargs, load_recipe
+from vppo.training.recipes import RecipeError, load_recipe
+from vppo.training.trl_config import grpo_config_kwargs
 
 VLLM_KEYS = ("vllm_tensor_parallel_size", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode")
 #: (language model, parameters with the vision tower) of Qwen2.5-VL-7B and -32B (their config.json; docs/cluster.md)

@@ -9,7 +9,8 @@ import re
 import pytest
 
 from vppo.algorithm import get_method
-from vppo.training.recipes import RECIPE_DIR, RecipeError, grpo_config_kwargs, load_recipe
+from vppo.training.recipes import RECIPE_DIR, RecipeError, load_recipe
+from vppo.training.trl_config import grpo_config_kwargs
 
 
 @pytest.mark.parametrize("name, world, micro, accumulation, steps_per_generation",
@@ -192,7 +193,6 @@ def test_cpu_ranks_set_the_world_size_of_cpu_layouts_only():
 
 def test_cpu_zero3_keeps_deepspeed_on_and_talks_over_gloo():
     from vppo.algorithm import get_method
-    from vppo.training.recipes import grpo_config_kwargs
 
     kwargs = grpo_config_kwargs(load_recipe("cpu_zero3"), get_method("vppo"), "/w", 0)
     # use_cpu would make accelerate switch DeepSpeed off; without gloo every rank would believe it is alone

@@ -26,7 +26,8 @@ from vppo.errors import InputError
 from vppo.fileio import refuse_existing_output, replace_if_absent_or_empty, require_writable, write_json_atomic
 from vppo.modeling import checkpoint_sha256, verify_checkpoint_dir, vision_token_ids
 from vppo.rollout import chat_prompt, content_text
-from vppo.training.recipes import Recipe, grpo_config_kwargs, load_recipe, method_preset, run_identity
+from vppo.training.recipes import Recipe, load_recipe, method_preset, run_identity
+from vppo.training.trl_config import grpo_config_kwargs
 from vppo.training.memory import resolve_sleep_mode
 from vppo.training.startup import MODEL_CACHE, check_inputs, once_per_job
 from vppo.training.tracking import attach_trackers, default_run_name, progress_callbacks, tracking_kwargs

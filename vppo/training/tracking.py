@@ -75,7 +75,8 @@ def tensorboard_dir(work_dir: Path, run_name: str) -> Path:
 
 
 def tracking_kwargs(report_to: str | None, run_name: str, work_dir: Path) -> dict:
-    """GRPOConfig's ``run_name`` (its ``report_to`` is the recipe's: :func:`vppo.training.recipes.grpo_config_kwargs`);
+    """GRPOConfig's ``run_name`` (its ``report_to`` is the recipe's:
+    :func:`vppo.training.trl_config.grpo_config_kwargs`);
     checks that each chosen tracker is installed and points its local files into WORK_DIR.
 
     Raises :class:`InputError` when a chosen tracker's package is not installed (the Trainer would fail later
