@@ -18,10 +18,12 @@ PREPARERS = {
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=list(PREPARERS), help="which data set to prepare")
     parser.add_argument("--source", required=True,
-                        help="train: synthetic | hub | a local directory; eval: fixtures | hub | a local directory")
+                        help="train: synthetic | mini | hub | a local directory; "
+                             "eval: fixtures | mini | hub | a local directory")
     parser.add_argument("--out", type=Path, required=True, help="output directory (the local layout)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="preparer option, e.g. n_rows=64, seed=0, repo=chamber111/VPPO-Eval")
+                        help="preparer option, e.g. n_rows=64, seed=0, repo=chamber111/VPPO-Eval; each source reads "
+                             "its own (one it does not read is an error that lists them)")
 
 
 def run(args: argparse.Namespace) -> int:
