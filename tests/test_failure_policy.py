@@ -228,10 +228,18 @@ def test_out_of_memory_stops_with_what_to_change(tmp_path, capsys, monkeypatch):
     assert line.startswith("vppo train: out of memory") and "lower micro_batch_responses (now 4" in line
     assert vppo_main(args) == exits.EXIT_OUT_OF_MEMORY and len(calls) == 1
     assert "not retried: out of memory" in capsys.readouterr().err
+    # The same job moved to a partition with larger GPUs (or given more memory) is a new attempt.
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "h200")
+    assert vppo_main(args) == exits.EXIT_OUT_OF_MEMORY and len(calls) == 2
+    assert "not retried" not in capsys.readouterr().err
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "512000")
+    assert vppo_main(args) == exits.EXIT_OUT_OF_MEMORY and len(calls) == 3
+    assert vppo_main(args) == exits.EXIT_OUT_OF_MEMORY and len(calls) == 3  # and that one is not repeated either
+    capsys.readouterr()
     # A resumable stop or a kill (no record: a node failure, a preemption) never blocks the next attempt.
     exits.record(tmp_path / "work", "saved_before_limit", "stopped at step 2", None)
     monkeypatch.setattr(runner, "run_training", lambda request, **_: calls.append(request) or request.out)
-    assert vppo_main(args) == 0 and len(calls) == 2
+    assert vppo_main(args) == 0 and len(calls) == 4
     assert exits.read(tmp_path / "work") is None
 
 

@@ -3,7 +3,7 @@
 Snakemake's ``retries:`` reruns any failed job. A failure that the same inputs repeat (bad input or config, out of
 memory) must not be paid for again on 8 or 32 GPUs, so the attempt that meets one records it in
 ``WORK_DIR/vppo_exit.json`` with a fingerprint of its inputs (the ``vppo train`` arguments, the recipe file, the
-model and data folders' file listing and the code's commit). The next attempt with the same fingerprint exits at
+model and data folders' file listing, the code's commit and the Slurm allocation's partition, memory and GPUs). The next attempt with the same fingerprint exits at
 once with the recorded line (:func:`refuse_known_failure`): a retry costs its queue wait and seconds, not another
 model load. Changing any of those inputs, or deleting the file, lets the next attempt run.
 
@@ -52,16 +52,26 @@ def _recipe_bytes(recipe: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
-def fingerprint(args) -> str:
+#: The Slurm allocation's shape as its jobs see it: a partition with larger GPUs or more memory per node is a new
+#: attempt for an out-of-memory failure (node names and GPU ids, which change with every allocation, are not in it).
+ALLOCATION_ENV = ("SLURM_JOB_PARTITION", "SLURM_JOB_QOS", "SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU",
+                  "SLURM_MEM_PER_GPU", "SLURM_GPUS_ON_NODE", "SLURM_JOB_NUM_NODES")
+
+
+def fingerprint(args, environ: dict | None = None) -> str:
     """What decides whether an attempt fails again: its ``vppo train`` arguments (argparse namespace) and what they
-    name, read without loading anything (a recipe that does not load has a fingerprint too)."""
+    name, read without loading anything (a recipe that does not load has a fingerprint too), and the Slurm
+    allocation it runs in (:data:`ALLOCATION_ENV`)."""
+    import os
+
     from vppo import harness_commit
 
+    environ = os.environ if environ is None else environ
     arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                  if k in ("model", "data", "recipe", "method", "work_dir", "out", "seed", "max_steps", "overrides")}
     identity = {"arguments": arguments, "recipe_file": _recipe_bytes(str(args.recipe)),
                 "model_files": _listing(Path(args.model)), "data_files": _listing(Path(args.data)),
-                "code": harness_commit()}
+                "code": harness_commit(), "allocation": {k: environ.get(k) for k in ALLOCATION_ENV}}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -90,8 +100,9 @@ def refuse_known_failure(args, print_key: str, command: str) -> int | None:
     if not recorded or recorded.get("retry") or recorded.get("fingerprint") != print_key:
         return None
     path = Path(args.work_dir) / EXIT_FILE
-    print(f"{command}: not retried: {recorded['message']} (an attempt with the same arguments, recipe, model, data "
-          f"and code failed so at {recorded['time']}; change what it says, or delete {path} to try unchanged)",
+    print(f"{command}: not retried: {recorded['message']} (an attempt with the same arguments, recipe, model, data, "
+          f"code and allocation failed so at {recorded['time']}; change what it says, or delete {path} to try "
+          "unchanged)",
           file=sys.stderr)
     return int(recorded["exit_status"])
 
