@@ -104,12 +104,19 @@ def test_vllm_backend_hands_the_engine_the_protocol_bounds(tiny_model_dir, train
             engines.append(kwargs)
 
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=RecordingLLM, SamplingParams=dict))
+    for key in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):  # a user's shell: none set
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     image = prepare_image(_noise((224, 168)))
     models = [VPPOVLLMModel(str(path), tensor_parallel_size=1) for path in (tiny_model_dir, trained_like_checkpoint)]
+    # vLLM's CPU build would reserve 0.9 of the host's memory and refuse to start where less is free
+    assert models[0].engine_environment == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     assert [e["mm_processor_kwargs"] for e in engines] == [{"min_pixels": 3136, "max_pixels": 12845056}] * 2
     assert [e.get("enable_chunked_prefill") for e in engines] == [False] * 2  # on CPU (vllm_adapter.platform_engine_kwargs)
     assert [m.image_bounds for m in models] == [PROCESSOR_BOUNDS] * 2
     assert _image_tokens(models[0].processor, image) == _image_tokens(models[1].processor, image) == 48
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "40")  # the user's own choice stands
+    assert VPPOVLLMModel(str(tiny_model_dir)).engine_environment["VLLM_CPU_KVCACHE_SPACE"] == "40"
 
 
 def test_the_protocol_check_refuses_other_bounds_and_results_record_them():

@@ -6,6 +6,7 @@ protocol's limit is 10 images per prompt; at vLLM's default or a limit of 4 ever
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,8 @@ from vppo.evaluation.results import read_result, read_samples
 N_ROWS = 2
 N_QUESTIONS = N_ROWS + 2  # + the planted empty answer (row N_ROWS) and the multi-image row (row N_ROWS + 1)
 #: What may differ between two backends' results for the same checkpoint, data and seed.
-PER_RUN_FIELDS = {"backend", "model_load_s", "accuracy", "stderr", "wall_time_s", "created", "lmms_eval", "versions", "package_versions"}
+PER_RUN_FIELDS = {"backend", "model_load_s", "accuracy", "stderr", "wall_time_s", "created", "lmms_eval", "versions", "package_versions",
+                  "engine_environment"}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,11 @@ def test_vllm_eval_on_cpu_survives_a_batch_over_the_token_budget(vllm_model_dir,
     """8 questions x 8 seeded samples, prompts of 60-900 tokens: one engine call asks for more than the CPU step
     budget (4096 tokens). With vLLM's default chunked prefill a prompt was split at the budget and the engine
     stopped with "CPU Generator does not use offset" (it rewinds a seeded request's generator, CUDA only): the
-    adapter turns chunked prefill off on CPU (``platform_engine_kwargs``)."""
+    adapter turns chunked prefill off on CPU (``platform_engine_kwargs``).
+
+    Run as a user runs it, without this tier's vLLM environment: vLLM's CPU build then reserved 0.9 of the host's
+    memory for its KV cache and refused to start wherever less than that was free ("Available memory ... is less
+    than desired CPU memory utilization"); the adapter now sets a 1 GiB cache unless told (``CPU_ENGINE_ENV``)."""
     data = prepare_eval_data("fixtures", tmp_path / "data", n_rows=8, benchmarks="mathverse")
     out = tmp_path / "eval" / "tiny" / "base"
     # In its own process: a second in-process engine in this module started while the garbage collector shut the
@@ -77,8 +83,10 @@ def test_vllm_eval_on_cpu_survives_a_batch_over_the_token_budget(vllm_model_dir,
     done = subprocess.run([sys.executable, "-m", "vppo", "eval", str(vllm_model_dir), "--data", str(data),
                            "--benchmarks", "mathverse", "--out", str(out), "--backend", "vllm", "--max-new-tokens", "4",
                            "--model-label", "tiny", "--method-label", "base"], capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env={k: v for k, v in os.environ.items()
+                                            if k not in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")})
     assert done.returncode == 0, done.stderr[-4000:]
     result = read_result(out / "mathverse.json")
+    assert result["engine_environment"] == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     assert (result["backend"], result["n_questions"], result["n_samples"]) == ("vllm", 8, 64)
     assert all(len(s["responses"]) == 8 for s in read_samples(out / result["samples_file"]))

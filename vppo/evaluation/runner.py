@@ -308,7 +308,8 @@ def _run_eval(req: EvalRequest, claim: OutputClaim, log) -> dict[str, dict]:
             req, bench, questions, lmms_results, checkpoint_hash=checkpoint_hash, data_hash=data_hashes[bench.key],
             bad_rows=bad, image_bounds=lm.image_bounds, model_family=getattr(lm, "model_family", DEFAULT_FAMILY).key,
             wall_time_s=time.perf_counter() - started, extra={"model_load_s": round(model_load_s, 3),
-                   "tensor_parallel_size": int(getattr(lm, "tensor_parallel_size", 1))})
+                   "tensor_parallel_size": int(getattr(lm, "tensor_parallel_size", 1)),
+                   "engine_environment": dict(getattr(lm, "engine_environment", {}))})
         write_jsonl_atomic(req.out / result["samples_file"], lines)
         write_json_atomic(req.out / f"{bench.key}.json", result)  # last: its presence means complete
         log(f"[vppo eval] {bench.key}: avg@{req.samples} {result['accuracy']:.2f} ± {result['stderr']:.2f} "

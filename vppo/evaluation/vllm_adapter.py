@@ -83,6 +83,24 @@ def platform_engine_kwargs(on_cpu: bool) -> dict:
     return {"enable_chunked_prefill": False} if on_cpu else {}
 
 
+#: vLLM's CPU build reserves ``gpu_memory_utilization`` of the host's memory for its KV cache unless
+#: ``VLLM_CPU_KVCACHE_SPACE`` (GiB) says otherwise, and refuses to start when less than that is free (0.9 of a
+#: machine that runs anything else), and it pins one core per OpenMP thread. So on CPU, unless the user set them:
+#: a 1 GiB KV cache (the tiny and mini models' needs many times over; a larger model on CPU needs it raised) and
+#: no pinning (shared machines). Each result records the values under ``engine_environment``.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def cpu_engine_environment(environ=None) -> dict:
+    """Set :data:`CPU_ENGINE_ENV`'s defaults in ``environ`` (``os.environ``) where unset; returns the values in force."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    for key, value in CPU_ENGINE_ENV.items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in CPU_ENGINE_ENV}
+
+
 class VPPOVLLMModel(lmms):
     is_simple = False
 
@@ -94,6 +112,7 @@ class VPPOVLLMModel(lmms):
                  sampling_params_cls: Any = None, **engine_kwargs: Any) -> None:
         super().__init__()
         self.pretrained = str(verify_checkpoint_dir(pretrained))
+        self.engine_environment: dict = {}  # the vLLM settings read from the environment (CPU_ENGINE_ENV)
         self.default_max_new_tokens = int(max_new_tokens)
         self.seed = int(seed)
         self.batch_size_per_gpu = int(batch_size)  # questions per engine call (each with its n samples)
@@ -116,7 +135,9 @@ class VPPOVLLMModel(lmms):
             if tensor_parallel_size in (None, "", "auto", 0):
                 tensor_parallel_size = auto_tensor_parallel_size(self.pretrained, torch.cuda.device_count())
             # vLLM's CPU build is what runs where torch sees no GPU
-            engine_kwargs = {**platform_engine_kwargs(not torch.cuda.is_available()), **engine_kwargs}
+            on_cpu = not torch.cuda.is_available()
+            engine_kwargs = {**platform_engine_kwargs(on_cpu), **engine_kwargs}
+            self.engine_environment = cpu_engine_environment() if on_cpu else {}
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
                          gpu_memory_utilization=float(gpu_memory_utilization),
                          max_model_len=engine_context_length(self.pretrained, max_model_len),

@@ -209,12 +209,7 @@ def generate_hf(model: Model, variant: Variant, jobs: list, seed: int, batch_siz
 
 def generate_vllm(model: Model, variant: Variant, jobs: list, seed: int, batch_size: int) -> tuple[list[list[str]], dict]:
     """Each job's k responses from the vLLM adapter: one n=k request per question, per-question seeds."""
-    import os
-
-    # Shared CPU machines (as tests/vllm_tier): a small KV cache, no pinned cores.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from vppo.evaluation.vllm_adapter import VPPOVLLMModel
+    from vppo.evaluation.vllm_adapter import VPPOVLLMModel  # (on CPU it sets a small KV cache: CPU_ENGINE_ENV)
 
     lm = VPPOVLLMModel(str(model.path), max_new_tokens=jobs[0].sampling.max_new_tokens, seed=seed,
                        dtype=variant.dtype)
