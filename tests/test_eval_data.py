@@ -140,3 +140,5 @@ def test_an_option_the_source_does_not_read_is_refused_before_anything_is_writte
         with pytest.raises(EvalDataError, match=needle):
             prepare_eval_data(source, tmp_path / "out", **options)
         assert not (tmp_path / "out").exists()
+    with pytest.raises(EvalDataError, match="eval data source 'fixtures; echo': expected"):  # a bad source first
+        prepare_eval_data("fixtures; echo", tmp_path / "out", n_rows=1)

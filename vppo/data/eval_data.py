@@ -326,6 +326,8 @@ SOURCE_OPTIONS = {
 
 
 def _check_source_options(source: str, options: dict) -> None:
+    if source not in SOURCE_OPTIONS and not Path(source).is_dir():
+        return  # not a source at all: that is the error to report (_prepare_eval_data_into)
     kind = source if source in SOURCE_OPTIONS else "folder"
     for key in options:
         if key not in SOURCE_OPTIONS[kind] and not (key.startswith("name_map_") and "name_map_" in SOURCE_OPTIONS[kind]):
