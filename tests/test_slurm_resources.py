@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-from test_workflow import SLURM, config_of, dry_run
+from test_workflow import SLURM, config_of, copy_checkout, dry_run
 
 MAX_NODE_MEMORY_MB = 1_000_000  # a 1 TB node: the smallest 8-GPU node of common clusters
 
 
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """A fresh copy: in the checkout itself, after the README's main command, the plan saw that run's outputs and
+    planned the preflight job alone."""
+    return copy_checkout(tmp_path_factory.mktemp("checkout"))
+
+
 @pytest.fixture(scope="module", params=[1, 3], ids=["first-attempt", "third-attempt"])
-def paper_jobs(request):
+def paper_jobs(request, checkout):
     jobs = dry_run(*SLURM, "--config", "preset=paper", "--attempt", str(request.param), "--printshellcmds",
-                   "--set-resources", "train:socket_ifname='ib0'")  # as a profile's set-resources names it
+                   "--set-resources", "train:socket_ifname='ib0'", cwd=checkout)  # as a profile's set-resources names it
     return request.param, [job for job in jobs if "runtime" in job["resources"]]
 
 

@@ -51,7 +51,10 @@ CHECKOUT: Path | None = None
 
 
 def snakemake(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd or CHECKOUT, capture_output=True,
+    cwd = cwd or CHECKOUT
+    # never the checkout itself: the README's main command may have run there, and a plan would see its outputs
+    assert cwd is not None, "snakemake(): pass cwd= (a copy_checkout()), or use this module's checkout fixture"
+    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
     if check and done.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -77,8 +80,8 @@ def planned_jobs(output: str) -> list[dict]:
     return jobs
 
 
-def dry_run(*args: str) -> list[dict]:
-    done = snakemake("--dry-run", "--cores", "all", *args)
+def dry_run(*args: str, cwd: Path | None = None) -> list[dict]:
+    done = snakemake("--dry-run", "--cores", "all", *args, cwd=cwd)
     return planned_jobs(done.stdout + done.stderr)
 
 
