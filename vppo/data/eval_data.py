@@ -330,8 +330,8 @@ def _check_source_options(source: str, options: dict) -> None:
         return  # not a source at all: that is the error to report (_prepare_eval_data_into)
     kind = source if source in SOURCE_OPTIONS else "folder"
     for key in options:
-        if key not in SOURCE_OPTIONS[kind] and not (key.startswith("name_map_") and "name_map_" in SOURCE_OPTIONS[kind]):
-            used = ", ".join(sorted(k + ("<key>" if k.endswith("_") else "") for k in SOURCE_OPTIONS[kind]))
+        if ("name_map_" if key.startswith("name_map_") else key) not in SOURCE_OPTIONS[kind]:
+            used = ", ".join(sorted(k.replace("name_map_", "name_map_<key>") for k in SOURCE_OPTIONS[kind]))
             what = f"source {source!r}" if kind == source else f"a folder source ({source})"
             raise EvalDataError(f"--option {key}: not read by {what}; its options: {used}")
 
@@ -388,15 +388,14 @@ def _prepare_eval_data_into(source: str, out: Path, **options) -> Path:
         if others:
             raise EvalDataError(f"eval data source 'mini': writes {', '.join(EVAL_SETS)} only, not {', '.join(others)} "
                                 "(set --option benchmarks=...)")
-        from vppo.data.mini_task import cell_size
-        from vppo.model_families import DEFAULT_FAMILY, get_family
+        from vppo.data.mini_task import cell_size_of
 
         try:
-            family = get_family(options["family"]) if "family" in options else DEFAULT_FAMILY
+            cell = cell_size_of(options.get("family"))
         except ValueError as exc:
             raise EvalDataError(f"--option family: {exc}") from None
         n_rows = int(options.get("n_rows", 5))
-        folder = write_llamafactory_mini(out / "_mini", n_rows, [b.key for b in benchmarks], cell_size(family))
+        folder = write_llamafactory_mini(out / "_mini", n_rows, [b.key for b in benchmarks], cell)
         expected = {b.key: n_rows for b in benchmarks}
     elif source == "hub":
         # str(): options are YAML-typed, and an all-digit commit prefix would arrive as an int

@@ -58,6 +58,13 @@ def cell_size(family: ModelFamily = DEFAULT_FAMILY) -> int:
     return tokens * family.resize_factor
 
 
+def cell_size_of(family_key: str | None) -> int:
+    """:func:`cell_size` of a family named by its key (None: the default family); ValueError for an unknown key."""
+    from vppo.model_families import get_family
+
+    return cell_size(get_family(family_key) if family_key else DEFAULT_FAMILY)
+
+
 def draw_grid(cells: list[str], cell: int = CELL) -> Image.Image:
     """The RGB picture (side ``GRID * cell``) of nine cell values (row-major)."""
     image = Image.new("RGB", (GRID * cell, GRID * cell), COLOURS["white"])

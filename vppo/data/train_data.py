@@ -291,7 +291,6 @@ def _mini(out: Path, n_rows: int = 512, split: str = "train", kinds: str = "all"
     """The mini study's grid questions (:mod:`vppo.data.mini_task`); ``kinds``: "all" or comma-separated;
     ``family``: the model family whose merged vision token sets the cell size (default Qwen2.5-VL's 28 px)."""
     from vppo.data import mini_task
-    from vppo.model_families import DEFAULT_FAMILY, get_family
 
     chosen = mini_task.KINDS if kinds == "all" else tuple(k.strip() for k in str(kinds).split(","))
     unknown = sorted(set(chosen) - set(mini_task.KINDS)) + ([split] if split not in mini_task.SPLIT_SEEDS else [])
@@ -299,7 +298,7 @@ def _mini(out: Path, n_rows: int = 512, split: str = "train", kinds: str = "all"
         raise TrainDataError(f"--option kinds/split/n_rows: {unknown or n_rows} (kinds: {', '.join(mini_task.KINDS)}; "
                              f"splits: {', '.join(mini_task.SPLIT_SEEDS)}; n_rows >= 1)")
     try:
-        cell = mini_task.cell_size(get_family(family) if family else DEFAULT_FAMILY)
+        cell = mini_task.cell_size_of(family)
     except ValueError as exc:
         raise TrainDataError(f"--option family: {exc}") from None
     examples = (mini_task.mini_example(split, i, chosen, cell) for i in range(int(n_rows)))

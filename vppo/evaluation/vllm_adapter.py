@@ -137,7 +137,8 @@ class VPPOVLLMModel(lmms):
             # vLLM's CPU build is what runs where torch sees no GPU
             on_cpu = not torch.cuda.is_available()
             engine_kwargs = {**platform_engine_kwargs(on_cpu), **engine_kwargs}
-            self.engine_environment = cpu_engine_environment() if on_cpu else {}
+            if on_cpu:
+                self.engine_environment = cpu_engine_environment()
             engine = LLM(model=self.pretrained, tensor_parallel_size=int(tensor_parallel_size), seed=self.seed,
                          gpu_memory_utilization=float(gpu_memory_utilization),
                          max_model_len=engine_context_length(self.pretrained, max_model_len),

@@ -142,7 +142,10 @@ def train_status(checkout: Checkout, model: str, method: str, total: int | None,
     step, steps = int(progress["step"]), progress.get("max_steps") or total
     status = {"step": step, "max_steps": steps, "reward": progress.get("reward"), "run_name": progress["run_name"],
               "step_s": _step_seconds(progress), "elapsed_s": now - float(progress["started"])}
-    holder, holder_alive = _lock_holder(work)
+    from vppo.training.work_lock import describe, holder_alive, holder_of
+
+    lock = holder_of(work)  # the launcher of the job that trains there (vppo.training.work_lock)
+    holder = describe(lock) if lock else None
     if holder:
         status["holder"] = holder
     if _alive(progress, now):
@@ -153,35 +156,23 @@ def train_status(checkout: Checkout, model: str, method: str, total: int | None,
         status["state"] = "running"  # a new attempt Snakemake started, still loading before its first progress file
         status["note"] = "a new attempt is starting"
     else:
-        from vppo.training.checkpoints import last_complete_checkpoint
-
-        checkpoint = last_complete_checkpoint(work)
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(progress["updated"]))
-        if holder_alive:  # the job lives but its rank 0 stopped reporting: hung (a collective?) or between attempts
+        # True / False / None (this host cannot tell, e.g. no squeue); asked only here, not for every live job
+        alive = holder_alive(lock, socket.gethostname(), None) if lock else False
+        if alive:  # the job lives but its rank 0 stopped reporting: hung (a collective?) or between attempts
             status["state"] = "running"
             status["note"] = (f"no progress since {since}, but the job that holds its work folder still runs "
                               f"({holder}): stuck? its log: logs/train/{model}/{method}.log")
             return status
+        from vppo.training.checkpoints import last_complete_checkpoint
+
+        checkpoint = last_complete_checkpoint(work)
         status["state"] = "failed"
         status["note"] = (f"no process since {since} (pid {progress['pid']} on {progress['host']}); a rerun "
                           + (f"resumes from {checkpoint.name}" if checkpoint else "starts again (no checkpoint yet)"))
-        if holder_alive is None:
+        if alive is None:
             status["note"] += f"; its work folder's lock names {holder}, which this host cannot see"
     return status
-
-
-def _lock_holder(work: Path) -> tuple[str | None, bool | None]:
-    """Who holds the training work folder's lock (:mod:`vppo.training.work_lock`: the launcher of the job that
-    trains there) and whether it still runs (True / False / None: this host cannot tell, e.g. no ``squeue``)."""
-    from vppo.training.work_lock import LOCK_FILE, describe, holder_alive
-
-    try:
-        holder = json.loads((work / LOCK_FILE).read_text())
-    except (OSError, ValueError):
-        return None, False  # no lock (finished, or never started), or one half-written by a killed starter
-    if not isinstance(holder, dict) or "pid" not in holder:
-        return None, False
-    return describe(holder), holder_alive(holder, socket.gethostname(), None)
 
 
 def cell_status(checkout: Checkout, config: dict, model: str, method: str, now: float) -> dict:

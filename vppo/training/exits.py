@@ -3,9 +3,10 @@
 Snakemake's ``retries:`` reruns any failed job. A failure that the same inputs repeat (bad input or config, out of
 memory) must not be paid for again on 8 or 32 GPUs, so the attempt that meets one records it in
 ``WORK_DIR/vppo_exit.json`` with a fingerprint of its inputs (the ``vppo train`` arguments, the recipe file, the
-model and data folders' file listing, the code's commit and the Slurm allocation's partition, memory and GPUs). The next attempt with the same fingerprint exits at
-once with the recorded line (:func:`refuse_known_failure`): a retry costs its queue wait and seconds, not another
-model load. Changing any of those inputs, or deleting the file, lets the next attempt run.
+model and data folders' file listing, the code's commit and the Slurm allocation's partition, memory and GPUs).
+The next attempt with the same fingerprint exits at once with the recorded line (:func:`refuse_known_failure`): a
+retry costs its queue wait and seconds, not another model load. Changing any of those inputs, or deleting the
+file, lets the next attempt run.
 
 Exit statuses of ``vppo train`` and of the launcher:
 

@@ -103,6 +103,11 @@ def _read(path: Path) -> dict | None:
         return {}  # half-written by a holder killed while creating it: a holder that never started
 
 
+def holder_of(work_dir: str | Path) -> dict | None:
+    """The lock's holder record of ``work_dir``, or None when nobody holds it (or a starter died writing it)."""
+    return _read(Path(work_dir) / LOCK_FILE) or None
+
+
 def acquire(work_dir: str | Path, environ: dict | None = None) -> str:
     """Take the lock of ``work_dir`` (taking over a stale one); returns its token. :class:`WorkDirBusy` if held."""
     environ = os.environ if environ is None else environ
