@@ -64,6 +64,17 @@ def test_fetch_family_builds_the_generic_tiny_sources_and_refuses_another_family
     assert not (tmp_path / "copy").exists()
     assert main(["fetch-model", "tiny", str(tmp_path / "bad"), "--family", "llava"]) == 2
     assert not (tmp_path / "bad").exists()
+    # A built source of the other family is refused before its build (mini-qwen3vl's warm start takes minutes).
+    import vppo.data.mini_model as mini_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("built a checkpoint the family check refuses")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mini_model, "build_mini_model", never)
+        with pytest.raises(InputError, match="a Qwen3-VL checkpoint, but the model family asked for is qwen2.5-vl"):
+            fetch_model("mini-qwen3vl", tmp_path / "mini", family="qwen2.5-vl")
+    assert not (tmp_path / "mini").exists()
 
 
 def test_a_merged_token_is_a_32_px_square_of_the_input(qwen3vl_dir):

@@ -44,6 +44,9 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         wanted = get_family(family) if family else None
     except ValueError as exc:
         raise InputError(f"model family: {exc}") from None
+    built = TINY_SOURCES[source][2] if source in TINY_SOURCES else MINI_SOURCES.get(source)
+    if built and wanted is not None and built != wanted.key:  # known before minutes of building it
+        raise _wrong_family(source, get_family(built), wanted)
     with publish_dir(out) as tmp:
         if source in TINY_SOURCES:
             from vppo.data.tiny_models import WARM_START_STEPS, build_tiny_qwen
@@ -75,9 +78,13 @@ def fetch_model(source: str, out: str | Path, revision: str | None = None, seed:
         verify_checkpoint_dir(tmp)
         found = family_of_dir(tmp)
         if wanted is not None and found is not wanted:
-            raise InputError(f"model source {source!r}: a {found.label} checkpoint, but the model family asked for "
-                             f"is {wanted.key} ({wanted.label})")
+            raise _wrong_family(source, found, wanted)
     return out
+
+
+def _wrong_family(source: str, found, wanted) -> InputError:
+    return InputError(f"model source {source!r}: a {found.label} checkpoint, but the model family asked for is "
+                      f"{wanted.key} ({wanted.label})")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
